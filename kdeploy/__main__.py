@@ -1,0 +1,3 @@
+from kdeploy.cli import main
+
+main()

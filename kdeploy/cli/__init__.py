@@ -1,0 +1,82 @@
+"""The kdeploy command line. One module per verb; each exposes `app` (a Typer) or `register(app)`."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from kdeploy import __version__
+from kdeploy.errors import KdeployError
+
+app = typer.Typer(
+    name="kdeploy",
+    help="Declarative Kubernetes deployment over SSH: inventory -> plan -> converge.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,  # never print tracebacks with locals (they leak secrets)
+)
+
+# (module, sub-command name or None when the module registers top-level commands itself)
+_VERBS = [
+    ("inventory", "inventory"),
+    ("certs", "certs"),
+    ("render", None),
+    ("plan", None),
+    ("up", None),
+    ("verify", None),
+    ("artifacts", "artifacts"),
+    ("lab", "lab"),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kdeploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """kdeploy turns bare Linux machines into a Kubernetes cluster."""
+
+
+for _mod, _name in _VERBS:
+    try:
+        m = importlib.import_module(f"kdeploy.cli.{_mod}")
+    except ModuleNotFoundError as e:  # a verb not written yet
+        if e.name != f"kdeploy.cli.{_mod}":
+            raise
+        continue
+    if _name is None:
+        m.register(app)
+    else:
+        app.add_typer(m.app, name=_name)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except KdeployError as e:
+        typer.secho(f"error: {e.message}", fg="red", err=True)
+        if e.hint:
+            typer.echo(f"hint: {e.hint}", err=True)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors etc.
+        import click
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

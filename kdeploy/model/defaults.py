@@ -1,0 +1,42 @@
+"""One typed source of defaults: versions, ports, CIDRs, paths on hosts."""
+from __future__ import annotations
+
+KUBERNETES_VERSION = "1.37.2"
+SUPPORTED_MINORS = ("1.35", "1.36", "1.37")
+
+POD_CIDR = "10.244.0.0/16"
+SERVICE_CIDR = "10.96.0.0/12"
+NODE_CIDR_MASK_SIZE = 24
+CLUSTER_DOMAIN = "cluster.local"
+
+APISERVER_PORT = 6443
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+KUBELET_PORT = 10250
+CONTROLLER_MANAGER_PORT = 10257
+SCHEDULER_PORT = 10259
+KUBE_PROXY_HEALTHZ_PORT = 10256
+
+# paths on hosts
+BIN_DIR = "/usr/local/bin"
+CNI_BIN_DIR = "/opt/cni/bin"
+CNI_CONF_DIR = "/etc/cni/net.d"
+K8S_DIR = "/etc/kubernetes"
+PKI_DIR = "/etc/kubernetes/pki"
+ETCD_PKI_DIR = "/etc/kubernetes/pki/etcd"
+ETCD_DATA_DIR = "/var/lib/etcd"
+KUBELET_DIR = "/var/lib/kubelet"
+KUBE_PROXY_DIR = "/var/lib/kube-proxy"
+CONTAINERD_CONF = "/etc/containerd/config.toml"
+CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+SYSTEMD_DIR = "/etc/systemd/system"
+AUDIT_LOG = "/var/log/kubernetes/audit.log"
+KDEPLOY_DIR = "/var/lib/kdeploy"
+
+# local state beside the inventory
+STATE_DIRNAME = ".kdeploy"
+
+# certificates
+CA_VALIDITY_DAYS = 3650
+CERT_VALIDITY_DAYS = 365
+RENEW_BEFORE_DAYS = 30

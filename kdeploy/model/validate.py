@@ -1,0 +1,210 @@
+"""Pure cross-field checks of a Cluster, run before any host is touched."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from kdeploy.model import defaults
+from kdeploy.model.cluster import Cluster, Role
+
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str
+    message: str
+    hint: str | None = None
+    line: int | None = None
+    warning: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" + (f" ({self.hint})" if self.hint else "")
+
+
+def is_dns_subdomain(name: str) -> bool:
+    """RFC 1123 subdomain, as Kubernetes node names must be."""
+    return 0 < len(name) <= 253 and all(_LABEL.match(p) for p in name.split("."))
+
+
+def check_kubernetes_version(version: str) -> str | None:
+    """None when supported, else the reason."""
+    m = _VERSION.match(version.strip())
+    if not m:
+        return f"'{version}' is not a Kubernetes version like 1.37.2"
+    minor = f"{m.group(1)}.{m.group(2)}"
+    if minor not in defaults.SUPPORTED_MINORS:
+        return f"Kubernetes {minor} is not supported"
+    return None
+
+
+def resolve_path(p: str, cluster: Cluster) -> Path:
+    path = Path(os.path.expanduser(p))
+    if not path.is_absolute() and cluster.source:
+        path = Path(cluster.source).parent / path
+    return path
+
+
+def check_cluster(c: Cluster, line_for: Callable[[tuple], int | None] = lambda p: None
+                  ) -> tuple[list[Problem], list[Problem]]:
+    """Return (errors, warnings)."""
+    errs: list[Problem] = []
+    warns: list[Problem] = []
+
+    def err(path: tuple, msg: str, hint: str | None = None) -> None:
+        errs.append(Problem(_dotted(path), msg, hint, line_for(path)))
+
+    def warn(path: tuple, msg: str, hint: str | None = None) -> None:
+        warns.append(Problem(_dotted(path), msg, hint, line_for(path), warning=True))
+
+    if not _LABEL.match(c.metadata.name):
+        err(("metadata", "name"), f"cluster name '{c.metadata.name}' is not an RFC 1123 label",
+            "use lowercase letters, digits and '-', at most 63 characters")
+
+    why = check_kubernetes_version(c.spec.kubernetes.version)
+    if why:
+        err(("spec", "kubernetes", "version"), why,
+            f"use a version of one of the supported minors: {', '.join(defaults.SUPPORTED_MINORS)}")
+
+    # hosts: names, addresses, uniqueness
+    names: dict[str, int] = {}
+    addrs: dict[str, int] = {}
+    host_ips = []
+    for i, h in enumerate(c.hosts):
+        if not is_dns_subdomain(h.name):
+            err(("hosts", i, "name"), f"host name '{h.name}' is not a valid RFC 1123 hostname",
+                "use lowercase letters, digits, '-' and '.', starting and ending alphanumeric")
+        if h.name in names:
+            err(("hosts", i, "name"), f"duplicate host name '{h.name}' (also hosts[{names[h.name]}])",
+                "give every host a unique name")
+        names.setdefault(h.name, i)
+        try:
+            ip = ipaddress.ip_address(h.address)
+            host_ips.append((i, ip))
+            key = str(ip)
+        except ValueError:
+            key = h.address.lower()
+            if not is_dns_subdomain(key):
+                err(("hosts", i, "address"), f"'{h.address}' is neither an IP address nor a DNS name",
+                    "use the address kdeploy connects to, e.g. 192.0.2.10")
+        if key in addrs:
+            err(("hosts", i, "address"),
+                f"duplicate address '{h.address}' (also hosts[{addrs[key]}])",
+                "give every host its own address")
+        addrs.setdefault(key, i)
+        ssh = c.ssh_for(h)
+        for fld, val in (("keyFile", ssh.key_file),):
+            if val and not resolve_path(val, c).is_file():
+                src = ("hosts", i, "ssh", fld) if getattr(h.ssh, "key_file") else ("spec", "ssh", fld)
+                err(src, f"SSH key file '{val}' does not exist",
+                    "create the key (ssh-keygen) or fix the path (relative paths are relative to the inventory)")
+        if ssh.bastion and ssh.bastion.key_file and not resolve_path(ssh.bastion.key_file, c).is_file():
+            err(("spec", "ssh", "bastion", "keyFile"),
+                f"bastion key file '{ssh.bastion.key_file}' does not exist", "fix the path")
+
+    # roles
+    if not c.control_plane:
+        err(("hosts",), "no host has the role control-plane",
+            "give at least one host the role control-plane")
+    n_etcd = len(c.etcd)
+    if n_etcd == 0:
+        err(("hosts",), "no host has the role etcd",
+            "give an odd number of hosts (1, 3 or 5) the role etcd, usually the control-plane hosts")
+    elif n_etcd % 2 == 0:
+        warn(("hosts",), f"{n_etcd} etcd members: an even count tolerates no more failures than "
+             f"{n_etcd - 1}", "use an odd number of etcd members (1, 3, 5)")
+
+    # networks
+    net = c.spec.network
+    pod = svc = None
+    try:
+        pod = ipaddress.ip_network(net.pod_cidr, strict=True)
+    except ValueError as e:
+        err(("spec", "network", "podCIDR"), f"invalid pod CIDR '{net.pod_cidr}': {e}",
+            "use a network address with prefix, e.g. 10.244.0.0/16")
+    try:
+        svc = ipaddress.ip_network(net.service_cidr, strict=True)
+    except ValueError as e:
+        err(("spec", "network", "serviceCIDR"), f"invalid service CIDR '{net.service_cidr}': {e}",
+            "use a network address with prefix, e.g. 10.96.0.0/12")
+    if pod and svc:
+        if pod.version != svc.version:
+            err(("spec", "network", "serviceCIDR"), "pod and service CIDRs are of different IP versions",
+                "use IPv4 for both (dual-stack is not supported yet)")
+        elif pod.overlaps(svc):
+            err(("spec", "network", "serviceCIDR"),
+                f"service CIDR {svc} overlaps the pod CIDR {pod}", "pick disjoint ranges")
+    if svc:
+        host_bits = svc.max_prefixlen - svc.prefixlen
+        if host_bits < 4:
+            err(("spec", "network", "serviceCIDR"),
+                f"service CIDR {svc} is too small: its first address must be the kubernetes "
+                f"service IP and the DNS service IP (+10) must fit", "use at least a /28 (IPv4)")
+        elif host_bits > 20:
+            err(("spec", "network", "serviceCIDR"),
+                f"service CIDR {svc} is too large (kube-apiserver accepts at most 20 host bits)",
+                "use a /12 or smaller range")
+    if pod:
+        mask = net.node_cidr_mask_size
+        if mask <= pod.prefixlen or mask > pod.max_prefixlen - 2:
+            err(("spec", "network", "nodeCIDRMaskSize"),
+                f"node CIDR mask /{mask} does not fit in the pod CIDR {pod}",
+                f"use a mask between /{pod.prefixlen + 1} and /{pod.max_prefixlen - 2}")
+        else:
+            capacity = 2 ** (mask - pod.prefixlen)
+            if capacity < len(c.hosts):
+                err(("spec", "network", "podCIDR"),
+                    f"pod CIDR {pod} with /{mask} per node has room for {capacity} nodes, "
+                    f"the inventory has {len(c.hosts)}",
+                    "use a larger pod CIDR or a larger nodeCIDRMaskSize")
+        for i, h in enumerate(c.hosts):
+            if h.pod_cidr:
+                try:
+                    hp = ipaddress.ip_network(h.pod_cidr, strict=True)
+                    if not hp.subnet_of(pod):  # type: ignore[arg-type]
+                        err(("hosts", i, "podCIDR"), f"{hp} is not inside the pod CIDR {pod}",
+                            "pick a subnet of spec.network.podCIDR")
+                except (ValueError, TypeError) as e:
+                    err(("hosts", i, "podCIDR"), f"invalid pod CIDR '{h.pod_cidr}': {e}",
+                        "e.g. 10.244.3.0/24")
+    for i, ip in host_ips:
+        for label, n in (("podCIDR", pod), ("serviceCIDR", svc)):
+            if n and ip.version == n.version and ip in n:
+                err(("hosts", i, "address"), f"host address {ip} lies inside the {label} {n}",
+                    f"the host network must not overlap spec.network.{label}; change one of them")
+    if not _LABEL.match(net.cluster_domain.split(".")[0]) or not is_dns_subdomain(net.cluster_domain):
+        err(("spec", "network", "clusterDomain"), f"'{net.cluster_domain}' is not a DNS domain",
+            "e.g. cluster.local")
+
+    ep = c.spec.control_plane.endpoint
+    if ep:
+        from kdeploy.model.cluster import _split_host_port
+        try:
+            host, _, _ = _split_host_port(ep)
+            if not host:
+                raise ValueError
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                if not is_dns_subdomain(host.lower()):
+                    raise
+        except ValueError:
+            err(("spec", "controlPlane", "endpoint"), f"'{ep}' is not host[:port]",
+                "e.g. 192.0.2.10:6443 or api.example.com")
+    if not c.spec.kubelet.fail_cgroup_v1:
+        warn(("spec", "kubelet", "failCgroupV1"),
+             "kubelet will run on cgroup v1 hosts (deprecated upstream)",
+             "fine for the local lab; move real hosts to cgroup v2")
+    return errs, warns
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+    return out

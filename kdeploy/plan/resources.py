@@ -1,0 +1,65 @@
+"""What kdeploy places on hosts, as data. Phases produce these; only the engine acts on them."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+# Phases in the order the engine runs them.
+PHASES = (
+    "os",             # kernel modules, sysctls, /etc/hosts entries, directories
+    "artifacts",      # binaries and image archives
+    "etcd",           # etcd members
+    "control-plane",  # kube-apiserver, kube-controller-manager, kube-scheduler
+    "runtime",        # containerd, runc, CNI plugins and config
+    "node",           # kubelet, kube-proxy, pod routes
+    "addons",         # applied through the API: RBAC, CoreDNS, node labels/taints
+)
+
+
+@dataclass(frozen=True)
+class File:
+    """A file kdeploy owns on a host. content is the full desired content."""
+    path: str
+    content: bytes
+    phase: str
+    mode: int = 0o644
+    owner: str = "root"
+    group: str = "root"
+    secret: bool = False                 # never shown in diffs or logs: checksums only
+    restarts: tuple[str, ...] = ()       # systemd units to restart when this file changes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+    def __repr__(self) -> str:  # never leak secret content into logs/tracebacks
+        return f"File({self.path!r}, sha256={self.sha256[:12]}, mode={oct(self.mode)})"
+
+
+@dataclass(frozen=True)
+class Binary:
+    """A file pushed from the deployer's artifact cache (verified by sha256)."""
+    path: str
+    local_path: str
+    sha256: str
+    phase: str = "artifacts"
+    mode: int = 0o755
+    restarts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A systemd unit that must be enabled and running (its file is a File resource)."""
+    name: str
+    phase: str
+    enabled: bool = True
+    running: bool = True
+
+
+@dataclass(frozen=True)
+class HostResources:
+    host: str
+    files: tuple[File, ...] = ()
+    binaries: tuple[Binary, ...] = ()
+    units: tuple[Unit, ...] = ()
+    extra: dict = field(default_factory=dict)
