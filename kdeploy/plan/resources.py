@@ -27,6 +27,7 @@ class File:
     group: str = "root"
     secret: bool = False                 # never shown in diffs or logs: checksums only
     restarts: tuple[str, ...] = ()       # systemd units to restart when this file changes
+    run_on_change: tuple[tuple[str, ...], ...] = ()   # argv lists run after it changed (sysctl -p F)
 
     @property
     def sha256(self) -> str:
@@ -34,6 +35,16 @@ class File:
 
     def __repr__(self) -> str:  # never leak secret content into logs/tracebacks
         return f"File({self.path!r}, sha256={self.sha256[:12]}, mode={oct(self.mode)})"
+
+
+@dataclass(frozen=True)
+class Block:
+    """A marked block kdeploy owns inside a file it does not own (e.g. /etc/hosts)."""
+    path: str
+    content: str
+    phase: str
+    marker: str = "kdeploy"              # "# BEGIN kdeploy" ... "# END kdeploy"
+    run_on_change: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,7 @@ class Unit:
 class HostResources:
     host: str
     files: tuple[File, ...] = ()
+    blocks: tuple[Block, ...] = ()
     binaries: tuple[Binary, ...] = ()
     units: tuple[Unit, ...] = ()
     extra: dict = field(default_factory=dict)
