@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Write or check manifest.json of a built artifact directory (the layout of docs/artifacts.md).
+
+    mkmanifest.py --write DIR --k8s-version 1.37.2 --arch amd64
+    mkmanifest.py --check DIR        # exit 0 when every file matches the manifest
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kdeploy.artifacts.catalog import IMAGES, build_versions_for
+from kdeploy.artifacts.layout import read_manifest, verify_dir, write_manifest
+from kdeploy.errors import KdeployError
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--write", metavar="DIR")
+    g.add_argument("--check", metavar="DIR")
+    ap.add_argument("--k8s-version")
+    ap.add_argument("--arch", default="amd64")
+    a = ap.parse_args(argv)
+    try:
+        if a.check:
+            doc = read_manifest(Path(a.check))
+            verify_dir(Path(a.check), kubernetes_version=doc.get("kubernetesVersion"))
+            print(f"{a.check}: {len(doc['files'])} files match manifest.json")
+            return 0
+        if not a.k8s_version:
+            ap.error("--write needs --k8s-version")
+        v = build_versions_for(a.k8s_version)
+        comps = {k: val for k, val in v.as_dict().items() if not k.endswith("_image")}
+        images = {f"images/{fname}": getattr(v, attr) for fname, _, attr in IMAGES.values()}
+        doc = write_manifest(Path(a.write), kubernetes_version=a.k8s_version, arch=a.arch,
+                             source="built-from-go-modules", components=comps, images=images)
+        print(f"{a.write}/manifest.json: {len(doc['files'])} files")
+        return 0
+    except KdeployError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
