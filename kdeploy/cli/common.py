@@ -1,0 +1,23 @@
+"""Shared CLI pieces: option aliases, inventory loading with warnings printed once."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kdeploy.model import Cluster, load_inventory
+
+InventoryOpt = Annotated[
+    Path, typer.Option("-i", "--inventory", help="Inventory file (kdeploy YAML or Ansible INI/YAML).",
+                       show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+def load(inventory: Path, *, quiet: bool = False) -> Cluster:
+    cluster, warnings = load_inventory(inventory)
+    if not quiet:
+        for w in warnings:
+            where = f"{inventory}:{w.line}" if w.line else str(inventory)
+            typer.secho(f"warning: {where}: {w}", fg="yellow", err=True)
+    return cluster
