@@ -7,6 +7,7 @@ The known values were taken from kubespray's published checksum table
 """
 from __future__ import annotations
 
+
 CHECKSUMS: dict[str, str | None] = {
     "cni-plugins/1.9.1/amd64/cni-plugins-linux-amd64-v1.9.1.tgz": None,
     "cni-plugins/1.9.1/arm64/cni-plugins-linux-arm64-v1.9.1.tgz":

@@ -1,0 +1,167 @@
+"""`kdeploy artifacts`: fetch, verify, list the pinned binaries and images; refresh checksums."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kdeploy.errors import ArtifactError
+
+app = typer.Typer(
+    help="Binaries and images a cluster needs: fetch (official releases, pinned sha256), "
+         "verify an offline directory, list the catalog, refresh the checksum table.",
+    no_args_is_help=True,
+)
+
+VersionOpt = Annotated[str | None, typer.Option(
+    "--k8s-version", help="Kubernetes version (default: the inventory's, else the newest supported).",
+    show_default=False)]
+ArchOpt = Annotated[str, typer.Option("--arch", help="Host architecture: amd64 or arm64.")]
+InvOpt = Annotated[Path | None, typer.Option(
+    "-i", "--inventory", help="Take the Kubernetes version (and mirror) from this inventory.",
+    show_default=False)]
+
+
+def _version_from(inventory: Path | None, version: str | None) -> tuple[str, str | None]:
+    """(kubernetes version, mirror from the inventory)."""
+    from kdeploy.artifacts import DEFAULT_KUBERNETES_VERSION, check_kubernetes_version
+    mirror = None
+    if inventory is not None:
+        from kdeploy.cli.common import load
+        cluster = load(inventory)
+        if version is None:
+            version = cluster.spec.kubernetes.version
+        mirror = cluster.spec.artifacts.mirror
+    version = (version or DEFAULT_KUBERNETES_VERSION).lstrip("v")
+    check_kubernetes_version(version)
+    return version, mirror
+
+
+@app.command()
+def fetch(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory to fill (offline layout).")],
+    inventory: InvOpt = None,
+    k8s_version: VersionOpt = None,
+    arch: ArchOpt = "amd64",
+    mirror: Annotated[str | None, typer.Option(
+        "--mirror", help="Base URL of a mirror with the offline layout (default: official releases).",
+        show_default=False)] = None,
+) -> None:
+    """Download the official releases, verify their pinned sha256 and fill DIR (offline layout).
+
+    Downloads are cached in ${XDG_CACHE_HOME:-~/.cache}/kdeploy/downloads/, so a second run
+    downloads nothing. A checksum mismatch is a hard error and the file is not used."""
+    from kdeploy.artifacts import check_arch, fetch_to_dir
+    version, inv_mirror = _version_from(inventory, k8s_version)
+    check_arch(arch)
+    doc = fetch_to_dir(output, version, arch, mirror=mirror or inv_mirror,
+                       progress=lambda s: typer.echo(f"  {s}"))
+    typer.echo(f"{output}: {len(doc['files'])} files for Kubernetes {version} {arch}, "
+               f"verified; manifest.json written")
+
+
+@app.command()
+def verify(
+    directory: Annotated[Path, typer.Argument(help="Offline artifact directory.")],
+    k8s_version: VersionOpt = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="Require this architecture.",
+                                             show_default=False)] = None,
+) -> None:
+    """Check every file of DIR against its manifest.json (size and sha256; no extra files)."""
+    from kdeploy.artifacts import catalog
+    from kdeploy.artifacts.layout import read_manifest, verify_dir
+    doc = read_manifest(directory)
+    version = (k8s_version or doc.get("kubernetesVersion") or "").lstrip("v")
+    if not version:
+        raise ArtifactError(f"{directory}/manifest.json has no kubernetesVersion",
+                            "pass --k8s-version or re-create the directory")
+    catalog.check_kubernetes_version(version)
+    required = [s.relpath for s in catalog.file_specs(images=False)]
+    doc = verify_dir(directory, kubernetes_version=version, arch=arch, required=required)
+    n_img = sum(1 for r in doc["files"] if r.startswith("images/"))
+    typer.echo(f"{directory}: ok: {len(doc['files'])} files ({n_img} image archives) match "
+               f"manifest.json (Kubernetes {doc['kubernetesVersion']}, {doc['arch']}, "
+               f"source: {doc.get('source', 'unknown')})")
+
+
+@app.command("list")
+def list_(
+    inventory: InvOpt = None,
+    k8s_version: VersionOpt = None,
+    arch: ArchOpt = "amd64",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")] = False,
+) -> None:
+    """Show the catalog for a Kubernetes version: component versions, image refs, every file
+    with its install path, roles, download URL and pinned sha256 (or 'unknown')."""
+    from kdeploy.artifacts import catalog
+    from kdeploy.artifacts._checksums import CHECKSUMS
+    from kdeploy.artifacts.update import release_key
+    version, _ = _version_from(inventory, k8s_version)
+    catalog.check_arch(arch)
+    v = catalog.versions_for(version)
+    by_rel = {}
+    for r in catalog.releases(v, arch):
+        for rel in r.members:
+            by_rel[rel] = r
+    rows = []
+    for s in catalog.file_specs():
+        r = by_rel.get(s.relpath)
+        rows.append({
+            "name": s.name, "component": s.component,
+            "version": catalog.component_version(v, s.component, s.name),
+            "path": s.relpath, "installPath": s.install_path, "mode": oct(s.mode),
+            "roles": sorted(s.roles),
+            "url": r.url if r else None,
+            "sha256": (CHECKSUMS.get(release_key(r)) if r else None),
+            "shaOf": (r.asset if r else None),
+        })
+    if as_json:
+        typer.echo(json.dumps({"kubernetesVersion": v.kubernetes, "arch": arch,
+                               "versions": v.as_dict(), "files": rows}, indent=2))
+        return
+    typer.echo(f"Kubernetes {v.kubernetes} ({arch})")
+    for k, val in v.as_dict().items():
+        if k != "kubernetes":
+            typer.echo(f"  {k:<14} {val}")
+    typer.echo("")
+    for row in rows:
+        src = row["url"] or "image archive (offline directory only; else pulled by the hosts)"
+        sha = row["sha256"] or ("unknown" if row["url"] else "-")
+        typer.echo(f"{row['path']:<32} {row['version']:<9} -> {row['installPath']}  "
+                   f"[{','.join(row['roles'])}]")
+        typer.echo(f"    {src}")
+        if row["url"]:
+            typer.echo(f"    sha256({row['shaOf']}): {sha}")
+
+
+@app.command("update-checksums")
+def update_checksums(
+    check: Annotated[bool, typer.Option("--check", help="Only report differences; write nothing "
+                                        "(exit 1 when the table is out of date).")] = False,
+) -> None:
+    """Regenerate kdeploy/artifacts/_checksums.py from upstream's published checksum files
+    (needs internet access). Sums that cannot be fetched keep their old value and are listed."""
+    from kdeploy.artifacts._checksums import CHECKSUMS
+    from kdeploy.artifacts.fetch import urllib_fetcher
+    from kdeploy.artifacts.update import CHECKSUMS_MODULE, fetch_text_with, render
+    from kdeploy.artifacts.update import update_checksums as run
+    res = run(fetch_text_with(urllib_fetcher), dict(CHECKSUMS))
+    for k in res.changed:
+        typer.echo(f"updated  {k}")
+    for f in res.failed:
+        typer.secho(f"failed   {f}", fg="yellow", err=True)
+    unknown = sum(1 for v in res.table.values() if v is None)
+    if check:
+        if res.changed:
+            raise ArtifactError(f"{len(res.changed)} checksum(s) differ from upstream",
+                                "run `kdeploy artifacts update-checksums` and commit the result")
+        typer.echo(f"checksum table up to date ({unknown} unknown)")
+        return
+    CHECKSUMS_MODULE.write_text(render(res.table))
+    typer.echo(f"wrote {CHECKSUMS_MODULE}: {len(res.table)} entries, {len(res.changed)} changed, "
+               f"{unknown} still unknown")
+    if res.failed and all(v is None for v in res.table.values()):
+        raise ArtifactError("no checksum could be fetched",
+                            "this needs internet access to dl.k8s.io and github.com")
