@@ -1,0 +1,492 @@
+"""The cluster PKI on the deployer: kept in the state dir, issued on demand, handed out per host.
+
+State layout (<inventory dir>/.kdeploy/<cluster>/, mode 0700):
+
+    pki/ca.crt ca.key  etcd/ca.crt etcd/ca.key  front-proxy-ca.crt front-proxy-ca.key
+    pki/sa.key sa.pub  encryption.json                      (0600 for every secret)
+    pki/<identity>.crt .key .json                           e.g. pki/nodes/w1/kubelet-client.*
+
+The .json beside each leaf records the spec fingerprint it was issued for (subject, SANs,
+usages, key type, and the signing CA's fingerprint), the sha256 of its .crt and .key and its
+notAfter: reuse checks read three small files per certificate and parse nothing.
+"""
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import json
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+
+from kdeploy.errors import InventoryError, KdeployError
+from kdeploy.model import defaults
+from kdeploy.model.cluster import Cluster, Host
+from kdeploy.plan.resources import PHASES, File
+from kdeploy.pki import crypto, render
+from kdeploy.pki.identities import LOCAL, CASpec, Identity, Place, Table, build_table, local_server
+
+SPEC_VERSION = 1
+SA_KEY_TYPE = "rsa-2048"        # kube-apiserver accepts RSA and ECDSA; RSA is what everyone expects
+CA_KEY_TYPE = "ecdsa-p256"
+ENCRYPTION_FILE = "encryption.json"
+
+OK, EXPIRING, EXPIRED, MISSING, CORRUPT, CHANGED = "ok", "expiring", "expired", "missing", "corrupt", "changed"
+_REASONS = {MISSING: "new", CORRUPT: "missing or corrupt file", CHANGED: "spec changed",
+            EXPIRING: "expires soon", EXPIRED: "expired"}
+_DNS = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
+
+
+class PKIError(KdeployError):
+    """The PKI state cannot be used as is (a CA without its key, a corrupt secret ...)."""
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    name: str
+    cn: str | None
+    issuer: str | None
+    not_after: datetime | None
+    days_left: int | None
+    sans: tuple[str, ...]
+    status: str                 # ok | expiring | expired | missing | corrupt | changed
+    is_ca: bool = False
+
+    @property
+    def needs_action(self) -> bool:
+        return self.status != OK
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "cn": self.cn, "issuer": self.issuer,
+                "notAfter": self.not_after.isoformat() if self.not_after else None,
+                "daysLeft": self.days_left, "sans": list(self.sans), "status": self.status,
+                "ca": self.is_ca}
+
+
+@dataclass
+class _Leaf:
+    crt: bytes | None = None
+    key: bytes | None = None
+    not_after: datetime | None = None
+    status: str = MISSING
+
+
+@dataclass
+class _CA:
+    crt: bytes | None = None
+    key: bytes | None = None
+    cert: x509.Certificate | None = None
+    status: str = MISSING
+    _key_obj: object = None
+
+    @property
+    def fingerprint(self) -> str:
+        return _sha(self.crt or b"")
+
+    def key_obj(self):
+        if self._key_obj is None:
+            self._key_obj = crypto.load_key(self.key)
+        return self._key_obj
+
+
+def _sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def _read(p: Path) -> bytes | None:
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def default_state_dir(cluster: Cluster) -> Path:
+    if not cluster.source:
+        raise PKIError("the cluster has no inventory file, so there is no default state directory",
+                       "pass a state directory explicitly")
+    return Path(cluster.source).resolve().parent / defaults.STATE_DIRNAME / cluster.name
+
+
+def check_sans(cluster: Cluster) -> None:
+    for i, san in enumerate(cluster.spec.control_plane.extra_sans):
+        v = san.strip().lower()
+        try:
+            import ipaddress
+            ipaddress.ip_address(v.strip("[]"))
+            continue
+        except ValueError:
+            pass
+        if len(v) > 253 or not _DNS.match(v):
+            raise InventoryError(f"'{san}' is neither an IP address nor a DNS name",
+                                 "use names like api.example.com (or *.example.com) and IP addresses",
+                                 file=cluster.source, field=f"spec.controlPlane.extraSANs[{i}]")
+
+
+class PKI:
+    """The cluster's certificates and keys as found in (or written to) the state dir."""
+
+    def __init__(self, cluster: Cluster, state_dir: Path, now: datetime | None = None, *,
+                 scan: bool = True):
+        check_sans(cluster)
+        self.cluster = cluster
+        self.state_dir = Path(state_dir)
+        self.dir = self.state_dir / "pki"
+        self.now = crypto.utc(now)
+        self.table: Table = build_table(cluster)
+        self.issued: list[str] = []            # names issued by the last ensure()
+        self.reasons: dict[str, str] = {}      # name -> why it was issued
+        self.warnings: list[str] = []
+        self._cas: dict[str, _CA] = {}
+        self._leaves: dict[str, _Leaf] = {}
+        self._sa_key: bytes | None = None
+        self._sa_pub: bytes | None = None
+        self._enc_keys: list[tuple[str, bytes]] | None = None
+        self._parsed: dict[str, x509.Certificate] = {}
+        self._render_cache: dict[tuple, bytes] = {}
+        self._index: dict[str, list[tuple[object, Place]]] | None = None
+        if scan:
+            self._scan()
+
+    # --- reading --------------------------------------------------------------------------
+    def _scan(self) -> None:
+        self.warnings = []
+        for ca in self.table.cas:
+            self._cas[ca.name] = self._scan_ca(ca)
+        self._sa_key = _read(self.dir / "sa.key")
+        self._sa_pub = _read(self.dir / "sa.pub")
+        self._enc_keys = self._read_encryption()
+        renew = timedelta(days=defaults.RENEW_BEFORE_DAYS)
+        for ident in self.table.identities:
+            self._leaves[ident.name] = self._scan_leaf(ident, renew)
+        for name, ca in self._cas.items():
+            if ca.cert is not None:
+                left = ca.cert.not_valid_after_utc - self.now
+                if left <= renew:
+                    self.warnings.append(
+                        f"CA {name} expires {ca.cert.not_valid_after_utc:%Y-%m-%d} "
+                        f"({left.days} days left); CA renewal is not automated yet")
+
+    def _scan_ca(self, spec: CASpec) -> _CA:
+        crt, key = _read(self.dir / f"{spec.name}.crt"), _read(self.dir / f"{spec.name}.key")
+        if crt is None and key is None:
+            return _CA()
+        ca = _CA(crt=crt, key=key, status=CORRUPT)
+        if crt is None or key is None:
+            return ca
+        try:
+            ca.cert = x509.load_pem_x509_certificate(crt)
+            k = crypto.load_key(key)
+        except ValueError:
+            ca.cert = None
+            return ca
+        if not crypto.same_public_key(k, ca.cert):
+            return ca
+        ca._key_obj = k
+        left = ca.cert.not_valid_after_utc - self.now
+        ca.status = (EXPIRED if left <= timedelta(0) else
+                     EXPIRING if left <= timedelta(days=defaults.RENEW_BEFORE_DAYS) else OK)
+        return ca
+
+    def _read_encryption(self) -> list[tuple[str, bytes]] | None:
+        raw = _read(self.dir / ENCRYPTION_FILE)
+        if raw is None:
+            return None
+        try:
+            keys = [(k["name"], base64.b64decode(k["secret"], validate=True))
+                    for k in json.loads(raw)["keys"]]
+            if not keys or any(len(v) != 32 for _, v in keys):
+                raise ValueError
+            return keys
+        except (ValueError, KeyError, TypeError):
+            raise PKIError(f"{self.dir / ENCRYPTION_FILE} is corrupt",
+                           "restore it from a backup: without this key the cluster's Secrets cannot "
+                           "be decrypted. Delete it only for a cluster that was never deployed") from None
+
+    def _fingerprint(self, ident: Identity) -> str:
+        spec = {"v": SPEC_VERSION, "ca": self._cas[ident.signer].fingerprint, **ident.spec()}
+        return _sha(json.dumps(spec, sort_keys=True).encode())
+
+    def _scan_leaf(self, ident: Identity, renew: timedelta) -> _Leaf:
+        base = self.dir / ident.name
+        crt, key, meta = (_read(base.with_name(base.name + ext)) for ext in (".crt", ".key", ".json"))
+        leaf = _Leaf(crt=crt, key=key)
+        if crt is None and key is None and meta is None:
+            return leaf                                      # MISSING
+        leaf.status = CORRUPT
+        if crt is None or key is None or meta is None:
+            return leaf
+        try:
+            m = json.loads(meta)
+            if m["crt"] != _sha(crt) or m["key"] != _sha(key):
+                return leaf
+            leaf.not_after = datetime.fromisoformat(m["notAfter"])
+        except (ValueError, KeyError, TypeError):
+            return leaf
+        if m.get("spec") != self._fingerprint(ident):
+            leaf.status = CHANGED
+            return leaf
+        left = leaf.not_after - self.now
+        leaf.status = EXPIRED if left <= timedelta(0) else EXPIRING if left <= renew else OK
+        return leaf
+
+    # --- issuing --------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self):
+        crypto.ensure_dir(self.dir)
+        os.chmod(self.state_dir, 0o700)
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _ensure(self) -> None:
+        self.issued, self.reasons = [], {}
+        with self._locked():
+            self._scan()
+            for spec in self.table.cas:
+                self._ensure_ca(spec)
+            self._ensure_sa()
+            self._ensure_encryption()
+            for ident in self.table.identities:
+                leaf = self._leaves[ident.name]
+                if leaf.status != OK:
+                    self._issue(ident, leaf)
+        self._render_cache.clear()
+        self._parsed.clear()
+
+    def _mark(self, name: str, reason: str) -> None:
+        self.issued.append(name)
+        self.reasons[name] = reason
+
+    def _ensure_ca(self, spec: CASpec) -> None:
+        ca = self._cas[spec.name]
+        if ca.status == MISSING:
+            key, cert = crypto.make_ca(spec.cn, defaults.CA_VALIDITY_DAYS, self.now, CA_KEY_TYPE)
+            ca.key, ca.crt, ca.cert, ca._key_obj = crypto.key_pem(key), crypto.cert_pem(cert), cert, key
+            crypto.write_atomic(self.dir / f"{spec.name}.key", ca.key, 0o600, durable=True)
+            crypto.write_atomic(self.dir / f"{spec.name}.crt", ca.crt, 0o644, durable=True)
+            ca.status = OK
+            self._mark(spec.name, "new CA")
+            # a new CA invalidates every certificate it signed
+            for ident in self.table.identities:
+                if ident.signer == spec.name and self._leaves[ident.name].status != MISSING:
+                    self._leaves[ident.name].status = CHANGED
+        elif ca.status == CORRUPT:
+            raise PKIError(
+                f"CA {spec.name}: {self.dir / spec.name}.crt and .key are not a matching, readable pair",
+                "restore both files from a backup; delete both only to start a new CA "
+                "(every certificate it signed is then reissued and must be redeployed)")
+        else:
+            _fix_mode(self.dir / f"{spec.name}.key")
+
+    def _ensure_sa(self) -> None:
+        key_path, pub_path = self.dir / "sa.key", self.dir / "sa.pub"
+        if self._sa_key is None:
+            key = crypto.new_key(SA_KEY_TYPE)
+            self._sa_key = crypto.key_pem(key)
+            crypto.write_atomic(key_path, self._sa_key, 0o600, durable=True)
+            self._mark("sa", "new key pair")
+            self._sa_pub = None
+        else:
+            try:
+                key = crypto.load_key(self._sa_key)
+            except ValueError:
+                raise PKIError(f"{key_path} is corrupt",
+                               "restore it from a backup; deleting it creates a new key and "
+                               "invalidates every service account token") from None
+            _fix_mode(key_path)
+        pub = crypto.pub_pem(key)
+        if self._sa_pub != pub:
+            self._sa_pub = pub
+            crypto.write_atomic(pub_path, pub, 0o644)
+
+    def _ensure_encryption(self) -> None:
+        if self._enc_keys is None:
+            self._enc_keys = [("key1", crypto.random_key(32))]
+            doc = {"keys": [{"name": n, "secret": base64.b64encode(k).decode()} for n, k in self._enc_keys]}
+            crypto.write_atomic(self.dir / ENCRYPTION_FILE, json.dumps(doc, indent=1).encode() + b"\n",
+                                0o600, durable=True)
+            self._mark("encryption", "new key")
+        else:
+            _fix_mode(self.dir / ENCRYPTION_FILE)
+
+    def _issue(self, ident: Identity, leaf: _Leaf) -> None:
+        ca = self._cas[ident.signer]
+        key, cert = crypto.issue(
+            ca.key_obj(), ca.cert, cn=ident.cn, orgs=ident.orgs, dns=ident.dns_sans,
+            ips=ident.ip_sans, usages=ident.usages, days=defaults.CERT_VALIDITY_DAYS,
+            now=self.now, kind=ident.key_type)
+        reason = _REASONS[leaf.status]
+        leaf.key, leaf.crt = crypto.key_pem(key), crypto.cert_pem(cert)
+        leaf.not_after = cert.not_valid_after_utc
+        base = self.dir / ident.name
+        meta = {"spec": self._fingerprint(ident), "crt": _sha(leaf.crt), "key": _sha(leaf.key),
+                "notAfter": leaf.not_after.isoformat()}
+        crypto.write_atomic(base.with_name(base.name + ".key"), leaf.key, 0o600)
+        crypto.write_atomic(base.with_name(base.name + ".crt"), leaf.crt, 0o644)
+        # written last: the marker that the pair above is complete
+        crypto.write_atomic(base.with_name(base.name + ".json"),
+                            json.dumps(meta, sort_keys=True).encode() + b"\n", 0o644)
+        leaf.status = OK
+        self._mark(ident.name, reason)
+
+    # --- handing out ------------------------------------------------------------------------
+    def _require(self, name: str, have) -> None:
+        if have is None:
+            raise PKIError(f"PKI material '{name}' does not exist yet",
+                           "run `kdeploy certs -i INVENTORY` (or ensure_pki) first")
+
+    def _content(self, source, place: Place) -> tuple[bytes, bool]:
+        """(content, secret) of one placement."""
+        what = place.what
+        if isinstance(source, CASpec):
+            ca = self._cas[source.name]
+            data = ca.crt if what == "crt" else ca.key
+            if ca.status == CORRUPT:
+                data = None
+            self._require(source.name, data)
+            return data, what == "key"
+        if isinstance(source, Identity):
+            leaf = self._leaves[source.name]
+            if leaf.status in (MISSING, CORRUPT):
+                self._require(source.name, None)
+            if what == "crt":
+                return leaf.crt, False
+            if what == "key":
+                return leaf.key, True
+            server = local_server(self.cluster) if place.server == LOCAL else place.server
+            return self._kubeconfig(source, server), True
+        if source.name == "sa":
+            data = self._sa_key if what == "key" else self._sa_pub
+            self._require("sa", data)
+            return data, what == "key"
+        if source.name == "encryption":
+            self._require("encryption", self._enc_keys)
+            ck = ("encryption",)
+            if ck not in self._render_cache:
+                self._render_cache[ck] = render.encryption_config(self._enc_keys)
+            return self._render_cache[ck], True
+        raise AssertionError(source)
+
+    def _kubeconfig(self, ident: Identity, server: str) -> bytes:
+        ck = (ident.name, server)
+        out = self._render_cache.get(ck)
+        if out is None:
+            leaf = self._leaves[ident.name]
+            ca = self._cas[ident.signer]
+            self._require(ident.signer, ca.crt)
+            out = render.kubeconfig(cluster_name=self.cluster.name, server=server, ca_pem=ca.crt,
+                                    user=ident.user or ident.cn, cert_pem=leaf.crt, key_pem=leaf.key)
+            self._render_cache[ck] = out
+        return out
+
+    def _host_index(self) -> dict[str, list[tuple[object, Place]]]:
+        if self._index is None:
+            idx: dict[str, list[tuple[object, Place]]] = {h.name: [] for h in self.cluster.hosts}
+            for src in (*self.table.cas, *self.table.extras, *self.table.identities):
+                for place in src.places:
+                    for h in place.hosts:
+                        idx[h].append((src, place))
+            self._index = idx
+        return self._index
+
+    def files_for(self, host: Host | str) -> list[File]:
+        """Exactly the PKI material (and kubeconfigs, encryption config) this host needs,
+        sorted by path. A path used by several consumers gets the earliest phase and every
+        consumer's restarts."""
+        name = host if isinstance(host, str) else host.name
+        idx = self._host_index()
+        if name not in idx:
+            raise PKIError(f"host '{name}' is not in the inventory", "check the host name")
+        merged: dict[str, dict] = {}
+        for src, place in idx[name]:
+            content, secret = self._content(src, place)
+            m = merged.get(place.path)
+            if m is None:
+                merged[place.path] = {"content": content, "secret": secret, "phase": place.phase,
+                                      "restarts": list(place.restarts)}
+                continue
+            assert m["content"] == content, place.path
+            if PHASES.index(place.phase) < PHASES.index(m["phase"]):
+                m["phase"] = place.phase
+            m["restarts"] += [r for r in place.restarts if r not in m["restarts"]]
+        return [File(path=p, content=m["content"], phase=m["phase"],
+                     mode=0o600 if m["secret"] else 0o644, secret=m["secret"],
+                     restarts=tuple(m["restarts"]))
+                for p, m in sorted(merged.items())]
+
+    def admin_kubeconfig(self, server: str | None = None) -> bytes:
+        """A cluster-admin kubeconfig for the user (default server: the cluster's API endpoint)."""
+        ident = next(i for i in self.table.identities if i.name == "admin")
+        leaf = self._leaves["admin"]
+        if leaf.status in (MISSING, CORRUPT):
+            self._require("admin", None)
+        return self._kubeconfig(ident, server or self.cluster.api_server_url)
+
+    # --- reporting --------------------------------------------------------------------------
+    def _cert(self, name: str, pem: bytes) -> x509.Certificate:
+        c = self._parsed.get(name)
+        if c is None:
+            c = self._parsed[name] = x509.load_pem_x509_certificate(pem)
+        return c
+
+    def certificates(self) -> list[CertInfo]:
+        """Every CA and leaf certificate of the cluster, CAs first, with expiry and status."""
+        out = []
+        for spec in self.table.cas:
+            ca = self._cas[spec.name]
+            out.append(self._info(spec.name, ca.crt if ca.cert is not None else None, ca.status, True))
+        for ident in self.table.identities:
+            leaf = self._leaves[ident.name]
+            pem = leaf.crt if leaf.status not in (MISSING, CORRUPT) else None
+            out.append(self._info(ident.name, pem, leaf.status, False))
+        return out
+
+    def _info(self, name: str, pem: bytes | None, status: str, is_ca: bool) -> CertInfo:
+        if pem is None:
+            return CertInfo(name, None, None, None, None, (), status, is_ca)
+        c = self._cert(name, pem)
+        cn = _cn(c.subject)
+        try:
+            san = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            sans = tuple(san.get_values_for_type(x509.DNSName)) + tuple(
+                str(i) for i in san.get_values_for_type(x509.IPAddress))
+        except x509.ExtensionNotFound:
+            sans = ()
+        na = c.not_valid_after_utc
+        return CertInfo(name, cn, _cn(c.issuer), na, (na - self.now).days, sans, status, is_ca)
+
+
+def _cn(name: x509.Name) -> str | None:
+    attrs = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else None
+
+
+def _fix_mode(path: Path) -> None:
+    try:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+    except FileNotFoundError:
+        pass
+
+
+def load_pki(cluster: Cluster, state_dir: Path | None = None, *, now: datetime | None = None) -> PKI:
+    """Read the PKI without writing anything (for `certs check`, plans)."""
+    return PKI(cluster, Path(state_dir) if state_dir else default_state_dir(cluster), now)
+
+
+def ensure_pki(cluster: Cluster, state_dir: Path | None = None, *, now: datetime | None = None) -> PKI:
+    """Load the PKI and issue whatever is missing, changed, corrupt or about to expire.
+    pki.issued names what was (re)issued in this call."""
+    pki = PKI(cluster, Path(state_dir) if state_dir else default_state_dir(cluster), now, scan=False)
+    pki._ensure()
+    return pki
