@@ -1,0 +1,183 @@
+"""The engine: the only part of kdeploy that acts on hosts.
+
+Runs a Plan phase by phase; within a phase, hosts in parallel. Per host and phase:
+journal the consequences, write binaries/files/blocks atomically, daemon-reload if unit files
+changed, run commands, enable/start/restart units, clear the journal, then pass the phase's
+gate (etcd healthy, apiserver ready) before the next phase starts. Fail fast: the first phase
+with a failing host stops the run with one error listing every failed host.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from kdeploy.errors import KdeployError, TransportError
+from kdeploy.execute import journal
+from kdeploy.plan.planner import Change, Plan, apply_block
+from kdeploy.plan.resources import PHASES, Binary, Block, File, HostResources
+from kdeploy.transport.base import Transport
+
+Event = dict
+EventSink = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A check that must pass on a host after a phase changed it, retried until timeout."""
+    phase: str
+    role: str                 # hosts with this role run it
+    cmd: str
+    timeout: float = 120.0
+    what: str = ""
+
+
+@dataclass
+class PhaseResult:
+    phase: str
+    seconds: float = 0.0
+    changed_hosts: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    phases: list[PhaseResult] = field(default_factory=list)
+    changes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(not p.failed for p in self.phases)
+
+
+class Engine:
+    def __init__(self, desired: Mapping[str, HostResources], transports: Mapping[str, Transport],
+                 *, roles: Mapping[str, set[str]], gates: tuple[Gate, ...] = (),
+                 emit: EventSink = lambda e: None, parallel: int = 16):
+        self.desired = desired
+        self.t = transports
+        self.roles = roles
+        self.gates = gates
+        self.emit = emit
+        self.parallel = parallel
+
+    # -- public ----------------------------------------------------------------------------
+    def apply(self, plan: Plan) -> RunResult:
+        result = RunResult(changes=len(plan.changes))
+        for phase in PHASES:
+            hosts = [h for h in self.desired if plan.for_host_phase(h, phase)]
+            pr = PhaseResult(phase)
+            result.phases.append(pr)
+            if not hosts:
+                continue
+            t0 = time.monotonic()
+            self.emit({"event": "phase-start", "phase": phase, "hosts": hosts})
+            with ThreadPoolExecutor(max_workers=min(self.parallel, len(hosts))) as ex:
+                futs = {h: ex.submit(self._host_phase, h, phase, plan.for_host_phase(h, phase))
+                        for h in hosts}
+                for h, f in futs.items():
+                    try:
+                        f.result()
+                        pr.changed_hosts.append(h)
+                    except KdeployError as e:
+                        pr.failed[h] = e.message
+                        self.emit({"event": "host-failed", "phase": phase, "host": h, "error": e.message})
+            if not pr.failed:
+                self._gates(phase, hosts, pr)
+            pr.seconds = time.monotonic() - t0
+            self.emit({"event": "phase-done", "phase": phase, "seconds": round(pr.seconds, 2),
+                       "failed": pr.failed})
+            if pr.failed:
+                lines = "\n".join(f"  {h}: {msg}" for h, msg in pr.failed.items())
+                raise KdeployError(f"phase {phase} failed on {len(pr.failed)} host(s):\n{lines}",
+                                   "fix the cause and run `kdeploy up` again: it resumes where "
+                                   "this run stopped")
+        return result
+
+    # -- per host ----------------------------------------------------------------------------
+    def _host_phase(self, host: str, phase: str, changes: list[Change]) -> None:
+        t = self.t[host]
+        res = self.desired[host]
+        files = {f.path: f for f in res.files}
+        bins = {b.path: b for b in res.binaries}
+        blocks = {b.path: b for b in res.blocks}
+        pending = {c.key() for c in changes if c.kind in ("unit-restart", "run")}
+        if pending:
+            self._journal(t, add=pending)
+        reload_needed = False
+        for c in changes:
+            self.emit({"event": "change", "host": host, "phase": phase, "kind": c.kind,
+                       "target": c.target, "action": c.action})
+            if c.kind == "binary":
+                b: Binary = bins[c.target]
+                t.put_file(b.path, b.local_path, mode=b.mode, sha256=b.sha256)
+            elif c.kind == "file":
+                f: File = files[c.target]
+                t.put(f.path, f.content, mode=f.mode, owner=f.owner, group=f.group)
+                if "/systemd/system/" in f.path:
+                    reload_needed = True
+            elif c.kind == "mode":
+                r = files.get(c.target) or bins[c.target]
+                owner = getattr(r, "owner", "root")
+                group = getattr(r, "group", "root")
+                t.run(["chown", f"{owner}:{group}", r.path])
+                t.run(["chmod", format(r.mode, "o"), r.path])
+            elif c.kind == "block":
+                bl: Block = blocks[c.target]
+                old = (t.get(bl.path) or b"").decode(errors="replace")
+                t.put(bl.path, apply_block(old, bl).encode(), mode=0o644)
+        if reload_needed:
+            t.run(["systemctl", "daemon-reload"])
+        done: set[str] = set()
+        for c in changes:
+            if c.kind == "run":
+                t.run(c.target)
+            elif c.kind == "unit-enable":
+                t.run(["systemctl", "enable", c.target])
+            elif c.kind == "unit-start":
+                t.run(["systemctl", "start", c.target], timeout=180)
+            elif c.kind == "unit-restart":
+                t.run(["systemctl", "restart", c.target], timeout=180)
+            else:
+                continue
+            if c.key() in pending:
+                done.add(c.key())
+        if pending:
+            self._journal(t, remove=done)
+
+    def _journal(self, t: Transport, add: set[str] = frozenset(), remove: set[str] = frozenset()):
+        cur = set(journal.parse(t.get(journal.PATH)))
+        new = (cur | set(add)) - set(remove)
+        if new != cur:
+            t.put(journal.PATH, journal.dump(new), mode=0o600)
+
+    def _gates(self, phase: str, hosts: list[str], pr: PhaseResult) -> None:
+        for g in (g for g in self.gates if g.phase == phase):
+            targets = [h for h in self.desired if g.role in self.roles[h]]
+            if not any(h in hosts for h in targets):
+                continue
+            # a gate runs where the role lives, after every changed host of this phase
+            with ThreadPoolExecutor(max_workers=max(1, len(targets))) as ex:
+                futs = {h: ex.submit(self._wait, h, g) for h in targets}
+                for h, f in futs.items():
+                    try:
+                        f.result()
+                    except KdeployError as e:
+                        pr.failed[h] = e.message
+
+    def _wait(self, host: str, g: Gate) -> None:
+        t = self.t[host]
+        deadline = time.monotonic() + g.timeout
+        self.emit({"event": "gate", "host": host, "phase": g.phase, "what": g.what})
+        last = ""
+        while True:
+            r = t.run(g.cmd, check=False, timeout=30)
+            if r.ok:
+                return
+            last = (r.err or r.out).splitlines()[-1:] or [""]
+            last = last[0]
+            if time.monotonic() > deadline:
+                raise TransportError(f"{g.what or g.cmd} did not pass within {int(g.timeout)} s: {last}",
+                                     f"look at the host's logs: kdeploy lab ssh {host} -- journalctl -u ...")
+            time.sleep(1.0)
