@@ -36,7 +36,9 @@ def up(
     timeout: float = typer.Option(180.0, "--timeout", help="Seconds to wait for SSH on every machine."),
 ) -> None:
     """Start Debian 12 machines and write an inventory `kdeploy up -i` can use as is."""
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # kill PID -> same cleanup as Ctrl-C
+    # Ctrl-C / kill PID -> undo what was started (also when SIGINT was inherited as ignored)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     r = api.up(name=name, masters=masters, workers=workers, output=output, backend=backend,
                log=_log, ssh_timeout=timeout)
     if r.get("rootfs_build_s") is not None:

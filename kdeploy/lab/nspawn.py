@@ -203,9 +203,17 @@ class NspawnBackend(Backend):
         for pid in nspawns.values():
             ops.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
+        resend = time.monotonic() + 2.0
         while time.monotonic() < deadline and (
                 any(ops.alive(p) for p in nspawns.values()) or any(ops.alive(*s) for s in sups.values())):
             time.sleep(self.poll)
+            if time.monotonic() > resend:
+                # a machine still early in boot has no handler yet for the poweroff signal
+                # (SIGRTMIN+3) that nspawn forwards: ask again
+                resend = time.monotonic() + 2.0
+                for pid in nspawns.values():
+                    if ops.alive(pid):
+                        ops.kill(pid, signal.SIGTERM)
         for name, pid in nspawns.items():
             if ops.alive(pid):
                 log(f"  {name}: no clean poweroff within {timeout:.0f}s, SIGKILL")
