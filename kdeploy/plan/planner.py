@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Mapping
 
@@ -128,7 +129,7 @@ def plan_host(res: HostResources, obs: Observed) -> list[Change]:
         for u in restarts:
             restart.setdefault(u, cause)
         for argv in run:
-            changes.append(Change(host, phase, "run", " ".join(argv), "run", f"{cause} changed"))
+            changes.append(Change(host, phase, "run", shlex.join(argv), "run", f"{cause} changed"))
 
     for f in res.files:
         st = obs.files.get(f.path)
@@ -159,7 +160,7 @@ def plan_host(res: HostResources, obs: Observed) -> list[Change]:
         if st is None or st.sha256 != bn.sha256:
             changes.append(Change(host, bn.phase, "binary", bn.path, "create" if st is None else "update",
                                   old_sha256=st.sha256 if st else None, new_sha256=bn.sha256))
-            consequence(bn.restarts, bn.path, (), bn.phase)
+            consequence(bn.restarts, bn.path, bn.run_on_change, bn.phase)
         elif st.mode is not None and st.mode != bn.mode:
             changes.append(Change(host, bn.phase, "mode", bn.path, "update",
                                   f"mode {oct(st.mode)} -> {oct(bn.mode)}"))

@@ -56,6 +56,7 @@ class Binary:
     phase: str = "artifacts"
     mode: int = 0o755
     restarts: tuple[str, ...] = ()
+    run_on_change: tuple[tuple[str, ...], ...] = ()   # e.g. import an image archive
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,79 @@
+"""Assemble what every host should have: rendered files + PKI material + addons + binaries.
+
+Pure given its inputs (cluster, a loaded PKI, resolved artifacts)."""
+from __future__ import annotations
+
+import shlex
+from dataclasses import replace
+from typing import Iterable
+
+from kdeploy.model import Cluster, Role
+from kdeploy.model import defaults
+from kdeploy.pki import paths
+from kdeploy.plan.resources import Binary, File, HostResources
+
+# which unit a binary feeds (a new binary restarts it)
+BINARY_UNITS = {
+    "kube-apiserver": "kube-apiserver", "kube-controller-manager": "kube-controller-manager",
+    "kube-scheduler": "kube-scheduler", "kubelet": "kubelet", "kube-proxy": "kube-proxy",
+    "etcd": "etcd", "containerd": "containerd",
+}
+KUBECTL_ADMIN = (f"{defaults.BIN_DIR}/kubectl", f"--kubeconfig={paths.ADMIN_CONF}",
+                 f"--server=https://127.0.0.1:{defaults.APISERVER_PORT}")
+
+
+def host_gets(artifact_roles: Iterable[str], host) -> bool:
+    """Every host is a node; control-plane/etcd artifacts go only to those roles."""
+    roles = set(artifact_roles)
+    have = {r.value for r in host.roles} | {"worker"}
+    return not roles or bool(roles & have)
+
+
+def binaries_for(host, artifacts) -> tuple[Binary, ...]:
+    out = []
+    for a in artifacts or ():
+        if not host_gets(a.roles, host):
+            continue
+        if a.install_path.endswith(".tar"):   # image archive: import into containerd once it runs
+            out.append(Binary(a.install_path, str(a.local_path), a.sha256, phase="node", mode=a.mode,
+                              run_on_change=(("ctr", "-n", "k8s.io", "images", "import",
+                                              "--all-platforms", a.install_path),)))
+        else:
+            unit = BINARY_UNITS.get(a.name)
+            out.append(Binary(a.install_path, str(a.local_path), a.sha256, mode=a.mode,
+                              restarts=(unit,) if unit else ()))
+    return tuple(sorted(out, key=lambda b: b.path))
+
+
+def _addon_files(cluster: Cluster) -> list[File]:
+    from kdeploy.render import render_addons
+    out = []
+    for f in render_addons(cluster):
+        if not f.run_on_change and f.path.endswith((".yaml", ".yml")):
+            f = replace(f, run_on_change=(KUBECTL_ADMIN + ("apply", "-f", f.path),))
+        out.append(f)
+    return out
+
+
+def desired_state(cluster: Cluster, *, pki=None, artifacts=None) -> dict[str, HostResources]:
+    from kdeploy.render import render_host
+    first_cp = cluster.control_plane[0].name
+    addons = _addon_files(cluster)
+    out: dict[str, HostResources] = {}
+    for host in cluster.hosts:
+        base = render_host(cluster, host)
+        files = list(base.files)
+        if pki is not None:
+            files += pki.files_for(host)
+        if host.name == first_cp:
+            files += addons
+        out[host.name] = replace(base, files=tuple(files), binaries=binaries_for(host, artifacts))
+    return out
+
+
+def roles_of(cluster: Cluster) -> dict[str, set[str]]:
+    return {h.name: {r.value for r in h.roles} | {"node"} for h in cluster.hosts}
+
+
+def quoted(argv: Iterable[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
