@@ -45,7 +45,10 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 
 
 def load_key(data: bytes):
-    return serialization.load_pem_private_key(data, password=None)
+    # kdeploy's own keys from its 0600 state dir; only used to sign or derive the public key,
+    # so the (slow, ~70 ms) RSA consistency checks are skipped
+    return serialization.load_pem_private_key(data, password=None,
+                                              unsafe_skip_rsa_key_validation=True)
 
 
 def _name(cn: str, orgs=()) -> x509.Name:
