@@ -2,7 +2,7 @@
 the artifact set the deployer installs.
 
 Download cache: ${XDG_CACHE_HOME:-~/.cache}/kdeploy/downloads/<component>/<version>/<arch>/<asset>
-Extracted files: ${XDG_CACHE_HOME:-~/.cache}/kdeploy/downloads/<component>/<version>/<arch>/files/<relpath>
+Extracted files: ${XDG_CACHE_HOME:-~/.cache}/kdeploy/downloads/<component>/<version>/<arch>/<asset>.d/<relpath>
 """
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def _download_release(r: Release, fetcher: Fetcher, cache: VerifyCache) -> Path:
 
 def _extract(r: Release, archive: Path, cache: VerifyCache) -> dict[str, Path]:
     """relpath -> verified extracted file. Extraction happens once per archive."""
-    d = archive.parent / "files"
+    d = archive.parent / f"{archive.name}.d"
     stamp = d / ".extracted.json"
     archive_sha = cache.sha256(archive)
     try:

@@ -1,0 +1,105 @@
+import pytest
+
+from kdeploy.artifacts import (SUPPORTED_MINORS, ComponentVersions, check_kubernetes_version,
+                               versions_for)
+from kdeploy.artifacts import catalog
+from kdeploy.artifacts._checksums import CHECKSUMS
+from kdeploy.artifacts.update import release_key
+from kdeploy.errors import KdeployError
+
+
+def test_supported_minors():
+    assert SUPPORTED_MINORS == ("1.35", "1.36", "1.37")
+
+
+@pytest.mark.parametrize("v", ["1.35.4", "1.36.3", "1.37.2", "v1.37.2", "1.37", "1.36.0"])
+def test_supported_versions_pass(v):
+    check_kubernetes_version(v)
+
+
+@pytest.mark.parametrize("v,msg", [("1.34.2", "not supported"), ("1.38.0", "not supported"),
+                                   ("2.0.0", "not supported"), ("latest", "not a Kubernetes version"),
+                                   ("1.37.2-rc.1", "not a Kubernetes version"), ("", "not a Kubernetes")])
+def test_unsupported_versions_raise_with_hint(v, msg):
+    with pytest.raises(KdeployError) as e:
+        check_kubernetes_version(v)
+    assert msg in e.value.message
+    assert "1.35, 1.36, 1.37" in e.value.hint
+
+
+def test_versions_for_137_pairs_etcd_37_and_kubeadm_images():
+    v = versions_for("1.37.2")
+    assert isinstance(v, ComponentVersions)
+    assert (v.kubernetes, v.etcd, v.crictl) == ("1.37.2", "3.7.0", "1.37.0")
+    assert v.pause_image == "registry.k8s.io/pause:3.10.2"
+    assert v.coredns_image == "registry.k8s.io/coredns/coredns:v1.14.6"
+    assert v.agnhost_image == "registry.k8s.io/e2e-test-images/agnhost:2.66.1"
+
+
+def test_versions_for_136_matches_kubespray_pins():
+    v = versions_for("1.36")
+    assert v.kubernetes == "1.36.3"
+    assert (v.etcd, v.containerd, v.runc, v.cni_plugins, v.crictl, v.pause, v.coredns) == \
+        ("3.6.14", "2.3.4", "1.4.3", "1.9.1", "1.36.0", "3.10.2", "1.14.2")
+
+
+def test_other_patch_keeps_minor_pins():
+    v = versions_for("1.36.1")
+    assert v.kubernetes == "1.36.1" and v.etcd == versions_for("1.36.3").etcd
+
+
+def test_build_overrides_only_where_module_missing():
+    assert catalog.build_versions_for("1.36.3").crictl == "1.37.0"
+    assert catalog.build_versions_for("1.37.2") == versions_for("1.37.2")
+
+
+def test_url_templates_amd64():
+    v = versions_for("1.37.2")
+    urls = {r.component + ":" + r.asset: r for r in catalog.releases(v, "amd64")}
+    assert urls["kubernetes:kube-apiserver"].url == \
+        "https://dl.k8s.io/release/v1.37.2/bin/linux/amd64/kube-apiserver"
+    assert urls["kubernetes:kube-apiserver"].sha256_url.endswith("/kube-apiserver.sha256")
+    etcd = urls["etcd:etcd-v3.7.0-linux-amd64.tar.gz"]
+    assert etcd.url == ("https://github.com/etcd-io/etcd/releases/download/v3.7.0/"
+                        "etcd-v3.7.0-linux-amd64.tar.gz")
+    assert etcd.members["bin/etcdctl"] == "etcd-v3.7.0-linux-amd64/etcdctl"
+    assert urls["containerd:containerd-2.3.7-linux-amd64.tar.gz"].url == (
+        "https://github.com/containerd/containerd/releases/download/v2.3.7/"
+        "containerd-2.3.7-linux-amd64.tar.gz")
+    assert urls["runc:runc.amd64"].url == \
+        "https://github.com/opencontainers/runc/releases/download/v1.4.3/runc.amd64"
+    assert urls["cni-plugins:cni-plugins-linux-amd64-v1.9.1.tgz"].url == (
+        "https://github.com/containernetworking/plugins/releases/download/v1.9.1/"
+        "cni-plugins-linux-amd64-v1.9.1.tgz")
+    assert urls["crictl:crictl-v1.37.0-linux-amd64.tar.gz"].url == (
+        "https://github.com/kubernetes-sigs/cri-tools/releases/download/v1.37.0/"
+        "crictl-v1.37.0-linux-amd64.tar.gz")
+
+
+def test_arm64_urls_and_bad_arch():
+    v = versions_for("1.37.2")
+    assert all("arm64" in r.url for r in catalog.releases(v, "arm64"))
+    with pytest.raises(KdeployError, match="architecture 'riscv64'"):
+        catalog.releases(v, "riscv64")
+
+
+def test_every_pinned_download_has_a_checksum_entry_and_known_ones_are_hex():
+    keys = {release_key(r) for r in catalog.all_releases()}
+    assert keys == set(CHECKSUMS)
+    for k, sha in CHECKSUMS.items():
+        assert sha is None or (len(sha) == 64 and int(sha, 16) >= 0), k
+
+
+def test_file_specs_install_paths_modes_roles():
+    specs = {s.name: s for s in catalog.file_specs()}
+    assert specs["kube-apiserver"].install_path == "/usr/local/bin/kube-apiserver"
+    assert specs["kube-apiserver"].roles == {"control-plane"}
+    assert specs["etcd"].roles == {"etcd"}
+    assert specs["kubelet"].roles == {"worker"}
+    assert specs["bridge"].install_path == "/opt/cni/bin/bridge"
+    assert specs["runc"].install_path == "/usr/local/sbin/runc"
+    assert specs["pause-image"].install_path == "/var/lib/kdeploy/images/pause.tar"
+    assert specs["pause-image"].mode == 0o644 and specs["kubelet"].mode == 0o755
+    # every binary of the official releases lands somewhere in the layout
+    rels = {rel for r in catalog.releases(versions_for("1.37.2"), "amd64") for rel in r.members}
+    assert rels == {s.relpath for s in catalog.file_specs(images=False)}

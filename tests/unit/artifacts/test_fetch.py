@@ -1,0 +1,158 @@
+import hashlib
+import os
+
+import pytest
+
+from kdeploy.artifacts import ArtifactFile, catalog, fetch_to_dir, resolve
+from kdeploy.artifacts._checksums import CHECKSUMS
+from kdeploy.artifacts.layout import write_manifest
+from kdeploy.errors import ArtifactError, ChecksumMismatch
+
+
+def test_resolve_official_downloads_verifies_and_extracts(upstream):
+    files = resolve("1.37.2", "amd64", fetcher=upstream)
+    by = {f.name: f for f in files}
+    assert set(by) == {s.name for s in catalog.file_specs(images=False)}
+    api = by["kube-apiserver"]
+    assert isinstance(api, ArtifactFile)
+    assert api.component == "kubernetes" and api.version == "1.37.2"
+    assert api.install_path == "/usr/local/bin/kube-apiserver" and api.mode == 0o755
+    assert api.roles == frozenset({"control-plane"})
+    for rel, data in upstream.expected.items():
+        f = next(f for f in files if f.local_path.as_posix().endswith("/" + rel))
+        assert f.local_path.read_bytes() == data
+        assert f.sha256 == hashlib.sha256(data).hexdigest()
+    assert by["etcd"].version == "3.7.0" and by["bridge"].component == "cni-plugins"
+
+
+def test_cache_hit_downloads_nothing_twice(upstream):
+    resolve("1.37.2", fetcher=upstream)
+    n = len(upstream.calls)
+    assert n == len(catalog.releases(catalog.versions_for("1.37.2"), "amd64"))
+    resolve("1.37.2", fetcher=upstream)
+    assert len(upstream.calls) == n
+
+
+def test_corrupted_download_is_rejected_and_not_kept(upstream):
+    r = next(r for r in catalog.releases(catalog.versions_for("1.37.2"), "amd64")
+             if r.asset == "kube-apiserver")
+    good = upstream.files[r.url]
+    upstream.files[r.url] = good[:-1] + b"X"
+    with pytest.raises(ChecksumMismatch) as e:
+        resolve("1.37.2", fetcher=upstream)
+    assert r.url in str(e.value) and upstream.sums[f"kubernetes/1.37.2/amd64/kube-apiserver"] in str(e.value)
+    cache = os.environ["XDG_CACHE_HOME"]
+    leftovers = [p for p, _, fs in os.walk(cache) for f in fs if f.startswith("kube-apiserver")
+                 or "kube-apiserver." in f]
+    assert leftovers == []
+    upstream.files[r.url] = good
+    assert resolve("1.37.2", fetcher=upstream)  # a good download afterwards works
+
+
+def test_corrupted_cache_file_is_downloaded_again(upstream, tmp_path):
+    files = resolve("1.37.2", fetcher=upstream)
+    n = len(upstream.calls)
+    cached = next(p for p in (tmp_path / "cache").rglob("runc.amd64") if p.parent.name == "amd64")
+    cached.write_bytes(b"tampered")
+    again = {f.name: f for f in resolve("1.37.2", fetcher=upstream)}
+    assert len(upstream.calls) == n + 1 and upstream.calls[-1].endswith("runc.amd64")
+    assert again["runc"].sha256 == {f.name: f for f in files}["runc"].sha256
+
+
+def test_unknown_checksum_refuses_before_downloading(upstream, monkeypatch):
+    monkeypatch.setitem(CHECKSUMS, "runc/1.4.3/amd64/runc.amd64", None)
+    with pytest.raises(ArtifactError) as e:
+        resolve("1.37.2", fetcher=upstream)
+    assert "is not known" in e.value.message and "runc.amd64" in e.value.message
+    assert "update-checksums" in e.value.hint
+    assert upstream.calls == []
+
+
+def test_real_table_refuses_unknown_sums():
+    with pytest.raises(ArtifactError, match="refuses to download"):
+        resolve("1.37.2", fetcher=lambda url, dest: pytest.fail("must not download"))
+
+
+def test_fetch_to_dir_writes_offline_layout_then_resolve_offline(upstream, tmp_path):
+    out = tmp_path / "offline"
+    doc = fetch_to_dir(out, "1.37.2", "amd64", fetcher=upstream)
+    assert doc["kubernetesVersion"] == "1.37.2" and doc["arch"] == "amd64"
+    assert (out / "bin" / "kube-apiserver").is_file() and (out / "cni" / "bridge").is_file()
+    assert os.stat(out / "bin" / "kubelet").st_mode & 0o111
+    files = resolve("1.37.2", offline_dir=out)
+    assert {f.local_path.parent.name for f in files} == {"bin", "cni"}
+    assert all(str(f.local_path).startswith(str(out)) for f in files)
+
+
+def _offline_dir(tmp_path, with_images=True):
+    d = tmp_path / "off"
+    for s in catalog.file_specs(images=with_images):
+        p = d / s.relpath
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(s.name.encode() * 10)
+    write_manifest(d, kubernetes_version="1.37.2", arch="amd64", source="test")
+    return d
+
+
+def test_offline_dir_includes_images(tmp_path):
+    d = _offline_dir(tmp_path)
+    by = {f.name: f for f in resolve("1.37.2", offline_dir=d)}
+    assert by["pause-image"].install_path == "/var/lib/kdeploy/images/pause.tar"
+    assert by["pause-image"].mode == 0o644 and by["pause-image"].version == "3.10.2"
+    assert by["coredns-image"].version == "v1.14.6"
+
+
+def test_offline_dir_corrupted_file_not_returned(tmp_path):
+    d = _offline_dir(tmp_path)
+    (d / "bin" / "kubelet").write_bytes(b"KUBELET" * 10)  # same size, other content
+    with pytest.raises(ChecksumMismatch, match="bin/kubelet"):
+        resolve("1.37.2", offline_dir=d)
+
+
+def test_offline_dir_incomplete(tmp_path):
+    d = _offline_dir(tmp_path)
+    (d / "bin" / "kubelet").unlink()
+    write_manifest(d, kubernetes_version="1.37.2", arch="amd64", source="test")
+    with pytest.raises(ArtifactError, match="does not list bin/kubelet"):
+        resolve("1.37.2", offline_dir=d)
+
+
+def test_offline_dir_wrong_version(tmp_path):
+    d = _offline_dir(tmp_path)
+    with pytest.raises(ArtifactError, match="not 1.36.3"):
+        resolve("1.36.3", offline_dir=d)
+
+
+def test_mirror_with_offline_layout(tmp_path):
+    d = _offline_dir(tmp_path)
+    calls = []
+
+    def fetcher(url, dest):
+        calls.append(url)
+        assert url.startswith("https://mirror.example/k8s/")
+        dest.write_bytes((d / url.removeprefix("https://mirror.example/k8s/")).read_bytes())
+
+    files = resolve("1.37.2", mirror="https://mirror.example/k8s/", fetcher=fetcher)
+    assert len(files) == len(catalog.file_specs())
+    n = len(calls)
+    resolve("1.37.2", mirror="https://mirror.example/k8s", fetcher=fetcher)
+    assert len(calls) == n + 1  # only the manifest again
+
+
+def test_mirror_corrupt_file(tmp_path):
+    d = _offline_dir(tmp_path)
+
+    def fetcher(url, dest):
+        rel = url.removeprefix("https://m/")
+        data = (d / rel).read_bytes()
+        dest.write_bytes(data if rel == "manifest.json" or rel != "bin/etcd" else b"x" * len(data))
+
+    with pytest.raises(ChecksumMismatch, match="https://m/bin/etcd"):
+        resolve("1.37.2", mirror="https://m", fetcher=fetcher)
+
+
+def test_unsupported_version_and_arch():
+    with pytest.raises(ArtifactError.__mro__[1], match="not supported"):
+        resolve("1.30.1")
+    with pytest.raises(ArtifactError.__mro__[1], match="architecture"):
+        resolve("1.37.2", "s390x")
