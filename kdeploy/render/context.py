@@ -1,0 +1,216 @@
+"""The values templates see, computed once per cluster.
+
+Everything that is O(hosts) (the /etc/hosts block, the pod route of every node, the etcd
+member list) is built once here, so rendering all hosts stays O(n) in template work; only
+the per-host route list (every node but this one) is O(n) per host, built by joining
+pre-rendered lines.
+"""
+from __future__ import annotations
+
+import ipaddress
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from kdeploy.model import defaults
+from kdeploy.model.cluster import Cluster, Host
+from kdeploy.pki import paths as pki_paths
+from kdeploy.render import env as _env
+from kdeploy.render.images import Images, images_for
+from kdeploy.render.labels import CONTROL_PLANE_ROLE_LABEL, CONTROL_PLANE_TAINT, split_labels
+
+# host paths of the files rendered here (PKI paths live in kdeploy.pki.paths)
+MODULES_CONF = "/etc/modules-load.d/kdeploy.conf"
+SYSCTL_CONF = "/etc/sysctl.d/99-kdeploy.conf"
+HOSTS_FILE = "/etc/hosts"
+AUDIT_POLICY = f"{defaults.K8S_DIR}/audit-policy.yaml"
+SCHEDULER_CONFIG = f"{defaults.K8S_DIR}/kube-scheduler.yaml"
+KUBELET_CONFIG = f"{defaults.KUBELET_DIR}/config.yaml"
+KUBE_PROXY_CONFIG = f"{defaults.KUBE_PROXY_DIR}/config.yaml"
+CNI_CONFLIST = f"{defaults.CNI_CONF_DIR}/10-kdeploy.conflist"
+CRICTL_CONF = "/etc/crictl.yaml"
+ADDONS_DIR = f"{defaults.K8S_DIR}/addons"
+RUNC = "/usr/local/sbin/runc"          # where the artifact catalog installs runc
+RESOLV_CONF = "/etc/resolv.conf"
+ETCD_METRICS_PORT = 2381
+
+# the identities kdeploy's PKI issues (kubeadm's names); see _identities()
+APISERVER_KUBELET_CLIENT_CN = "kube-apiserver-kubelet-client"
+FRONT_PROXY_CLIENT_CN = "front-proxy-client"
+
+
+def unit_path(name: str) -> str:
+    return f"{defaults.SYSTEMD_DIR}/{name}.service"
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
+        return None
+
+
+def _url_addr(address: str) -> str:
+    ip = _ip(address)
+    return f"[{ip}]" if ip is not None and ip.version == 6 else address
+
+
+def _identities() -> tuple[str, tuple[str, ...], str]:
+    """(kubelet-client user, its groups, front-proxy client CN) as kdeploy.pki defines them,
+    falling back to kubeadm's names while the PKI package does not export them."""
+    user, groups, fp = APISERVER_KUBELET_CLIENT_CN, (), FRONT_PROXY_CLIENT_CN
+    try:
+        from kdeploy.pki import identities as ids  # type: ignore[attr-defined]
+    except ImportError:
+        return user, groups, fp
+    kc = getattr(ids, "APISERVER_KUBELET_CLIENT", None)
+    if kc is not None:
+        user = getattr(kc, "cn", None) or getattr(kc, "common_name", user)
+        groups = tuple(getattr(kc, "organizations", None) or getattr(kc, "o", None) or ())
+    fpc = getattr(ids, "FRONT_PROXY_CLIENT", None)
+    if fpc is not None:
+        fp = getattr(fpc, "cn", None) or getattr(fpc, "common_name", fp)
+    return user, groups, fp
+
+
+@dataclass(frozen=True)
+class ClusterContext:
+    cluster: Cluster
+    base: dict[str, Any]                 # what every template sees
+    hosts_block: str                     # /etc/hosts block content (same on every host)
+    route_lines: tuple[str, ...]         # one rendered route line per host (index = host order)
+    index: dict[str, int]                # host name -> position
+    images: Images
+
+    def routes_for(self, host: Host) -> str:
+        i = self.index[host.name]
+        lines = self.route_lines
+        return "".join(lines[:i]) + "".join(lines[i + 1:])
+
+
+def _build(cluster: Cluster) -> ClusterContext:
+    net = cluster.spec.network
+    images = images_for(cluster.version)
+    pki = {k: getattr(pki_paths, k) for k in dir(pki_paths) if k.isupper()}
+    etcd_members = cluster.etcd
+    kc_user, kc_groups, fp_cn = _identities()
+    base: dict[str, Any] = {
+        "cluster_name": cluster.name,
+        "version": cluster.version,
+        "bin_dir": defaults.BIN_DIR,
+        "pki": pki,
+        "network": {
+            "pod_cidr": net.pod_cidr,
+            "service_cidr": net.service_cidr,
+            "cluster_domain": net.cluster_domain,
+            "dns_ip": cluster.dns_service_ip,
+            "kubernetes_service_ip": cluster.kubernetes_service_ip,
+        },
+        "etcd": {
+            "data_dir": defaults.ETCD_DATA_DIR,
+            "client_port": defaults.ETCD_CLIENT_PORT,
+            "peer_port": defaults.ETCD_PEER_PORT,
+            "metrics_port": ETCD_METRICS_PORT,
+            "token": f"{cluster.name}-etcd",
+            "initial_cluster": ",".join(
+                f"{h.name}=https://{_url_addr(h.address)}:{defaults.ETCD_PEER_PORT}"
+                for h in etcd_members),
+            "servers": ",".join(
+                f"https://{_url_addr(h.address)}:{defaults.ETCD_CLIENT_PORT}" for h in etcd_members),
+        },
+        "apiserver": {
+            "port": defaults.APISERVER_PORT,
+            "url": cluster.api_server_url,
+            "audit_log": defaults.AUDIT_LOG,
+            "audit_policy": AUDIT_POLICY,
+            "sa_issuer": f"https://kubernetes.default.svc.{net.cluster_domain}",
+            "front_proxy_client_cn": fp_cn,
+        },
+        "scheduler": {"config": SCHEDULER_CONFIG},
+        "runtime": {
+            "config": defaults.CONTAINERD_CONF,
+            "socket": defaults.CONTAINERD_SOCKET,
+            "pause_image": images.pause,
+            "runc": RUNC,
+            "systemd_cgroup": cluster.spec.container_runtime.cgroup_driver == "systemd",
+            "cni_bin_dir": defaults.CNI_BIN_DIR,
+            "cni_conf_dir": defaults.CNI_CONF_DIR,
+        },
+        "kubelet": {
+            "config": KUBELET_CONFIG,
+            "cgroup_driver": cluster.spec.container_runtime.cgroup_driver,
+            "fail_cgroup_v1": cluster.spec.kubelet.fail_cgroup_v1,
+            "max_pods": cluster.spec.kubelet.max_pods,
+            "resolv_conf": RESOLV_CONF,
+        },
+        "kube_proxy": {
+            "config": KUBE_PROXY_CONFIG,
+            "mode": cluster.spec.kube_proxy.mode,
+            "conntrack_max_per_core": cluster.spec.kube_proxy.conntrack_max_per_core,
+        },
+        "coredns": {"image": images.coredns, "version": images.coredns_version, "replicas": 2},
+        "kubelet_client": {"user": kc_user, "groups": list(kc_groups)},
+    }
+    environment = _env.environment()
+    hosts_entries = [{"address": h.address, "name": h.name}
+                     for h in cluster.hosts if _ip(h.address) is not None]
+    hosts_block = _env.render("os/hosts.j2", {**base, "hosts_entries": hosts_entries}, environment)
+    cidrs = cluster.node_pod_cidrs
+    route_tmpl = "node/pod-route.j2"
+    route_lines = tuple(
+        _env.render(route_tmpl, {"pod_cidr": cidrs[h.name], "address": h.address}, environment)
+        if _ip(h.address) is not None else ""
+        for h in cluster.hosts)
+    index = {h.name: i for i, h in enumerate(cluster.hosts)}
+    return ClusterContext(cluster, base, hosts_block, route_lines, index, images)
+
+
+_lock = threading.Lock()
+_cache: dict[int, tuple[weakref.ref, ClusterContext]] = {}
+
+
+def cluster_context(cluster: Cluster) -> ClusterContext:
+    """The context of `cluster`, built once per Cluster object (models are frozen)."""
+    key = id(cluster)
+    with _lock:
+        hit = _cache.get(key)
+        if hit is not None and hit[0]() is cluster:
+            return hit[1]
+    ctx = _build(cluster)
+    with _lock:
+        for k in [k for k, (ref, _) in _cache.items() if ref() is None]:
+            del _cache[k]
+        _cache[key] = (weakref.ref(cluster), ctx)
+    return ctx
+
+
+def host_context(ctx: ClusterContext, host: Host) -> dict[str, Any]:
+    """Per-host values (the `host` variable of the templates)."""
+    ip = _ip(host.address)
+    control_plane, worker = host.has("control-plane"), host.has("worker")
+    own, deferred = split_labels(dict(host.labels))
+    if control_plane:
+        deferred = {CONTROL_PLANE_ROLE_LABEL: "", **deferred}
+    taints = ([{"key": CONTROL_PLANE_TAINT, "effect": "NoSchedule"}]
+              if control_plane and not worker else [])
+    pod_net = ctx.cluster.pod_network
+    return {
+        "name": host.name,
+        "address": host.address,
+        "ip": str(ip) if ip is not None else None,
+        "url_addr": _url_addr(host.address),
+        "listen_url_addr": _url_addr(host.address) if ip is not None
+        else ("[::]" if pod_net.version == 6 else "0.0.0.0"),
+        "bind_address": str(ip) if ip is not None else "0.0.0.0",
+        "is_control_plane": control_plane,
+        "is_etcd": host.has("etcd"),
+        "is_worker": worker,
+        "pod_cidr": ctx.cluster.node_pod_cidrs[host.name],
+        "default_route": "::/0" if pod_net.version == 6 else "0.0.0.0/0",
+        "taints": taints,
+        "node_labels": ",".join(f"{k}={v}" for k, v in own.items()),
+        "own_labels": own,
+        "deferred_labels": deferred,
+        "routes": ctx.routes_for(host),
+    }
