@@ -56,21 +56,21 @@ def _url_addr(address: str) -> str:
     return f"[{ip}]" if ip is not None and ip.version == 6 else address
 
 
-def _identities() -> tuple[str, tuple[str, ...], str]:
-    """(kubelet-client user, its groups, front-proxy client CN) as kdeploy.pki defines them,
-    falling back to kubeadm's names while the PKI package does not export them."""
+def _identities(cluster: Cluster) -> tuple[str, tuple[str, ...], str]:
+    """(kubelet-client user, its groups to bind, front-proxy client CN) as kdeploy.pki issues
+    them; kubeadm's names when the PKI package is not importable. system:masters is never
+    bound (it bypasses RBAC anyway)."""
     user, groups, fp = APISERVER_KUBELET_CLIENT_CN, (), FRONT_PROXY_CLIENT_CN
     try:
-        from kdeploy.pki import identities as ids  # type: ignore[attr-defined]
-    except ImportError:
+        from kdeploy.pki.identities import build_table
+    except ImportError:  # pragma: no cover - the PKI package is part of kdeploy
         return user, groups, fp
-    kc = getattr(ids, "APISERVER_KUBELET_CLIENT", None)
-    if kc is not None:
-        user = getattr(kc, "cn", None) or getattr(kc, "common_name", user)
-        groups = tuple(getattr(kc, "organizations", None) or getattr(kc, "o", None) or ())
-    fpc = getattr(ids, "FRONT_PROXY_CLIENT", None)
-    if fpc is not None:
-        fp = getattr(fpc, "cn", None) or getattr(fpc, "common_name", fp)
+    for ident in build_table(cluster).identities:
+        if ident.name == "apiserver-kubelet-client":
+            user = ident.cn
+            groups = tuple(o for o in ident.orgs if o != "system:masters")
+        elif ident.name == "front-proxy-client":
+            fp = ident.cn
     return user, groups, fp
 
 
@@ -94,7 +94,7 @@ def _build(cluster: Cluster) -> ClusterContext:
     images = images_for(cluster.version)
     pki = {k: getattr(pki_paths, k) for k in dir(pki_paths) if k.isupper()}
     etcd_members = cluster.etcd
-    kc_user, kc_groups, fp_cn = _identities()
+    kc_user, kc_groups, fp_cn = _identities(cluster)
     base: dict[str, Any] = {
         "cluster_name": cluster.name,
         "version": cluster.version,
