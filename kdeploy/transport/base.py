@@ -1,0 +1,171 @@
+"""The transport protocol: run a command, put bytes atomically, get a file.
+
+Implementations: ssh.SSHTransport (paramiko), local.LocalTransport (subprocess on this
+machine), fake.FakeTransport (in memory, for tests). Low-level errors (paramiko, socket,
+OSError) are translated once, inside each implementation, into kdeploy.errors.TransportError;
+nothing else escapes a transport.
+
+Command semantics (all transports):
+  - a list/tuple is an argv, shlex-joined for the remote shell (no shell interpretation);
+  - a str is a shell script, run by `sh -c`;
+  - with sudo, either is wrapped in `sudo -n --` (never prompts: a password prompt is an error);
+  - check=True raises TransportError naming the host, the command (masked when secret=True)
+    and the last lines of stderr. stdin data is never logged.
+"""
+from __future__ import annotations
+
+import logging
+import posixpath
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+from kdeploy.errors import TransportError
+
+log = logging.getLogger("kdeploy.transport")
+
+SECRET_DISPLAY = "<secret command>"
+STDERR_TAIL_LINES = 8
+TMP_SUFFIX = ".kdeploy-tmp"
+# exit code our `get` script uses for "no such file" (outside the range cat/sh use)
+RC_MISSING = 100
+
+SUDO_PASSWORD_MARKERS = ("a password is required", "a terminal is required", "no tty present")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv_display: str
+    rc: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    @property
+    def out(self) -> str:
+        """stdout decoded (UTF-8, errors replaced), stripped of the trailing newline."""
+        return self.stdout.decode("utf-8", "replace").rstrip("\n")
+
+    @property
+    def err(self) -> str:
+        return self.stderr.decode("utf-8", "replace").rstrip("\n")
+
+    def __repr__(self) -> str:  # output can be large; keep reprs short
+        return (f"CommandResult({self.argv_display!r}, rc={self.rc}, "
+                f"stdout={len(self.stdout)}B, stderr={len(self.stderr)}B)")
+
+
+@runtime_checkable
+class Transport(Protocol):
+    host: str  # inventory host name (for messages)
+
+    def run(self, cmd: str | Sequence[str], *, input: bytes | None = None,
+            timeout: float | None = 300, check: bool = True, secret: bool = False) -> CommandResult: ...
+
+    def put(self, path: str, data: bytes, *, mode: int = 0o644, owner: str = "root",
+            group: str = "root") -> None: ...
+
+    def put_file(self, path: str, local_path: Path, *, mode: int = 0o755,
+                 sha256: str | None = None) -> None: ...
+
+    def get(self, path: str) -> bytes | None: ...
+
+    def close(self) -> None: ...
+
+
+# --- helpers shared by the implementations -------------------------------------------------
+
+def command_line(cmd: str | Sequence[str], *, sudo: bool = False) -> str:
+    """The shell command line a remote login shell runs for `cmd` (see module docstring)."""
+    if isinstance(cmd, str):
+        line = "sh -c " + shlex.quote(cmd)
+    else:
+        argv = [str(a) for a in cmd]
+        if not argv:
+            raise ValueError("empty command")
+        line = shlex.join(argv)
+    return "sudo -n -- " + line if sudo else line
+
+
+def display(cmd: str | Sequence[str], secret: bool = False) -> str:
+    """How a command appears in logs and errors: the script or the joined argv, never a secret."""
+    if secret:
+        return SECRET_DISPLAY
+    return cmd if isinstance(cmd, str) else shlex.join(str(a) for a in cmd)
+
+
+def stderr_tail(stderr: bytes, lines: int = STDERR_TAIL_LINES) -> str:
+    text = stderr.decode("utf-8", "replace").strip()
+    if not text:
+        return ""
+    tail = text.splitlines()[-lines:]
+    return "\n".join("  " + ln for ln in tail)
+
+
+def sudo_needs_password(stderr: bytes) -> bool:
+    s = stderr.decode("utf-8", "replace").lower()
+    return "sudo" in s and any(m in s for m in SUDO_PASSWORD_MARKERS)
+
+
+def check_result(host: str, result: CommandResult, *, sudo: bool = False) -> CommandResult:
+    """Raise TransportError for a failed command (rc != 0); return the result otherwise."""
+    if result.rc == 0:
+        return result
+    if sudo and sudo_needs_password(result.stderr):
+        raise TransportError(
+            f"host {host}: sudo needs a password (running: {result.argv_display})",
+            "kdeploy runs `sudo -n` and never types passwords: give the ssh user passwordless "
+            "sudo (e.g. '<user> ALL=(ALL) NOPASSWD: ALL' in /etc/sudoers.d/), or connect as root",
+        )
+    what = "killed by a signal" if result.rc < 0 else f"exit code {result.rc}"
+    msg = f"host {host}: command failed ({what}): {result.argv_display}"
+    tail = stderr_tail(result.stderr)
+    if tail:
+        msg += "\n" + tail
+    elif result.stdout:
+        msg += "\n" + stderr_tail(result.stdout)  # some tools report errors on stdout
+    raise TransportError(msg)
+
+
+def tmp_path_for(path: str) -> str:
+    """`/dir/name` -> `/dir/.name.kdeploy-tmp`: same directory, so rename is atomic."""
+    d, name = posixpath.split(path)
+    return posixpath.join(d, f".{name}{TMP_SUFFIX}")
+
+
+def check_abs(host: str, path: str) -> str:
+    if not path.startswith("/") or path.endswith("/"):
+        raise TransportError(f"host {host}: not an absolute file path: {path!r}")
+    return posixpath.normpath(path)
+
+
+def install_script(src: str, path: str, *, mode: int, owner: str, group: str,
+                   sha256: str | None = None, remove_src: bool = True) -> str:
+    """Shell script (run as root) that places `src` at `path` atomically: parent dirs (0755),
+    `install` into the hidden temp file beside `path` (install creates it private and sets
+    mode/owner), optional sha256 check, fsync, rename. Used by the sudo and local paths."""
+    q = shlex.quote
+    tmp = tmp_path_for(path)
+    lines = [
+        "set -e", "umask 022",
+        f"mkdir -p {q(posixpath.dirname(path))}",
+        f"rm -f {q(tmp)}",
+        f"install -m {mode:04o} -o {q(owner)} -g {q(group)} {q(src)} {q(tmp)}",
+    ]
+    if sha256:
+        lines.append(
+            f"if ! printf '%s  %s\\n' {q(sha256)} {q(tmp)} | sha256sum -c --status; then "
+            f"rm -f {q(tmp)}; echo 'kdeploy: sha256 mismatch after upload' >&2; exit 65; fi")
+    lines += [f"sync {q(tmp)} 2>/dev/null || sync", f"mv -f {q(tmp)} {q(path)}"]
+    if remove_src:
+        lines.append(f"rm -f {q(src)}")
+    return "\n".join(lines)
+
+
+def get_script(path: str) -> str:
+    q = shlex.quote(path)
+    return f"[ -e {q} ] || exit {RC_MISSING}; exec cat -- {q}"
