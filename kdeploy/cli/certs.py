@@ -62,7 +62,7 @@ def check(inventory: InventoryOpt, state_dir: StateDirOpt = None, as_json: JsonO
     """List every certificate with its expiry; exit 1 if any is missing, stale or expires
     within the renewal window. Writes nothing."""
     from kdeploy.model import defaults
-    from kdeploy.pki import load_pki
+    from kdeploy.pki import PKIError, load_pki
     cluster = load(inventory, quiet=as_json)
     pki = load_pki(cluster, state_dir)
     certs = pki.certificates()
@@ -87,12 +87,13 @@ def check(inventory: InventoryOpt, state_dir: StateDirOpt = None, as_json: JsonO
         console.print(table)
         for w in pki.warnings:
             typer.secho(f"warning: {w}", fg="yellow", err=True)
-        if bad:
-            typer.secho(f"{len(bad)} of {len(certs)} certificates need attention "
-                        f"(renewal window: {defaults.RENEW_BEFORE_DAYS} days); "
-                        f"run `kdeploy certs -i {inventory}`", fg="red", err=True)
-        else:
+        if not bad:
             typer.echo(f"all {len(certs)} certificates valid for more than "
                        f"{defaults.RENEW_BEFORE_DAYS} days")
     if bad:
-        raise typer.Exit(1)
+        # an error, not typer.Exit: kdeploy's main() runs click with standalone_mode=False,
+        # where a typer.Exit code is returned and lost
+        raise PKIError(f"{len(bad)} of {len(certs)} certificates are missing, stale or expire within "
+                       f"{defaults.RENEW_BEFORE_DAYS} days: " + ", ".join(c.name for c in bad[:5])
+                       + (" ..." if len(bad) > 5 else ""),
+                       f"run `kdeploy certs -i {inventory}` and deploy the result")
