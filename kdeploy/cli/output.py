@@ -1,0 +1,79 @@
+"""Human output: plans, progress events, result tables (rich)."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from kdeploy.plan.planner import Plan
+
+console = Console(stderr=False, highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False)
+
+_SYMBOL = {"create": ("+", "green"), "update": ("~", "yellow"), "start": ("▶", "cyan"),
+           "enable": ("●", "cyan"), "restart": ("↻", "magenta"), "run": ("$", "blue")}
+
+
+def show_plan(p: Plan, *, diffs: bool = True) -> None:
+    if p.empty:
+        console.print("No changes. The hosts match the inventory.")
+        return
+    for host in p.hosts():
+        console.print(Text(f"host {host}", style="bold"))
+        for phase in p.phases():
+            changes = p.for_host_phase(host, phase)
+            if not changes:
+                continue
+            console.print(Text(f"  [{phase}]", style="dim"))
+            for c in changes:
+                sym, style = _SYMBOL.get(c.action, ("?", "white"))
+                what = c.target if c.kind != "binary" else f"{c.target} (sha256 {c.new_sha256[:12]})"
+                if c.secret:
+                    what += f"  (secret; sha256 {(c.old_sha256 or '-')[:12]} -> {c.new_sha256[:12]})"
+                line = Text(f"    {sym} {c.action:<7} ", style=style)
+                line.append(what)
+                if c.reason:
+                    line.append(f"  ({c.reason})", style="dim")
+                console.print(line)
+                if diffs and c.diff and c.action == "update":
+                    for dl in c.diff.splitlines()[2:]:
+                        st = "green" if dl.startswith("+") else "red" if dl.startswith("-") else "dim"
+                        console.print(Text("        " + dl, style=st))
+    n = len(p.changes)
+    restarts = sum(len(v) for v in p.restarts().values())
+    console.print(f"\nPlan: {n} change(s) on {len(p.hosts())} host(s), "
+                  f"{restarts} service start(s)/restart(s).")
+
+
+def progress_printer(as_json: bool):
+    import json
+
+    def emit(e: dict) -> None:
+        if as_json:
+            print(json.dumps(e), flush=True)
+            return
+        kind = e.get("event")
+        if kind == "phase-start":
+            console.print(Text(f"▶ {e['phase']}: {', '.join(e['hosts'])}", style="bold"))
+        elif kind == "change":
+            sym, style = _SYMBOL.get(e["action"], ("?", "white"))
+            console.print(Text(f"  {e['host']:<12} {sym} {e['action']:<7} {e['target']}", style=style))
+        elif kind == "gate":
+            console.print(Text(f"  {e['host']:<12} … waiting: {e['what']}", style="dim"))
+        elif kind == "host-failed":
+            console.print(Text(f"  {e['host']:<12} ✗ {e['error']}", style="red"))
+        elif kind == "phase-done":
+            console.print(Text(f"  done in {e['seconds']:.1f} s", style="dim"))
+    return emit
+
+
+def checks_table(results) -> Table:
+    t = Table(title="kdeploy verify")
+    t.add_column("check")
+    t.add_column("result")
+    t.add_column("detail", overflow="fold")
+    t.add_column("s", justify="right")
+    for r in results:
+        t.add_row(r.name, Text("PASS", style="green") if r.ok else Text("FAIL", style="red"),
+                  r.detail, f"{r.seconds:.1f}")
+    return t

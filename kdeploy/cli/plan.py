@@ -1,0 +1,53 @@
+"""kdeploy plan: what would change on which host (exit 0: nothing, 2: changes)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from kdeploy.cli.common import InventoryOpt, JsonOpt, load
+
+ArtifactsOpt = Annotated[Optional[Path], typer.Option(
+    "--artifacts", help="Offline artifact directory (kdeploy artifacts fetch -o DIR).")]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def plan(inventory: InventoryOpt, as_json: JsonOpt = False,
+             offline: Annotated[bool, typer.Option(
+                 "--offline", help="Open no connection: plan against bare hosts.")] = False,
+             artifacts: ArtifactsOpt = None,
+             diffs: Annotated[bool, typer.Option("--diff/--no-diff", help="Show file diffs.")] = True,
+             ) -> None:
+        """Show, per host and phase, what `kdeploy up` would create, change or restart."""
+        from kdeploy.cli.output import console, err_console, show_plan
+        from kdeploy.execute.run import gather, prepare
+        from kdeploy.execute.session import connect
+        from kdeploy.plan.planner import plan as make_plan
+        from kdeploy.transport.pool import UnreachableHosts, close_all
+
+        cluster = load(inventory)
+        dep = prepare(cluster, artifacts_dir=artifacts, need_artifacts=False)
+        observed: dict = {}
+        if not offline:
+            transports, failed = connect(cluster)
+            if failed and transports:
+                close_all(transports)
+                raise UnreachableHosts(failed)
+            if failed:
+                err_console.print("[yellow]no host reachable: planning against bare hosts "
+                                  "(everything to create)[/yellow]")
+            else:
+                try:
+                    _, observed = gather(dep, transports)
+                finally:
+                    close_all(transports)
+        p = make_plan(dep.desired, observed)
+        if as_json:
+            typer.echo(p.to_json())
+        else:
+            if not dep.artifacts:
+                console.print("[dim](binaries not shown: pass --artifacts DIR to include them)[/dim]")
+            show_plan(p, diffs=diffs)
+        raise typer.Exit(0 if p.empty else 2)

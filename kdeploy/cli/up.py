@@ -1,0 +1,131 @@
+"""kdeploy up (alias apply): converge the hosts to the inventory, then verify."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from kdeploy.cli.common import InventoryOpt, JsonOpt, load
+from kdeploy.cli.plan import ArtifactsOpt
+
+
+def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool,
+        verify: bool, arch: str) -> None:
+    from kdeploy.cli.output import checks_table, console, progress_printer, show_plan
+    from kdeploy.errors import VerifyError
+    from kdeploy.execute import run
+    from kdeploy.execute.session import connect
+    from kdeploy.plan.planner import plan as make_plan
+    from kdeploy.transport.pool import UnreachableHosts, close_all
+
+    timings: dict[str, float] = {}
+    t_all = time.monotonic()
+    emit = progress_printer(as_json)
+    cluster = load(inventory, quiet=as_json)
+    t = time.monotonic()
+    dep = run.prepare(cluster, artifacts_dir=artifacts, arch=arch)
+    timings["prepare (pki, artifacts, render)"] = time.monotonic() - t
+    record = run.RunRecord(dep.state_dir, "up")
+    t = time.monotonic()
+    transports, failed = connect(cluster)
+    if failed:
+        close_all(transports)
+        raise UnreachableHosts(failed)
+    timings["connect"] = time.monotonic() - t
+    try:
+        t = time.monotonic()
+        facts, observed = run.gather(dep, transports)
+        record.write("facts.json", {h: f.to_dict() for h, f in facts.items()})
+        bad_arch = [h for h, f in facts.items() if f.arch != arch]
+        run.preflight(dep, facts)
+        if bad_arch:
+            from kdeploy.errors import PreflightError
+            raise PreflightError(f"hosts {', '.join(bad_arch)} are not {arch}",
+                                 "pass --arch to match the hosts")
+        timings["facts + preflight"] = time.monotonic() - t
+        p = make_plan(dep.desired, observed)
+        record.write("plan.json", p.to_dict())
+        if p.empty:
+            emit({"event": "no-changes"}) if as_json else console.print(
+                "No changes: every host matches the inventory; nothing was restarted.")
+        elif dry_run:
+            show_plan(p) if not as_json else typer.echo(p.to_json())
+            raise typer.Exit(2)
+        else:
+            if not as_json:
+                console.print(f"Applying {len(p.changes)} change(s) on {len(p.hosts())} host(s)…")
+
+            def both(e):
+                record.event(e)
+                emit(e)
+            result = run.apply(dep, transports, p, both)
+            for ph in result.phases:
+                if ph.seconds:
+                    timings[f"phase {ph.phase}"] = ph.seconds
+            record.write("results.json", {"phases": [ph.__dict__ for ph in result.phases]})
+        admin = run.write_admin_kubeconfig(dep)
+        ok = True
+        if verify and not p.empty:
+            t = time.monotonic()
+            results = _verify(dep, transports, as_json)
+            timings["verify"] = time.monotonic() - t
+            ok = all(r.ok for r in results)
+        timings["total"] = time.monotonic() - t_all
+        record.write("timings.json", timings)
+        if as_json:
+            emit({"event": "done", "admin_kubeconfig": str(admin), "changes": len(p.changes),
+                  "timings": {k: round(v, 2) for k, v in timings.items()}})
+        else:
+            _summary(cluster, admin, timings, len(p.changes))
+        if not ok:
+            raise VerifyError("the cluster was deployed but some checks failed (see the table)",
+                              f"details: kdeploy verify -i {inventory}")
+    finally:
+        record.close()
+        close_all(transports)
+
+
+def _verify(dep, transports, as_json):
+    from kdeploy.cli.output import checks_table, console
+    from kdeploy.verify.checks import Verifier
+    from kdeploy.artifacts import versions_for
+    v = Verifier(dep.cluster, transports, dep.desired,
+                 workload_image=versions_for(dep.cluster.version).agnhost_image)
+    results = v.run()
+    if as_json:
+        import json
+        for r in results:
+            print(json.dumps({"event": "check", **r.__dict__}), flush=True)
+    else:
+        console.print(checks_table(results))
+    return results
+
+
+def _summary(cluster, admin, timings, n_changes):
+    from rich.table import Table
+    from kdeploy.cli.output import console
+    t = Table(title=f"cluster {cluster.name}: Kubernetes {cluster.version}", show_header=True)
+    t.add_column("node")
+    t.add_column("address")
+    t.add_column("roles")
+    for h in cluster.hosts:
+        t.add_row(h.name, h.address, ", ".join(r.value for r in h.roles))
+    console.print(t)
+    console.print(f"API endpoint: {cluster.api_server_url}")
+    console.print(f"admin kubeconfig (0600): {admin}   e.g. kubectl --kubeconfig {admin} get nodes")
+    console.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+
+
+def register(app: typer.Typer) -> None:
+    def up(inventory: InventoryOpt, artifacts: ArtifactsOpt = None, as_json: JsonOpt = False,
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
+           verify: Annotated[bool, typer.Option("--verify/--no-verify",
+                                                help="Run kdeploy verify after changes.")] = True,
+           arch: Annotated[str, typer.Option(help="Host architecture.")] = "amd64") -> None:
+        """Converge the hosts to the inventory: a working cluster (alias: apply)."""
+        _up(inventory, artifacts, as_json, dry_run, verify, arch)
+
+    app.command("up")(up)
+    app.command("apply", hidden=True)(up)

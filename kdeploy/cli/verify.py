@@ -1,0 +1,33 @@
+"""kdeploy verify: check a live cluster and print a pass/fail table."""
+from __future__ import annotations
+
+import typer
+
+from kdeploy.cli.common import InventoryOpt, JsonOpt, load
+from kdeploy.cli.plan import ArtifactsOpt
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def verify(inventory: InventoryOpt, artifacts: ArtifactsOpt = None, as_json: JsonOpt = False) -> None:
+        """Check the live cluster: units, etcd, apiserver, nodes, pods, networking, DNS, security."""
+        from kdeploy.cli.up import _verify
+        from kdeploy.errors import VerifyError
+        from kdeploy.execute import run
+        from kdeploy.execute.session import connect
+        from kdeploy.transport.pool import UnreachableHosts, close_all
+
+        cluster = load(inventory, quiet=as_json)
+        dep = run.prepare(cluster, artifacts_dir=artifacts, need_artifacts=False)
+        transports, failed = connect(cluster)
+        if failed:
+            close_all(transports)
+            raise UnreachableHosts(failed)
+        try:
+            results = _verify(dep, transports, as_json)
+        finally:
+            close_all(transports)
+        if not all(r.ok for r in results):
+            bad = ", ".join(r.name for r in results if not r.ok)
+            raise VerifyError(f"{sum(not r.ok for r in results)} check(s) failed: {bad}",
+                              "look at the failing rows; `kdeploy up` converges what drifted")

@@ -1,0 +1,62 @@
+"""Host checks that need gathered facts, run before anything is written. Pure: facts -> problems."""
+from __future__ import annotations
+
+from kdeploy.model import Cluster, defaults
+
+SUPPORTED_OS = {"debian": ("11", "12", "13"), "ubuntu": ("22.04", "24.04")}
+MIN_DISK = 2 << 30
+MAX_SKEW = 30.0
+
+# ports each role's components listen on, with the unit that owns them
+ROLE_PORTS = {
+    "etcd": {defaults.ETCD_CLIENT_PORT: "etcd", defaults.ETCD_PEER_PORT: "etcd"},
+    "control-plane": {defaults.APISERVER_PORT: "kube-apiserver",
+                      defaults.CONTROLLER_MANAGER_PORT: "kube-controller-manager",
+                      defaults.SCHEDULER_PORT: "kube-scheduler"},
+    "node": {defaults.KUBELET_PORT: "kubelet"},
+}
+
+
+def ports_for(cluster: Cluster, host) -> dict[int, str]:
+    out = dict(ROLE_PORTS["node"])
+    for r in host.roles:
+        out.update(ROLE_PORTS.get(r.value, {}))
+    return out
+
+
+def check_host(cluster: Cluster, host, facts) -> list[str]:
+    """Every problem of one host, as sentences that say what to do."""
+    p: list[str] = []
+    if not facts.has_systemd:
+        p.append("systemd is not PID 1: kdeploy runs components as systemd units")
+    os_id, ver = facts.os_id, facts.os_version
+    if os_id not in SUPPORTED_OS or (ver and ver not in SUPPORTED_OS[os_id]):
+        p.append(f"unsupported OS {os_id or '?'} {ver}: use Debian 11-13 or Ubuntu 22.04/24.04")
+    if facts.arch not in ("amd64", "arm64"):
+        p.append(f"unsupported architecture {facts.arch or '?'}: amd64 or arm64 only")
+    if facts.swap_active:
+        p.append("swap is on: turn it off (swapoff -a, and remove it from /etc/fstab); "
+                 "kubelet refuses to run with swap")
+    for m, ok in facts.modules_ok.items():
+        if not ok:
+            p.append(f"kernel module {m} is neither loaded, built in nor loadable: install the "
+                     "kernel's modules package (linux-modules-extra / linux-image)")
+    for port, unit in sorted(ports_for(cluster, host).items()):
+        if facts.port_in_use(port) and facts.unit(unit).get("active") != "active":
+            p.append(f"port {port} is in use by something other than {unit}: stop it")
+    if abs(facts.clock_skew) > MAX_SKEW + facts.rtt:
+        p.append(f"clock is {facts.clock_skew:+.0f} s off this machine's: certificates would not "
+                 "be valid yet or already expired; run NTP (systemd-timesyncd, chrony)")
+    for mount, free in sorted(facts.disk_free_bytes.items()):
+        if free < MIN_DISK:
+            p.append(f"only {free >> 20} MiB free on {mount}: at least {MIN_DISK >> 30} GiB needed")
+    return p
+
+
+def check_all(cluster: Cluster, facts: dict) -> dict[str, list[str]]:
+    out = {}
+    for h in cluster.hosts:
+        probs = check_host(cluster, h, facts[h.name])
+        if probs:
+            out[h.name] = probs
+    return out

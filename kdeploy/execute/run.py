@@ -1,0 +1,155 @@
+"""The lifecycle verbs' orchestration: prepare (local, no hosts) -> connect -> gather facts ->
+preflight -> plan -> apply -> verify. Each run leaves a record in the state dir."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Mapping
+
+from kdeploy.errors import KdeployError, PreflightError
+from kdeploy.execute import journal
+from kdeploy.execute.engine import Engine, Gate
+from kdeploy.execute.preflight import check_all, ports_for
+from kdeploy.model import Cluster, defaults
+from kdeploy.pki import paths
+from kdeploy.plan.desired import desired_state, roles_of
+from kdeploy.plan.planner import FileState, Observed, Plan, plan
+from kdeploy.plan.resources import HostResources
+
+GATES = (
+    Gate("etcd", "etcd",
+         f"{defaults.BIN_DIR}/etcdctl --endpoints=https://127.0.0.1:{defaults.ETCD_CLIENT_PORT} "
+         f"--cacert={paths.ETCD_CA_CRT} --cert={paths.ETCD_HEALTHCHECK_CLIENT_CRT} "
+         f"--key={paths.ETCD_HEALTHCHECK_CLIENT_KEY} endpoint health", 120, "etcd endpoint health"),
+    Gate("control-plane", "control-plane",
+         f"{defaults.BIN_DIR}/kubectl --kubeconfig={paths.ADMIN_CONF} "
+         f"--server=https://127.0.0.1:{defaults.APISERVER_PORT} get --raw /readyz", 180,
+         "kube-apiserver /readyz"),
+    Gate("runtime", "node", f"{defaults.BIN_DIR}/ctr --address {defaults.CONTAINERD_SOCKET} version",
+         60, "containerd answers"),
+)
+
+
+def state_dir_for(cluster: Cluster) -> Path:
+    base = Path(cluster.source).resolve().parent if cluster.source else Path.cwd()
+    return base / defaults.STATE_DIRNAME / cluster.name
+
+
+@dataclass
+class Deployment:
+    cluster: Cluster
+    state_dir: Path
+    pki: object
+    artifacts: list
+    desired: dict[str, HostResources]
+    images: dict = field(default_factory=dict)
+
+
+def prepare(cluster: Cluster, *, artifacts_dir: Path | None = None, need_artifacts: bool = True,
+            arch: str = "amd64") -> Deployment:
+    """Everything that happens on this machine only: PKI, artifacts, rendering."""
+    from kdeploy.pki import ensure_pki
+    state = state_dir_for(cluster)
+    pki = ensure_pki(cluster, state)
+    arts: list = []
+    a_dir = artifacts_dir or (Path(cluster.spec.artifacts.dir) if cluster.spec.artifacts.dir else None)
+    if a_dir is not None and not a_dir.is_absolute() and cluster.source and artifacts_dir is None:
+        a_dir = Path(cluster.source).parent / a_dir
+    if need_artifacts or a_dir is not None:
+        from kdeploy.artifacts import resolve
+        arts = resolve(cluster.version, arch, offline_dir=a_dir, mirror=cluster.spec.artifacts.mirror)
+    desired = desired_state(cluster, pki=pki, artifacts=arts)
+    return Deployment(cluster, state, pki, arts, desired)
+
+
+def _paths_units(res: HostResources) -> tuple[list[str], list[str]]:
+    p = [f.path for f in res.files] + [b.path for b in res.binaries] + [journal.PATH]
+    return p, [u.name for u in res.units]
+
+
+def gather(dep: Deployment, transports: Mapping) -> tuple[dict, dict[str, Observed]]:
+    """Facts and observed state of every host, in parallel."""
+    from kdeploy.facts import gather as gather_facts
+
+    def one(name: str):
+        t = transports[name]
+        res = dep.desired[name]
+        host = dep.cluster.host(name)
+        p, u = _paths_units(res)
+        facts = gather_facts(t, paths=p, units=u, ports=sorted(ports_for(dep.cluster, host)))
+        return name, facts, observe(t, res, facts)
+
+    with ThreadPoolExecutor(max_workers=min(32, len(transports))) as ex:
+        out = list(ex.map(one, transports))
+    return {n: f for n, f, _ in out}, {n: o for n, _, o in out}
+
+
+def observe(t, res: HostResources, facts) -> Observed:
+    files: dict[str, FileState] = {}
+    for path in [f.path for f in res.files] + [b.path for b in res.binaries]:
+        sha = facts.sha256(path)
+        if sha:
+            st = facts.file_stat.get(path, {})
+            files[path] = FileState(sha, st.get("mode"), st.get("owner"), st.get("group"))
+    # old text of changed non-secret files (for diffs) and of files holding blocks
+    want = [f.path for f in res.files if not f.secret and f.path in files
+            and files[f.path].sha256 != f.sha256] + [b.path for b in res.blocks]
+    contents = {}
+    for path in dict.fromkeys(want):
+        data = t.get(path)
+        if data is not None:
+            contents[path] = data
+    pending = journal.parse(t.get(journal.PATH)) if facts.sha256(journal.PATH) else frozenset()
+    units = {u.name: (facts.unit(u.name).get("active", "inactive"),
+                      facts.unit(u.name).get("enabled", "not-found")) for u in res.units}
+    return Observed(files=files, contents=contents, units=units, pending=pending)
+
+
+def preflight(dep: Deployment, facts: dict) -> None:
+    problems = check_all(dep.cluster, facts)
+    if problems:
+        lines = [f"  {h}: {p}" for h, ps in problems.items() for p in ps]
+        raise PreflightError(f"preflight failed on {len(problems)} host(s); nothing was changed:\n"
+                             + "\n".join(lines), "fix the hosts above and run again")
+
+
+class RunRecord:
+    """state_dir/runs/<timestamp>/{plan.json, events.jsonl, results.json}; no secrets in them."""
+
+    def __init__(self, state_dir: Path, verb: str):
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        self.dir = state_dir / "runs" / f"{stamp}-{verb}"
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
+
+    def event(self, e: dict) -> None:
+        self._events.write(json.dumps({"t": round(time.time(), 3), **e}) + "\n")
+        self._events.flush()
+
+    def write(self, name: str, data: dict) -> None:
+        (self.dir / name).write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+    def close(self) -> None:
+        self._events.close()
+
+
+def write_admin_kubeconfig(dep: Deployment) -> Path:
+    path = dep.state_dir / "admin.conf"
+    data = dep.pki.admin_kubeconfig()
+    tmp = path.with_name(".admin.conf.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return path
+
+
+def apply(dep: Deployment, transports: Mapping, the_plan: Plan,
+          emit: Callable[[dict], None]):
+    engine = Engine(dep.desired, transports, roles=roles_of(dep.cluster), gates=GATES, emit=emit)
+    return engine.apply(the_plan)

@@ -1,0 +1,31 @@
+"""Connecting for a run: documentation addresses are never dialled, other hosts in parallel."""
+from __future__ import annotations
+
+import ipaddress
+
+from kdeploy.errors import TransportError
+
+# RFC 5737 documentation ranges: samples and tests use them; kdeploy never opens a connection there.
+DOC_NETS = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24",
+                                                   "203.0.113.0/24", "2001:db8::/32"))
+
+
+def is_documentation_address(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address.endswith((".example", ".example.com", ".example.org", ".test", ".invalid"))
+    return any(ip in n for n in DOC_NETS)
+
+
+def connect(cluster, *, factory=None):
+    """({name: transport}, {name: error}); documentation addresses fail without any traffic."""
+    from kdeploy.transport.pool import connect_each, ssh_factory
+    factory = factory or ssh_factory
+    doc = {h.name: TransportError(f"host {h.name} ({h.address}): a documentation address, never "
+                                  "connected to", "use the host's real address")
+           for h in cluster.hosts if is_documentation_address(h.address)}
+    rest = [h for h in cluster.hosts if h.name not in doc]
+    ok, failed = connect_each(cluster, rest, factory=factory) if rest else ({}, {})
+    failed.update(doc)
+    return ok, failed

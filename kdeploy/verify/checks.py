@@ -1,0 +1,211 @@
+"""Post-deploy checks of a live cluster, run through the transports (kubectl and etcdctl on the
+first control-plane host, unit states on every host). Each check returns pass/fail + detail."""
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from kdeploy.errors import KdeployError
+from kdeploy.model import Cluster, defaults
+from kdeploy.pki import paths
+from kdeploy.plan.desired import KUBECTL_ADMIN
+from kdeploy.plan.resources import HostResources
+from kdeploy.transport.base import Transport
+
+NAMESPACE = "kdeploy-verify"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str = ""
+    seconds: float = 0.0
+
+
+class Verifier:
+    def __init__(self, cluster: Cluster, transports: Mapping[str, Transport],
+                 desired: Mapping[str, HostResources], *, workload_image: str,
+                 timeout: float = 180.0):
+        self.c = cluster
+        self.t = transports
+        self.desired = desired
+        self.image = workload_image
+        self.timeout = timeout
+        self.cp = transports[cluster.control_plane[0].name]
+        self.etcd_host = transports[cluster.etcd[0].name]
+
+    # -- helpers -------------------------------------------------------------------------------
+    def kubectl(self, *args: str, check: bool = True, input: bytes | None = None,
+                timeout: float = 60) -> str:
+        r = self.cp.run(list(KUBECTL_ADMIN) + list(args), check=check, input=input, timeout=timeout)
+        return r.out if r.ok else (r.err or r.out)
+
+    def _until(self, fn: Callable[[], tuple[bool, str]], timeout: float | None = None) -> tuple[bool, str]:
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            ok, detail = fn()
+            if ok or time.monotonic() > deadline:
+                return ok, detail
+            time.sleep(2)
+
+    # -- checks --------------------------------------------------------------------------------
+    def units_active(self) -> tuple[bool, str]:
+        def one(name):
+            units = [u.name for u in self.desired[name].units]
+            r = self.t[name].run(["systemctl", "is-active", *units], check=False)
+            states = r.out.split()
+            bad = [f"{u}={s}" for u, s in zip(units, states) if s != "active"]
+            return name, bad
+        with ThreadPoolExecutor(max_workers=len(self.t)) as ex:
+            res = list(ex.map(one, self.desired))
+        bad = [f"{h}: {', '.join(b)}" for h, b in res if b]
+        n = sum(len(self.desired[h].units) for h in self.desired)
+        return (not bad, "; ".join(bad) if bad else f"{n} units active on {len(res)} hosts")
+
+    def etcd_healthy(self) -> tuple[bool, str]:
+        eps = ",".join(f"https://{h.address}:{defaults.ETCD_CLIENT_PORT}" for h in self.c.etcd)
+        r = self.etcd_host.run(self._etcdctl(f"--endpoints={eps}", "endpoint", "health"), check=False)
+        healthy = r.out.count("is healthy")
+        return (r.ok and healthy == len(self.c.etcd),
+                f"{healthy}/{len(self.c.etcd)} members healthy over TLS" if r.ok else (r.err or r.out)[-300:])
+
+    def _etcdctl(self, *args: str) -> list[str]:
+        return [f"{defaults.BIN_DIR}/etcdctl", f"--cacert={paths.ETCD_CA_CRT}",
+                f"--cert={paths.ETCD_HEALTHCHECK_CLIENT_CRT}", f"--key={paths.ETCD_HEALTHCHECK_CLIENT_KEY}",
+                *args]
+
+    def apiserver_ready(self) -> tuple[bool, str]:
+        out = self.kubectl("get", "--raw", "/readyz", check=False)
+        return out.strip() == "ok", out.strip()[-200:]
+
+    def nodes_ready(self) -> tuple[bool, str]:
+        want = {h.name for h in self.c.hosts}
+
+        def probe():
+            raw = self.kubectl("get", "nodes", "-o", "json", check=False)
+            try:
+                items = json.loads(raw)["items"]
+            except (ValueError, KeyError):
+                return False, raw[-200:]
+            ready, versions = set(), set()
+            for n in items:
+                conds = {c["type"]: c["status"] for c in n["status"].get("conditions", [])}
+                if conds.get("Ready") == "True":
+                    ready.add(n["metadata"]["name"])
+                versions.add(n["status"]["nodeInfo"]["kubeletVersion"])
+            expect = f"v{self.c.version}"
+            if ready >= want and versions == {expect}:
+                return True, f"{len(ready)}/{len(want)} Ready, kubelet {expect}"
+            return False, f"Ready: {sorted(ready)}; expected {sorted(want)} at {expect}; seen {sorted(versions)}"
+        return self._until(probe)
+
+    def system_pods_running(self) -> tuple[bool, str]:
+        def probe():
+            raw = self.kubectl("get", "pods", "-n", "kube-system", "-o", "json", check=False)
+            try:
+                items = json.loads(raw)["items"]
+            except (ValueError, KeyError):
+                return False, raw[-200:]
+            bad = [f"{p['metadata']['name']}={p['status'].get('phase')}" for p in items
+                   if p["status"].get("phase") != "Running" or not all(
+                       c.get("ready") for c in p["status"].get("containerStatuses", []))]
+            return (bool(items) and not bad,
+                    f"{len(items)} pods running" if not bad else ", ".join(bad))
+        return self._until(probe)
+
+    def workload(self) -> tuple[bool, str]:
+        from kdeploy.render.env import render
+        manifest = render("verify/workload.yaml.j2", {"namespace": NAMESPACE, "image": self.image,
+                                                      "replicas": max(2, len(self.c.workers))})
+        self.kubectl("apply", "-f", "-", input=manifest.encode())
+        ok, detail = self._until(lambda: self._rollout())
+        if not ok:
+            return ok, detail
+        pods = json.loads(self.kubectl("get", "pods", "-n", NAMESPACE, "-l", "app=web", "-o", "json"))["items"]
+        nodes = {p["spec"].get("nodeName") for p in pods}
+        # from each pod, through the Service's DNS name: reaches pods on other nodes too
+        svc = f"web.{NAMESPACE}.svc.{self.c.spec.network.cluster_domain}"
+        src = pods[0]["metadata"]["name"]
+        seen: set[str] = set()
+
+        def dial():
+            raw = self.kubectl(
+                "get", "--raw",
+                f"/api/v1/namespaces/{NAMESPACE}/pods/{src}:8080/proxy/dial?request=hostname"
+                f"&protocol=http&host={svc}&port=80&tries=20", check=False, timeout=60)
+            try:
+                seen.update(json.loads(raw).get("responses") or [])
+            except ValueError:
+                return False, raw[-200:]
+            return len(seen) >= min(2, len(pods)), f"responses from {sorted(seen)}"
+        ok, detail = self._until(dial, 90)
+        return ok, (f"{len(pods)} pods on {len(nodes)} nodes; pod {src} -> Service {svc}: "
+                    f"{detail}")
+
+    def _rollout(self) -> tuple[bool, str]:
+        out = self.kubectl("rollout", "status", "-n", NAMESPACE, "deployment/web", "--timeout=5s",
+                           check=False)
+        return "successfully rolled out" in out, out[-200:]
+
+    def kubelet_anonymous_refused(self) -> tuple[bool, str]:
+        bad = []
+        for h in self.c.hosts:
+            r = self.cp.run([f"{defaults.BIN_DIR}/kubectl", "--kubeconfig=/dev/null",
+                             f"--server=https://{h.address}:{defaults.KUBELET_PORT}",
+                             "--insecure-skip-tls-verify", "get", "--raw", "/pods"], check=False)
+            text = (r.err + r.out)
+            if r.ok or not ("Unauthorized" in text or "Forbidden" in text or "401" in text or "403" in text):
+                bad.append(f"{h.name}: {text.strip()[-120:] or 'answered'}")
+        return not bad, "; ".join(bad) or f"anonymous requests refused on {len(self.c.hosts)} kubelets"
+
+    def serviceaccount_forbidden(self) -> tuple[bool, str]:
+        token = self.cp.run(list(KUBECTL_ADMIN) + ["create", "token", "no-role", "-n", NAMESPACE],
+                            secret=True).out.strip()
+        cmd = shlex.join([f"{defaults.BIN_DIR}/kubectl", "--kubeconfig=/dev/null",
+                          f"--server=https://127.0.0.1:{defaults.APISERVER_PORT}",
+                          f"--certificate-authority={paths.CA_CRT}", "get", "secrets", "-n", NAMESPACE])
+        # the token comes on stdin, never on our side's command line or logs
+        r = self.cp.run(f't=$(cat); exec {cmd} --token="$t"', input=token.encode(), check=False,
+                        secret=True)
+        text = r.err + r.out
+        return (not r.ok and "forbidden" in text.lower(),
+                "403 Forbidden listing Secrets" if "forbidden" in text.lower() else text[-200:])
+
+    def secrets_encrypted(self) -> tuple[bool, str]:
+        eps = f"--endpoints=https://127.0.0.1:{defaults.ETCD_CLIENT_PORT}"
+        r = self.etcd_host.run(self._etcdctl(eps, "get", f"/registry/secrets/{NAMESPACE}/probe",
+                                             "--print-value-only"), check=False)
+        raw = r.stdout
+        ok = raw.startswith(b"k8s:enc:") and b"kdeploy-verify-plaintext-marker" not in raw
+        return ok, (raw[:len(b"k8s:enc:aescbc:v1:")].decode(errors="replace") + "... (encrypted)"
+                    if ok else f"stored value starts with {raw[:24]!r}")
+
+    CHECKS = (
+        ("units active", "units_active"),
+        ("etcd healthy (TLS)", "etcd_healthy"),
+        ("apiserver /readyz", "apiserver_ready"),
+        ("nodes Ready at version", "nodes_ready"),
+        ("kube-system pods running", "system_pods_running"),
+        ("workload via Service across nodes + DNS", "workload"),
+        ("kubelet API refuses anonymous", "kubelet_anonymous_refused"),
+        ("ServiceAccount without role: 403 on Secrets", "serviceaccount_forbidden"),
+        ("Secrets encrypted at rest in etcd", "secrets_encrypted"),
+    )
+
+    def run(self, on_result: Callable[[CheckResult], None] = lambda r: None) -> list[CheckResult]:
+        out = []
+        for name, meth in self.CHECKS:
+            t0 = time.monotonic()
+            try:
+                ok, detail = getattr(self, meth)()
+            except KdeployError as e:
+                ok, detail = False, e.message
+            r = CheckResult(name, ok, detail, round(time.monotonic() - t0, 2))
+            on_result(r)
+            out.append(r)
+        return out
