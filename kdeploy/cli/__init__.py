@@ -58,7 +58,8 @@ for _mod, _name in _VERBS:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # click returns a typer.Exit's code instead of exiting
+        sys.exit(rc if isinstance(rc, int) else 0)
     except KdeployError as e:
         typer.secho(f"error: {e.message}", fg="red", err=True)
         if e.hint:
