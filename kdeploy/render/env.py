@@ -66,19 +66,25 @@ def environment() -> jinja2.Environment:
     return make_environment()
 
 
-def _template_where(exc: BaseException, name: str) -> tuple[str, int | None]:
-    """(template, line) where `exc` happened: the innermost template frame of its traceback."""
+def _template_where(exc: BaseException, name: str,
+                    env: jinja2.Environment) -> tuple[str, int | None]:
+    """(template, line) where `exc` happened: the innermost template frame of its traceback.
+    Jinja rewrites tracebacks so template frames carry the template's file name and line."""
     if isinstance(exc, jinja2.TemplateSyntaxError):
         return exc.name or name, exc.lineno
+    roots = [str(Path(p).resolve()) for p in getattr(env.loader, "searchpath", ())]
     where: tuple[str, int | None] = (name, None)
     tb = exc.__traceback__
     while tb is not None:
+        fname = tb.tb_frame.f_code.co_filename
         tmpl = tb.tb_frame.f_globals.get("__jinja_template__")
         if tmpl is not None:
-            try:
-                where = (tmpl.name or name, tmpl.get_corresponding_lineno(tb.tb_lineno))
-            except Exception:  # pragma: no cover - defensive
-                pass
+            where = (tmpl.name or name, tmpl.get_corresponding_lineno(tb.tb_lineno))
+        else:
+            for root in roots:
+                if fname.startswith(root + "/"):
+                    where = (fname[len(root) + 1:], tb.tb_lineno)
+                    break
         tb = tb.tb_next
     return where
 
@@ -95,14 +101,15 @@ def get_template(name: str, env: jinja2.Environment | None = None) -> jinja2.Tem
 
 def render(name: str, context: dict[str, Any], env: jinja2.Environment | None = None) -> str:
     """Render template `name` with `context`; errors become TemplateError (file:line)."""
+    env = env or environment()
     tmpl = get_template(name, env)
     try:
         return tmpl.render(context)
     except KdeployError:
         raise
     except jinja2.UndefinedError as e:
-        raise TemplateError(*_template_where(e, name), f"undefined: {e.message}") from None
+        raise TemplateError(*_template_where(e, name, env), f"undefined: {e.message}") from None
     except jinja2.TemplateError as e:
-        raise TemplateError(*_template_where(e, name), str(e)) from None
+        raise TemplateError(*_template_where(e, name, env), str(e)) from None
     except Exception as e:  # a filter or a value misbehaved
-        raise TemplateError(*_template_where(e, name), f"{e.__class__.__name__}: {e}") from None
+        raise TemplateError(*_template_where(e, name, env), f"{e.__class__.__name__}: {e}") from None
