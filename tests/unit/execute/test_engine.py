@@ -1,0 +1,130 @@
+"""The engine and the run orchestration against in-memory hosts (the lab tests do it for real)."""
+import shutil
+from dataclasses import replace
+
+import pytest
+
+from kdeploy.errors import KdeployError, PreflightError
+from kdeploy.execute import journal, run
+from kdeploy.execute.session import connect
+from kdeploy.model import load_inventory
+from kdeploy.plan.planner import plan
+from kdeploy.transport.base import CommandResult
+from kdeploy.transport.fake import FakeTransport
+from kdeploy.transport.pool import UnreachableHosts
+from tests.conftest import SAMPLES
+
+
+@pytest.fixture
+def inv(tmp_path):
+    p = tmp_path / "cluster.yaml"
+    shutil.copy(SAMPLES / "cluster.yaml", p)
+    return p
+
+
+def fakes_for(cluster, dep, **kw):
+    out = {}
+    for h in cluster.hosts:
+        res = dep.desired[h.name]
+        names = {u.name for u in res.units} | {r for f in res.files for r in f.restarts}
+        names |= {a[2] for f in res.files for a in f.run_on_change if a[:2] == ("systemctl", "restart")}
+        units = {n: {"active": "inactive", "enabled": "disabled"} for n in names}
+        out[h.name] = FakeTransport(h.name, units=units, address=h.address, **kw.get(h.name, {}))
+    return out
+
+
+def converge(dep, fakes):
+    facts, observed = run.gather(dep, fakes)
+    run.preflight(dep, facts)
+    p = plan(dep.desired, observed)
+    run.apply(dep, fakes, p, lambda e: None)
+    return p
+
+
+def test_converge_then_nothing_to_do(inv):
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = fakes_for(cluster, dep)
+    first = converge(dep, fakes)
+    assert not first.empty
+    assert fakes["worker1"].units["kubelet"] == {"active": "active", "enabled": "enabled"}
+    # worker files: nothing of etcd or the control plane, and no CA key
+    assert not any("etcd" in p or p.endswith("ca.key") for p in fakes["worker1"].fs)
+    assert fakes["worker1"].fs["/var/lib/kubelet/pki/kubelet.key"].mode == 0o600
+    for f in fakes.values():
+        f.restarts.clear()
+    _, observed = run.gather(dep, fakes)
+    assert plan(dep.desired, observed).empty
+    assert all(not f.restarts for f in fakes.values())
+
+
+def test_changed_setting_touches_only_what_it_needs(inv):
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = fakes_for(cluster, dep)
+    converge(dep, fakes)
+    inv.write_text(inv.read_text().replace("cgroupDriver: systemd", "cgroupDriver: cgroupfs"))
+    cluster2, _ = load_inventory(inv)
+    dep2 = run.prepare(cluster2, need_artifacts=False)
+    _, observed = run.gather(dep2, fakes)
+    p = plan(dep2.desired, observed)
+    restarted = {(c.host, c.target) for c in p.changes if c.kind == "unit-restart"}
+    assert ("worker1", "kubelet") in restarted and ("worker1", "containerd") in restarted
+    assert not any(t in ("etcd", "kube-apiserver") for _, t in restarted)
+    assert all(c.kind in ("file", "unit-restart") for c in p.changes)
+
+
+def test_interrupted_restart_is_finished_by_the_next_run(inv):
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = fakes_for(cluster, dep)
+    converge(dep, fakes)
+    inv.write_text(inv.read_text().replace("mode: iptables", "mode: ipvs"))
+    cluster2, _ = load_inventory(inv)
+    dep2 = run.prepare(cluster2, need_artifacts=False)
+    fail = {r"systemctl restart kube-proxy": CommandResult("x", 1, b"", b"killed\n")}
+    fakes["worker2"].responses = fail
+    with pytest.raises(KdeployError, match="phase node failed on 1 host"):
+        converge(dep2, fakes)
+    assert "unit-restart:kube-proxy" in journal.parse(fakes["worker2"].get(journal.PATH))
+    fakes["worker2"].responses = {}
+    _, observed = run.gather(dep2, fakes)
+    p = plan(dep2.desired, observed)
+    assert [(c.host, c.kind, c.target) for c in p.changes] == [("worker2", "unit-restart", "kube-proxy")]
+    run.apply(dep2, fakes, p, lambda e: None)
+    assert journal.parse(fakes["worker2"].get(journal.PATH)) == frozenset()
+    _, observed = run.gather(dep2, fakes)
+    assert plan(dep2.desired, observed).empty
+
+
+def test_unreachable_host_is_named_and_nothing_is_written(inv):
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = fakes_for(cluster, dep, worker2={"unreachable": "connection refused"})
+    # sample addresses are documentation addresses: swap them for the test's fakes
+    from kdeploy.transport import pool
+    ok, failed = pool.connect_each(cluster, factory=FakeTransport.factory(fakes))
+    assert set(failed) == {"worker2"} and "connection refused" in failed["worker2"].message
+    with pytest.raises(UnreachableHosts, match="worker2"):
+        pool.connect_all(cluster, factory=FakeTransport.factory(fakes))
+    assert not any(c.op == "put" for f in fakes.values() for c in f.log)
+
+
+def test_documentation_addresses_are_never_dialled(inv):
+    cluster, _ = load_inventory(inv)
+    called = []
+    ok, failed = connect(cluster, factory=lambda c, h: called.append(h) or None)
+    assert not ok and not called and "documentation address" in failed["cp1"].message
+
+
+def test_preflight_reports_every_failing_host_before_any_write(inv):
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = fakes_for(cluster, dep, worker1={"system": {"swap": True}},
+                      cp1={"listening": [6443]})
+    facts, _ = run.gather(dep, fakes)
+    with pytest.raises(PreflightError) as ei:
+        run.preflight(dep, facts)
+    msg = ei.value.message
+    assert "worker1: swap is on" in msg and "cp1: port 6443" in msg and "nothing was changed" in msg
+    assert not any(c.op in ("put", "put_file") for f in fakes.values() for c in f.log)
