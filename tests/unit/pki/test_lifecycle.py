@@ -172,3 +172,9 @@ def test_explicit_state_dir(tmp_path):
     assert not (tmp_path / ".kdeploy").exists()
     assert (tmp_path / "elsewhere").stat().st_mode & 0o777 == 0o700
     assert pki.files_for("cp1")
+
+
+def test_expired_ca_is_a_clear_error(fresh):
+    cluster = load(fresh / "inventory.yaml")
+    with pytest.raises(PKIError, match="CA ca expired"):
+        ensure_pki(cluster, now=datetime.now(timezone.utc) + timedelta(days=3660))
