@@ -336,9 +336,9 @@ class SSHTransport:
                     err.append(chan.recv_stderr(65536)); got = True
                 if got:
                     continue
+                if chan.eof_received or chan.closed:
+                    break  # both streams are complete (EOF wakes the select below)
                 if chan.exit_status_ready():
-                    if chan.eof_received or chan.closed:
-                        break
                     # exited, but a background child still holds stdout open: don't wait for it
                     exited_at = exited_at or time.monotonic()
                     if time.monotonic() - exited_at > 1.0:
@@ -346,9 +346,14 @@ class SSHTransport:
                 if deadline is not None and time.monotonic() > deadline:
                     chan.close()
                     raise self._error(f"command timed out after {timeout:g}s: {shown}")
-                wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-                select.select([chan], [], [], min(wait, 0.1) if exited_at else wait)
-            rc = chan.recv_exit_status()
+                wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
+                select.select([chan], [], [], wait)
+            # the exit status follows EOF (it does not wake the select: wait on its event)
+            left = None if deadline is None else max(0.1, deadline - time.monotonic())
+            if not chan.status_event.wait(left):
+                chan.close()
+                raise self._error(f"command timed out after {timeout:g}s: {shown}")
+            rc = chan.exit_status
             if writer is not None:
                 writer.join(1)
         return CommandResult(shown, rc, b"".join(out), b"".join(err))
@@ -413,10 +418,7 @@ class SSHTransport:
         tmp = tmp_path_for(path)
         uid, gid = self._resolve_ids(owner, group)
         if d not in self._dirs:
-            try:
-                sftp.stat(d)
-            except FileNotFoundError:
-                self.run(["mkdir", "-p", "-m", "0755", d])
+            _sftp_makedirs(sftp, d)
             self._dirs.add(d)
         try:
             sftp.remove(tmp)  # a leftover could carry wider permissions: never reuse it
@@ -530,6 +532,24 @@ def _open_exclusive(sftp: paramiko.SFTPClient, path: str, mode: int) -> SFTPFile
     if t != CMD_HANDLE:
         raise paramiko.SFTPError("Expected handle")
     return SFTPFile(sftp, msg.get_binary(), "wb", -1)
+
+
+def _sftp_makedirs(sftp: paramiko.SFTPClient, d: str) -> None:
+    """mkdir -p over SFTP (no shell): missing directories are created 0755."""
+    missing = []
+    while d not in ("", "/"):
+        try:
+            sftp.stat(d)
+            break
+        except FileNotFoundError:
+            missing.append(d)
+            d = posixpath.dirname(d)
+    for m in reversed(missing):
+        try:
+            sftp.mkdir(m, 0o755)
+        except IOError:
+            sftp.stat(m)  # raced with another writer: fine if it exists now
+        sftp.chmod(m, 0o755)  # mkdir's mode is subject to the server's umask
 
 
 def _fsync(f: SFTPFile) -> None:

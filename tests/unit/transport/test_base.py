@@ -1,0 +1,67 @@
+import pytest
+
+from kdeploy.errors import TransportError
+from kdeploy.transport.base import (
+    SECRET_DISPLAY, CommandResult, check_result, command_line, display, install_script,
+    tmp_path_for,
+)
+
+
+def test_command_line_list_is_quoted_argv():
+    assert command_line(["echo", "a b", "$HOME"]) == "echo 'a b' '$HOME'"
+
+
+def test_command_line_str_runs_by_sh_c():
+    assert command_line("echo $HOME | wc -c") == "sh -c 'echo $HOME | wc -c'"
+
+
+def test_command_line_sudo_wraps():
+    assert command_line(["id"], sudo=True) == "sudo -n -- id"
+    assert command_line("a && b", sudo=True) == "sudo -n -- sh -c 'a && b'"
+
+
+def test_empty_argv_rejected():
+    with pytest.raises(ValueError):
+        command_line([])
+
+
+def test_display_masks_secrets():
+    assert display(["etcdctl", "--password", "hunter2"], secret=True) == SECRET_DISPLAY
+    assert display(["a", "b c"]) == "a 'b c'"
+
+
+def test_check_result_names_host_command_and_stderr_tail():
+    err = b"".join(f"line{i}\n".encode() for i in range(20))
+    with pytest.raises(TransportError) as e:
+        check_result("cp1", CommandResult("systemctl start etcd", 1, b"", err))
+    msg = e.value.message
+    assert "host cp1" in msg and "systemctl start etcd" in msg and "exit code 1" in msg
+    assert "line19" in msg and "line0\n" not in msg  # only the last lines
+
+
+def test_check_result_secret_command_not_shown():
+    with pytest.raises(TransportError) as e:
+        check_result("cp1", CommandResult(SECRET_DISPLAY, 2, b"", b"bad"))
+    assert SECRET_DISPLAY in e.value.message
+
+
+def test_check_result_sudo_password_hint():
+    r = CommandResult("id", 1, b"", b"sudo: a password is required\n")
+    with pytest.raises(TransportError) as e:
+        check_result("w1", r, sudo=True)
+    assert "sudo needs a password" in e.value.message and "NOPASSWD" in e.value.hint
+
+
+def test_check_result_ok_passes_through():
+    r = CommandResult("true", 0)
+    assert check_result("h", r) is r and r.ok
+
+
+def test_tmp_path_is_hidden_sibling():
+    assert tmp_path_for("/etc/kubernetes/admin.conf") == "/etc/kubernetes/.admin.conf.kdeploy-tmp"
+
+
+def test_install_script_sets_mode_owner_and_renames():
+    s = install_script("/tmp/x/data", "/etc/a b/f", mode=0o600, owner="etcd", group="etcd", sha256="ab" * 32)
+    assert "install -m 0600 -o etcd -g etcd /tmp/x/data '/etc/a b/.f.kdeploy-tmp'" in s
+    assert "sha256sum -c" in s and s.index("sha256sum") < s.index("mv -f")
