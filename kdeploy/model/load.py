@@ -72,8 +72,7 @@ def load_inventory(path: str | Path) -> tuple[Cluster, list[Problem]]:
     path = Path(path)
     text = _read(path)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text) if node is not None else None
+        node, data = _parse(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         if _looks_like_ini(text):
@@ -99,6 +98,16 @@ def load_inventory(path: str | Path) -> tuple[Cluster, list[Problem]]:
                                 f"use '{API_VERSION}'", lines.line_for(("apiVersion",))))
     _raise_if(problems, path, lines)
     return _finish(data, path, lines, problems)
+
+
+def _parse(text: str) -> tuple[yaml.Node | None, Any]:
+    """Compose once (node tree with line marks), construct from it; libyaml when available."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
 
 
 def _is_ansible(data: dict) -> bool:

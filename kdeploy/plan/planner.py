@@ -135,8 +135,8 @@ def plan_host(res: HostResources, obs: Observed) -> list[Change]:
         st = obs.files.get(f.path)
         if st is None or st.sha256 != f.sha256:
             action = "create" if st is None else "update"
-            diff = None if f.secret else _diff(f.path, obs.contents.get(f.path) if st else None,
-                                               f.content)
+            # diffs for updates only: a created file's content is in `kdeploy render`
+            diff = None if f.secret or st is None else _diff(f.path, obs.contents.get(f.path), f.content)
             changes.append(Change(host, f.phase, "file", f.path, action, diff=diff, secret=f.secret,
                                   old_sha256=st.sha256 if st else None, new_sha256=f.sha256))
             consequence(f.restarts, f.path, f.run_on_change, f.phase)
