@@ -24,6 +24,6 @@ def addons_host(cluster: Cluster) -> str:
 def render_addons(cluster: Cluster) -> list[File]:
     ctx = cluster_context(cluster)
     environment = _env.environment()
-    return [File(path=path, content=_env.render(tmpl, ctx.base, environment).encode(),
+    return [File(path=path, content=_env.render(tmpl, ctx.base, environment, with_globals=True).encode(),
                  phase="addons")
             for tmpl, path in ADDONS]

@@ -65,7 +65,10 @@ def _identities(cluster: Cluster) -> tuple[str, tuple[str, ...], str]:
         from kdeploy.pki.identities import build_table
     except ImportError:  # pragma: no cover - the PKI package is part of kdeploy
         return user, groups, fp
-    for ident in build_table(cluster).identities:
+    # these two identities do not depend on the workers: build the table over the control
+    # plane only (the full table is O(hosts); TODO: ask kdeploy.pki for a per-name lookup)
+    small = cluster.model_copy(update={"hosts": cluster.control_plane})
+    for ident in build_table(small).identities:
         if ident.name == "apiserver-kubelet-client":
             user = ident.cn
             groups = tuple(o for o in ident.orgs if o != "system:masters")
@@ -79,14 +82,15 @@ class ClusterContext:
     cluster: Cluster
     base: dict[str, Any]                 # what every template sees
     hosts_block: str                     # /etc/hosts block content (same on every host)
-    route_lines: tuple[str, ...]         # one rendered route line per host (index = host order)
-    index: dict[str, int]                # host name -> position
+    routes_text: str                     # the rendered route line of every host, concatenated
+    route_spans: dict[str, tuple[int, int]]   # host name -> its line's span in routes_text
+    ips: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address | None]  # name -> IP (None: DNS name)
     images: Images
 
     def routes_for(self, host: Host) -> str:
-        i = self.index[host.name]
-        lines = self.route_lines
-        return "".join(lines[:i]) + "".join(lines[i + 1:])
+        """Every route line but this host's own: two slices of the precomputed text."""
+        start, end = self.route_spans[host.name]
+        return self.routes_text[:start] + self.routes_text[end:]
 
 
 def _build(cluster: Cluster) -> ClusterContext:
@@ -153,17 +157,24 @@ def _build(cluster: Cluster) -> ClusterContext:
         "kubelet_client": {"user": kc_user, "groups": list(kc_groups)},
     }
     environment = _env.environment()
+    base = _env.globals_merged(base, environment)
+    ips = {h.name: _ip(h.address) for h in cluster.hosts}
     hosts_entries = [{"address": h.address, "name": h.name}
-                     for h in cluster.hosts if _ip(h.address) is not None]
-    hosts_block = _env.render("os/hosts.j2", {**base, "hosts_entries": hosts_entries}, environment)
+                     for h in cluster.hosts if ips[h.name] is not None]
+    hosts_block = _env.render("os/hosts.j2", {**base, "hosts_entries": hosts_entries}, environment,
+                              with_globals=True)
     cidrs = cluster.node_pod_cidrs
-    route_tmpl = "node/pod-route.j2"
-    route_lines = tuple(
-        _env.render(route_tmpl, {"pod_cidr": cidrs[h.name], "address": h.address}, environment)
-        if _ip(h.address) is not None else ""
-        for h in cluster.hosts)
-    index = {h.name: i for i, h in enumerate(cluster.hosts)}
-    return ClusterContext(cluster, base, hosts_block, route_lines, index, images)
+    parts: list[str] = []
+    spans: dict[str, tuple[int, int]] = {}
+    pos = 0
+    for h in cluster.hosts:
+        line = (_env.render("node/pod-route.j2", {**base, "pod_cidr": cidrs[h.name], "address": h.address},
+                            environment, with_globals=True)
+                if ips[h.name] is not None else "")
+        parts.append(line)
+        spans[h.name] = (pos, pos + len(line))
+        pos += len(line)
+    return ClusterContext(cluster, base, hosts_block, "".join(parts), spans, ips, images)
 
 
 _lock = threading.Lock()
@@ -187,7 +198,7 @@ def cluster_context(cluster: Cluster) -> ClusterContext:
 
 def host_context(ctx: ClusterContext, host: Host) -> dict[str, Any]:
     """Per-host values (the `host` variable of the templates)."""
-    ip = _ip(host.address)
+    ip = ctx.ips[host.name]
     control_plane, worker = host.has("control-plane"), host.has("worker")
     own, deferred = split_labels(dict(host.labels))
     if control_plane:
@@ -199,8 +210,8 @@ def host_context(ctx: ClusterContext, host: Host) -> dict[str, Any]:
         "name": host.name,
         "address": host.address,
         "ip": str(ip) if ip is not None else None,
-        "url_addr": _url_addr(host.address),
-        "listen_url_addr": _url_addr(host.address) if ip is not None
+        "url_addr": f"[{ip}]" if ip is not None and ip.version == 6 else host.address,
+        "listen_url_addr": (f"[{ip}]" if ip.version == 6 else str(ip)) if ip is not None
         else ("[::]" if pod_net.version == 6 else "0.0.0.0"),
         "bind_address": str(ip) if ip is not None else "0.0.0.0",
         "is_control_plane": control_plane,

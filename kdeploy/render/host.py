@@ -19,7 +19,7 @@ def render_host(cluster: Cluster, host: Host) -> HostResources:
     environment = _env.environment()
     files = tuple(
         File(path=row.path,
-             content=_env.render(row.template, values, environment).encode(),
+             content=_env.render(row.template, values, environment, with_globals=True).encode(),
              phase=row.phase, mode=row.mode, restarts=row.restarts,
              run_on_change=row.run_on_change)
         for row in FILES if row.hosts(h))
