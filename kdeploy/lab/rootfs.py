@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ def ensure_rootfs(recipe: Recipe | None = None, *, log: Callable[[str], None] = 
         if final.exists():  # an old, incomplete directory under the final name: never trust it
             shutil.rmtree(final)
         for stale in root.glob(f".rootfs-{recipe.hash()}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove_tree(stale)
         mirror = mirror or os.environ.get("KDEPLOY_LAB_MIRROR") or debian_mirror(recipe.suite)
         tmp = root / f".rootfs-{recipe.hash()}.tmp-{os.getpid()}"
         logfile = root / f"rootfs-{recipe.hash()}.debootstrap.log"
@@ -54,7 +55,7 @@ def ensure_rootfs(recipe: Recipe | None = None, *, log: Callable[[str], None] = 
             customise(tmp, recipe)
             os.rename(tmp, final)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_tree(tmp)
             raise
         return final, time.monotonic() - t0
     finally:
@@ -67,12 +68,38 @@ def _debootstrap(recipe: Recipe, mirror: str, tmp: Path, logfile: Path) -> None:
     with open(logfile, "w") as lf:
         lf.write(" ".join(argv) + "\n")
         lf.flush()
-        rc = subprocess.call(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT)
+        # own process group: on Ctrl-C/SIGTERM we stop debootstrap and its dpkg/wget children
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        try:
+            rc = p.wait()
+        except BaseException:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+            except ProcessLookupError:
+                pass
+            raise
     if rc != 0:
         tail = logfile.read_text(errors="replace").splitlines()[-15:]
         raise LabError(f"debootstrap failed (exit {rc}) building the lab rootfs:\n  " + "\n  ".join(tail),
                        f"see {logfile}; check that the mirror {mirror} is reachable "
                        "(set KDEPLOY_LAB_MIRROR to use another)")
+
+
+def _remove_tree(path: Path) -> None:
+    """rm -rf a (partial) debootstrap tree, first unmounting what debootstrap mounted inside
+    (proc, sys, devpts ...) so rmtree never walks into the host's /proc or /sys."""
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mounts") as f:
+        below = [ln.split()[1].replace("\\040", " ") for ln in f]
+    for mnt in sorted((m for m in below if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mnt], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def customise(root: Path, recipe: Recipe) -> None:
