@@ -15,11 +15,12 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
+import ipaddress
 import json
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -125,7 +126,6 @@ def check_sans(cluster: Cluster) -> None:
     for i, san in enumerate(cluster.spec.control_plane.extra_sans):
         v = san.strip().lower()
         try:
-            import ipaddress
             ipaddress.ip_address(v.strip("[]"))
             continue
         except ValueError:

@@ -36,16 +36,10 @@ def test_exact_file_set_per_role(base_pki, host, expected):
 
 
 def test_worker_gets_no_ca_key_and_no_other_nodes_key(base_pki):
-    all_keys = {}
-    for h in base_pki.cluster.hosts:
-        for f in base_pki.files_for(h):
-            if b"PRIVATE KEY" in f.content or f.path.endswith(".conf"):
-                all_keys.setdefault(f.content, set()).add(h.name)
     w1 = base_pki.files_for("w1")
     ca_keys = {(base_pki.dir / f"{n}.key").read_bytes() for n in ("ca", "etcd/ca", "front-proxy-ca")}
     own = {(base_pki.dir / "nodes/w1/kubelet-serving.key").read_bytes(),
            (base_pki.dir / "nodes/w1/kubelet-client.key").read_bytes()}
-    shared_ok = {(base_pki.dir / "kube-proxy.key").read_bytes()}
     import base64
     for f in w1:
         blob = f.content
@@ -61,7 +55,6 @@ def test_worker_gets_no_ca_key_and_no_other_nodes_key(base_pki):
     key = base64.b64decode(embedded["users"][0]["user"]["client-key-data"])
     assert key in own
     assert by_path(base_pki, "w1")[paths.KUBELET_SERVING_KEY].content in own
-    assert shared_ok
 
 
 def test_no_front_proxy_or_etcd_ca_key_anywhere(base_pki):
