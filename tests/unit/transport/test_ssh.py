@@ -1,0 +1,393 @@
+"""SSHTransport against a real OpenSSH sshd (Debian's openssh-server) on 127.0.0.1, started in
+the foreground by the test (never as a service), and one inside a network namespace."""
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from kdeploy.errors import TransportError
+from kdeploy.transport.base import Transport
+from kdeploy.transport.ssh import SSHTransport, _backoff
+
+from .sshd import free_port, keygen, sshd_missing_reason, start_sshd
+
+REASON = sshd_missing_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    s = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield s
+    s.stop()
+
+
+def _t(sshd, **kw) -> SSHTransport:
+    kw.setdefault("known_hosts_file", sshd.known_hosts)
+    kw.setdefault("key_file", sshd.client_key)
+    return SSHTransport(kw.pop("host", "node1"), "127.0.0.1", port=sshd.port, allow_agent=False, **kw)
+
+
+@pytest.fixture
+def t(sshd):
+    tr = _t(sshd).connect()
+    yield tr
+    tr.close()
+
+
+# --- host keys ------------------------------------------------------------------------------
+
+def test_strict_host_key_accepted_with_right_known_hosts(t):
+    assert isinstance(t, Transport)
+    assert t.run(["id", "-u"]).out == "0"
+
+
+def test_changed_host_key_rejected_names_host_and_file(sshd, tmp_path):
+    other = keygen(tmp_path / "other")
+    pub = Path(str(other) + ".pub").read_text().split()
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[127.0.0.1]:{sshd.port} {pub[0]} {pub[1]}\n")
+    with pytest.raises(TransportError) as e:
+        _t(sshd, known_hosts_file=kh).connect()
+    assert "host node1 (127.0.0.1:" in e.value.message and str(kh) in e.value.message
+    assert "mismatch" in e.value.message and "ssh-keygen -R" in e.value.hint
+
+
+def test_unknown_host_key_rejected_with_opt_out_hint(sshd, tmp_path):
+    kh = tmp_path / "empty_known_hosts"
+    kh.write_text("")
+    with pytest.raises(TransportError) as e:
+        _t(sshd, known_hosts_file=kh).connect()
+    assert "host node1" in e.value.message and "unknown host key" in e.value.message
+    assert str(kh) in e.value.message and "strictHostKeyChecking: false" in e.value.hint
+
+
+def test_opt_out_accepts_unknown_key_with_warning_and_saves_nothing(sshd, tmp_path, caplog):
+    kh = tmp_path / "kh"
+    kh.write_text("")
+    with caplog.at_level(logging.WARNING, logger="kdeploy.transport.ssh"):
+        tr = _t(sshd, known_hosts_file=kh, strict_host_key_checking=False).connect()
+    try:
+        assert tr.run(["true"]).ok
+    finally:
+        tr.close()
+    assert "accepting unknown host key" in caplog.text and kh.read_text() == ""
+
+
+def test_wrong_client_key_is_auth_error(sshd, tmp_path):
+    with pytest.raises(TransportError) as e:
+        _t(sshd, key_file=keygen(tmp_path / "stranger")).connect()
+    assert "authentication failed for user root" in e.value.message and "authorized_keys" in e.value.hint
+
+
+def test_missing_key_file(sshd, tmp_path):
+    with pytest.raises(TransportError, match="key file not found"):
+        _t(sshd, key_file=tmp_path / "nope").connect()
+
+
+# --- unreachable ----------------------------------------------------------------------------
+
+def test_unreachable_port_names_host_after_retries(tmp_path):
+    port = free_port()
+    tr = SSHTransport("w9", "127.0.0.1", port=port, key_file=None, known_hosts_file=tmp_path / "kh",
+                      retries=3, retry_window=0.3, allow_agent=False)
+    t0 = time.monotonic()
+    with pytest.raises(TransportError) as e:
+        tr.connect()
+    dt = time.monotonic() - t0
+    assert e.value.message == (f"host w9 (127.0.0.1:{port}): unreachable after 3 attempts: "
+                               "connection refused")
+    assert e.value.__cause__ is None and (e.value.__context__ is None or e.value.__suppress_context__)
+    assert 0.25 < dt < 3
+
+
+def test_backoff_defaults_fit_the_window():
+    d = _backoff(3, 5.0)
+    assert len(d) == 2 and abs(sum(d) - 5.0) < 1e-9 and d[0] < d[1]
+
+
+def test_retry_succeeds_when_sshd_comes_up_late(tmp_path):
+    port = free_port()
+    d = tmp_path / "late"
+    d.mkdir()
+    client_key = keygen(d / "ck")
+    import threading
+    box = {}
+    timer = threading.Timer(0.6, lambda: box.setdefault("s", start_sshd(d / "s", port=port,
+                                                                         client_key=client_key)))
+    timer.start()
+    try:
+        tr = SSHTransport("late", "127.0.0.1", port=port, key_file=client_key, retries=5,
+                          retry_window=6, strict_host_key_checking=False, allow_agent=False)
+        tr.connect()
+        assert tr.run(["true"]).ok
+        tr.close()
+    finally:
+        timer.join()
+        if "s" in box:
+            box["s"].stop()
+
+
+# --- run ------------------------------------------------------------------------------------
+
+def test_run_semantics(t):
+    assert t.run("echo $((40+2))").out == "42"
+    assert t.run(["echo", "$((40+2))", "a b"]).out == "$((40+2)) a b"
+    assert t.run(["cat"], input=b"x" * 300000).stdout == b"x" * 300000
+    r = t.run("echo out; echo err >&2; exit 7", check=False)
+    assert (r.rc, r.out, r.err) == (7, "out", "err")
+
+
+def test_run_failure_message(t):
+    with pytest.raises(TransportError) as e:
+        t.run("echo first >&2; echo 'it broke' >&2; exit 3")
+    assert e.value.message.startswith("host node1: command failed (exit code 3)")
+    assert "it broke" in e.value.message
+
+
+def test_run_secret_masked(t, caplog):
+    with caplog.at_level(logging.DEBUG, logger="kdeploy.transport"):
+        with pytest.raises(TransportError) as e:
+            t.run(["sh", "-c", "exit 1", "--token=hunter2"], secret=True, input=b"pw-hunter3")
+    assert "hunter2" not in e.value.message and "hunter2" not in caplog.text
+    assert "hunter3" not in caplog.text
+
+
+def test_run_large_output_both_streams(t):
+    r = t.run("head -c 3000000 /dev/zero; head -c 2000000 /dev/zero >&2")
+    assert len(r.stdout) == 3000000 and len(r.stderr) == 2000000
+
+
+def test_run_timeout(t):
+    t0 = time.monotonic()
+    with pytest.raises(TransportError, match="timed out after 0.5s"):
+        t.run(["sleep", "10"], timeout=0.5)
+    assert time.monotonic() - t0 < 3
+    assert t.run(["true"]).ok  # the connection is still usable
+
+
+def test_background_child_does_not_hang(t):
+    t0 = time.monotonic()
+    assert t.run("sleep 30 & echo started").out == "started"
+    assert time.monotonic() - t0 < 5
+
+
+def test_one_connection_reused_and_reconnects_when_dropped(t):
+    first = t._client.get_transport()
+    t.run(["true"]); t.run(["true"])
+    assert t._client.get_transport() is first
+    first.close()  # the host rebooted / the connection dropped
+    assert t.run(["echo", "back"]).out == "back"
+    assert t._client.get_transport() is not first
+
+
+def test_concurrent_runs_on_one_connection(t):
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(8) as ex:
+        outs = list(ex.map(lambda i: t.run(["echo", str(i)]).out, range(16)))
+    assert outs == [str(i) for i in range(16)]
+
+
+# --- files ----------------------------------------------------------------------------------
+
+def test_put_get_mode_owner(t, tmp_path):
+    p = tmp_path / "etc" / "kubernetes" / "admin.conf"
+    t.put(str(p), b"apiVersion: v1\n", mode=0o600)
+    st = os.stat(p)
+    assert stat.S_IMODE(st.st_mode) == 0o600 and (st.st_uid, st.st_gid) == (0, 0)
+    assert stat.S_IMODE(os.stat(p.parent).st_mode) == 0o755
+    assert t.get(str(p)) == b"apiVersion: v1\n"
+    assert t.get(str(tmp_path / "missing")) is None
+    t.put(str(p), b"v2", mode=0o644, owner="nobody", group="nogroup")
+    st = os.stat(p)
+    import grp, pwd
+    assert (pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name) == ("nobody", "nogroup")
+    assert p.read_bytes() == b"v2" and stat.S_IMODE(st.st_mode) == 0o644
+    assert os.listdir(p.parent) == ["admin.conf"]  # no temp file left
+
+
+def test_put_secret_never_readable_by_others_during_upload(t, tmp_path, monkeypatch):
+    """The sshd is local: stat the hidden temp file while the upload writes into it."""
+    p = tmp_path / "pki" / "ca.key"
+    tmp = p.parent / ".ca.key.kdeploy-tmp"
+    seen = []
+    real = paramiko.SFTPFile.write
+
+    def spy(self, data):
+        seen.append(stat.S_IMODE(os.stat(tmp).st_mode))
+        return real(self, data)
+    monkeypatch.setattr(paramiko.SFTPFile, "write", spy)
+    t.put(str(p), b"-----BEGIN PRIVATE KEY-----", mode=0o600)
+    assert seen and all(m == 0o600 for m in seen)
+
+
+def test_put_replaces_atomically_and_ignores_stale_temp(t, tmp_path):
+    p = tmp_path / "f"
+    p.write_bytes(b"old")
+    stale = tmp_path / ".f.kdeploy-tmp"
+    stale.write_bytes(b"stale")
+    os.chmod(stale, 0o666)
+    ino = os.stat(p).st_ino
+    t.put(str(p), b"new", mode=0o600)
+    assert p.read_bytes() == b"new" and os.stat(p).st_ino != ino and not stale.exists()
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+
+
+def test_put_unknown_owner(t, tmp_path):
+    with pytest.raises(TransportError, match="unknown owner or group"):
+        t.put(str(tmp_path / "f"), b"x", owner="no-such-user-kd")
+
+
+def test_put_file_verifies_sha(t, tmp_path):
+    src = tmp_path / "kubelet.src"
+    src.write_bytes(os.urandom(5 << 20))
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    dst = tmp_path / "bin" / "kubelet"
+    t.put_file(str(dst), src, sha256=sha)
+    assert hashlib.sha256(dst.read_bytes()).hexdigest() == sha
+    assert stat.S_IMODE(os.stat(dst).st_mode) == 0o755
+    with pytest.raises(TransportError, match="does not match its sha256"):
+        t.put_file(str(tmp_path / "bin" / "bad"), src, sha256="0" * 64)
+    assert sorted(os.listdir(dst.parent)) == ["kubelet"]
+
+
+def test_put_write_error_is_transport_error(t, tmp_path):
+    d = tmp_path / "file-not-dir"
+    d.write_bytes(b"")
+    with pytest.raises(TransportError, match=r"host node1 \(127.0.0.1:\d+\): cannot write"):
+        t.put(str(d / "x"), b"x")
+
+
+@pytest.mark.skipif(not shutil.which("sudo"), reason="sudo not installed: the sudo upload path "
+                    "(user temp dir + sudo install) is covered with a stub sudo in test_local.py")
+def test_sudo_path_as_root(sshd, tmp_path):
+    tr = _t(sshd, sudo=True).connect()
+    try:
+        assert tr.run(["id", "-u"]).out == "0"
+        p = tmp_path / "s" / "f"
+        tr.put(str(p), b"x", mode=0o600, owner="nobody", group="nogroup")
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o600 and tr.get(str(p)) == b"x"
+        assert tr.get(str(tmp_path / "none")) is None
+    finally:
+        tr.close()
+
+
+# --- facts over ssh -------------------------------------------------------------------------
+
+def test_facts_over_ssh(t, tmp_path):
+    from kdeploy.facts import gather
+    f = tmp_path / "present"
+    f.write_bytes(b"abc")
+    h = gather(t, paths=[str(f), str(tmp_path / "absent")], units=["kubelet"], ports=[sshd_port(t)])
+    assert h.file_sha256 == {str(f): hashlib.sha256(b"abc").hexdigest(), str(tmp_path / "absent"): None}
+    assert h.arch in ("amd64", "arm64") and h.os_id and h.ports_in_use == (sshd_port(t),)
+    assert abs(h.clock_skew) < 1
+
+
+def sshd_port(t):
+    return t.port
+
+
+# --- inventory -> pool ----------------------------------------------------------------------
+
+def test_connect_all_from_inventory_names_unreachable_host(sshd, tmp_path):
+    from kdeploy.model.cluster import Cluster
+    from kdeploy.transport.pool import UnreachableHosts, connect_all
+    shutil.copy(sshd.client_key, tmp_path / "id")
+    dead = free_port()
+    c = Cluster.model_validate({
+        "spec": {"ssh": {"keyFile": "id", "knownHostsFile": str(sshd.known_hosts), "port": sshd.port}},
+        "hosts": [{"name": "cp1", "address": "127.0.0.1", "roles": ["control-plane"]},
+                  {"name": "w1", "address": "127.0.0.1", "roles": ["worker"], "ssh": {"port": dead}}],
+        }).model_copy(update={"source": str(tmp_path / "cluster.yaml")})
+    from kdeploy.transport import pool
+
+    def factory(cluster, host):
+        return SSHTransport.from_cluster(cluster, host, retries=1).connect()
+    ts = connect_all(c, ["cp1"], factory=factory)
+    assert ts["cp1"].run(["true"]).ok
+    pool.close_all(ts)
+    with pytest.raises(UnreachableHosts) as e:
+        connect_all(c, factory=factory)
+    assert "1 host(s) unreachable: w1" in e.value.message and f"127.0.0.1:{dead}" in e.value.message
+
+
+# --- network namespace and bastion ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def netns_sshd(tmp_path_factory):
+    if not shutil.which("ip"):
+        pytest.skip("iproute2 missing")
+    name = f"kdeploy-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    s = None
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        s = start_sshd(tmp_path_factory.mktemp("nsd"), netns=name)
+        yield s
+    finally:
+        if s is not None:
+            s.stop()
+        subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+def test_netns_connect(netns_sshd):
+    s = netns_sshd
+    tr = SSHTransport("labnode", "127.0.0.1", port=s.port, key_file=s.client_key,
+                      known_hosts_file=s.known_hosts, netns=s.netns, allow_agent=False).connect()
+    try:
+        # the command runs inside the namespace: its loopback is the namespace's own
+        assert tr.run(["stat", "-L", "-c", "%i", "/proc/self/ns/net"]).out == \
+            str(os.stat(f"/run/netns/{s.netns}").st_ino)
+        assert tr.run(["true"]).ok
+        tr.put("/tmp/kdeploy-netns-test-" + s.netns, b"x", mode=0o600)
+        assert tr.get("/tmp/kdeploy-netns-test-" + s.netns) == b"x"
+        tr.run(["rm", "-f", "/tmp/kdeploy-netns-test-" + s.netns])
+    finally:
+        tr.close()
+
+
+def test_netns_port_not_reachable_from_host_namespace(netns_sshd):
+    s = netns_sshd
+    tr = SSHTransport("labnode", "127.0.0.1", port=s.port, key_file=s.client_key,
+                      known_hosts_file=s.known_hosts, retries=1, allow_agent=False)
+    with pytest.raises(TransportError, match="host labnode"):
+        tr.connect()
+
+
+def test_missing_netns_is_clear(netns_sshd):
+    tr = SSHTransport("labnode", "127.0.0.1", port=22, netns="kdeploy-test-does-not-exist",
+                      allow_agent=False)
+    with pytest.raises(TransportError, match="network namespace kdeploy-test-does-not-exist does not exist"):
+        tr.connect()
+
+
+def test_bastion_in_netns(netns_sshd):
+    """Jump through the namespace's sshd (the bastion, itself in the netns) to the same sshd."""
+    s = netns_sshd
+    tr = SSHTransport("behind", "127.0.0.1", port=s.port, key_file=s.client_key,
+                      known_hosts_file=s.known_hosts, netns=s.netns, allow_agent=False,
+                      bastion={"address": "127.0.0.1", "port": s.port, "user": "root",
+                               "key_file": str(s.client_key)})
+    try:
+        tr.connect()
+        assert tr._jump is not None and tr.run(["echo", "via-bastion"]).out == "via-bastion"
+    finally:
+        tr.close()
+
+
+def test_bastion_cannot_reach_target(netns_sshd):
+    s = netns_sshd
+    tr = SSHTransport("behind", "127.0.0.1", port=free_port(), key_file=s.client_key,
+                      known_hosts_file=s.known_hosts, netns=s.netns, allow_agent=False, retries=1,
+                      bastion={"address": "127.0.0.1", "port": s.port, "key_file": str(s.client_key)})
+    with pytest.raises(TransportError, match="host behind .*bastion"):
+        tr.connect()
