@@ -42,8 +42,12 @@ class Row:
 
 FILES: tuple[Row, ...] = (
     # os
+    # load now what is neither loaded nor built in (/sys/module/<m> exists for both); at boot
+    # systemd-modules-load reads the file. Hosts without /lib/modules (container machines,
+    # kernels with these built in) then need no modprobe at all.
     Row("os/modules-load.conf.j2", MODULES_CONF, "os",
-        run_on_change=(("systemctl", "restart", "systemd-modules-load.service"),)),
+        run_on_change=(("sh", "-c", "for m in overlay br_netfilter; do [ -d /sys/module/$m ] "
+                        "|| modprobe $m || exit 1; done"),)),
     Row("os/sysctl.conf.j2", SYSCTL_CONF, "os", run_on_change=(("sysctl", "-p", SYSCTL_CONF),)),
     # etcd
     Row("etcd/etcd.service.j2", unit_path("etcd"), "etcd", ("etcd",), hosts=_etcd, hosts_doc="etcd"),

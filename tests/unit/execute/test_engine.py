@@ -27,7 +27,6 @@ def fakes_for(cluster, dep, **kw):
     for h in cluster.hosts:
         res = dep.desired[h.name]
         names = {u.name for u in res.units} | {r for f in res.files for r in f.restarts}
-        names |= {a[2] for f in res.files for a in f.run_on_change if a[:2] == ("systemctl", "restart")}
         units = {n: {"active": "inactive", "enabled": "disabled"} for n in names}
         out[h.name] = FakeTransport(h.name, units=units, address=h.address, **kw.get(h.name, {}))
     return out
