@@ -195,7 +195,9 @@ def test_cni_has_this_nodes_pod_cidr_and_routes_cover_every_other_node():
         fs = files(res)
         conf = json.loads(fs["/etc/cni/net.d/10-kdeploy.conflist"])
         bridge = conf["plugins"][0]
-        assert bridge["type"] == "bridge" and bridge["isGateway"] and bridge["ipMasq"]
+        # no masquerading by the bridge plugin: pod-to-pod across nodes keeps the pod's IP;
+        # only traffic leaving the cluster's pod network is masqueraded (pod-routes unit)
+        assert bridge["type"] == "bridge" and bridge["isGateway"] and bridge["ipMasq"] is False
         assert bridge["hairpinMode"] is True
         assert bridge["ipam"]["ranges"] == [[{"subnet": c.node_pod_cidrs[h.name]}]]
         assert {p["type"] for p in conf["plugins"]} == {"bridge", "portmap"}
@@ -204,6 +206,8 @@ def test_cni_has_this_nodes_pod_cidr_and_routes_cover_every_other_node():
         expected = [(c.node_pod_cidrs[o.name], o.address) for o in c.hosts if o.name != h.name]
         assert routes == expected
         assert "Type=oneshot" in unit and "RemainAfterExit=yes" in unit
+        masq = f"-s {c.node_pod_cidrs[h.name]} ! -d {c.spec.network.pod_cidr} "
+        assert f"iptables -w -t nat -C POSTROUTING {masq}" in unit and f"-A POSTROUTING {masq}" in unit
         if not expected:
             assert "ExecStart=/usr/bin/true" in unit
         f = next(x for x in res.files if x.path.endswith("kdeploy-pod-routes.service"))
