@@ -373,7 +373,7 @@ class SSHTransport:
         def write(f) -> None:
             f.write(data)
 
-        self._put(path, write, mode, owner, group, None, hashlib.sha256(data).hexdigest())
+        self._put(path, write, mode, owner, group, None)
 
     def put_file(self, path: str, local_path: Path, *, mode: int = 0o755,
                  sha256: str | None = None) -> None:
@@ -396,10 +396,10 @@ class SSHTransport:
                                      f"expected {sha256}, got {h.hexdigest()}",
                                      "the artifact cache is corrupt: delete the file and fetch it again")
 
-        self._put(path, write, mode, "root", "root", sha256, None)
+        self._put(path, write, mode, "root", "root", sha256)
 
     def _put(self, path: str, write: Callable, mode: int, owner: str, group: str,
-             verify_sha: str | None, _known_sha: str | None) -> None:
+             verify_sha: str | None) -> None:
         try:
             with self._sftp_lock:
                 if self.sudo:
