@@ -16,7 +16,7 @@ class HostFacts:
     arch: str = ""                         # amd64 | arm64 | uname -m as is for others
     kernel: str = ""                       # uname -r
     hostname: str = ""
-    hostname_resolves: bool = False        # getent hosts $(hostname)
+    hostname_resolves: bool = False        # getent ahostsv4 $(hostname), at most 3 s (a dead DNS server must not stall facts)
     swap_active: bool = False              # any line in /proc/swaps
     time: float = 0.0                      # the host's clock (epoch seconds)
     local_time: float = 0.0                # this machine's clock at the same moment (midpoint of the round trip)

@@ -28,7 +28,7 @@ S() {{ printf '\\n{SECTION}%s\\n' "$1"; }}
 S os_release; cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release 2>/dev/null
 S uname; uname -m; uname -r
 S hostname; h=$(hostname 2>/dev/null || cat /proc/sys/kernel/hostname); echo "$h"
-S hostname_resolves; if getent hosts "$h" >/dev/null 2>&1; then echo yes; else echo no; fi
+S hostname_resolves; if timeout 3 getent ahostsv4 "$h" >/dev/null 2>&1; then echo yes; else echo no; fi
 S swaps; cat /proc/swaps 2>/dev/null
 S time; date +%s.%N
 S df; df -P -B1 / /var 2>/dev/null
