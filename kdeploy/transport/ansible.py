@@ -1,0 +1,622 @@
+"""AnsibleTransport: the Transport protocol over ansible-runner and playbooks/transport/.
+
+    t = AnsibleTransport.from_cluster(cluster, "cp1").connect()
+    t.run(["systemctl", "is-active", "kubelet"], check=False)
+    t.put("/etc/kubernetes/pki/ca.key", key, mode=0o600)
+    t.close()                        # removes the private data dir, ends the ssh master
+
+One typed adapter around ansible_runner.run (nothing else in kdeploy imports ansible_runner):
+  - every call runs one small playbook (run.yml, put.yml, get.yml) against a one-host inventory
+    in a FRESH private data dir (0700) that is deleted when the call returns; the transport's
+    own dir (0700: ansible.cfg, ssh ControlPath) is removed by close();
+  - results are pushed by ansible-runner's event_handler (no polling of artifacts) and mapped to
+    StepResult (host, task, status, rc, msg, duration); the handler returns False, so no event
+    (which may hold command output or file contents) is ever written to disk;
+  - every string kdeploy passes is base64 in an extravars JSON file, decoded by the playbooks:
+    Ansible never templates a command or a path (a `{{` in a kubectl go-template stays literal);
+  - stdin and put() data are written 0600 in the call's data dir and deleted right after the run;
+    ANSIBLE_NO_TARGET_SYSLOG keeps module arguments (stdin!) out of the host's journal;
+  - secret=True runs the command with no_log: true. no_log also censors what Ansible reports, so
+    the command is wrapped to write rc/stdout/stderr to a private remote file (umask 077,
+    noclobber, random name) read back by slurp and always removed; callers still get the output;
+  - ssh settings come from Cluster.ssh_for(host), like SSHTransport: key file, known_hosts with
+    StrictHostKeyChecking=yes (no only when strictHostKeyChecking: false), sudo -> become,
+    netns -> ProxyCommand `python3 -m kdeploy.netns_proxy`, bastion -> ProxyCommand `ssh -W`;
+    connections are reused between calls with an ssh ControlMaster private to this transport;
+  - failures (unreachable, non-zero rc with check=True, module failure, timeout) raise
+    TransportError("host <name> (<address>:<port>): ansible task '<task>': ..."), never a
+    traceback; secret commands and their output are never put in messages.
+
+Differences from SSHTransport (Ansible's, documented in docs/ansible.md): targets need python3;
+stdout/stderr are text (the command module decodes them and strips trailing newlines; a secret
+command's output is exact); every call starts ansible-playbook (seconds, not milliseconds).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import secrets as _secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from kdeploy.errors import KdeployError, TransportError
+from kdeploy.transport.base import (
+    CommandResult, check_abs, check_result, display, stderr_tail, sudo_needs_password,
+)
+
+log = logging.getLogger("kdeploy.transport.ansible")
+
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+# Debian's python3 on the targets; not "auto": discovery may pick a user's shim (pyenv) first
+DEFAULT_REMOTE_PYTHON = "/usr/bin/python3"
+PLAYBOOKS = Path(os.environ.get("KDEPLOY_PLAYBOOKS")
+                 or Path(__file__).resolve().parent.parent.parent / "playbooks")
+CONTROL_PERSIST = "60s"
+_FILE_NOT_FOUND = "File not found"
+
+
+# --- typed results ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StepResult:
+    """One task's outcome on one host, from an ansible-runner event. Holds no output: `msg` is
+    Ansible's message (censored by no_log for secret tasks)."""
+    host: str
+    task: str
+    status: str  # ok | changed | failed | unreachable | skipped
+    rc: int | None = None
+    msg: str = ""
+    duration: float | None = None
+
+
+@dataclass
+class _Call:
+    """What one playbook run produced: typed steps + the raw results (memory only)."""
+    steps: list[StepResult] = field(default_factory=list)
+    results: dict[str, dict] = field(default_factory=dict)  # task name -> last result
+    status: str = ""
+    rc: int | None = None
+    stdout_tail: str = ""
+    seconds: float = 0.0
+
+    def step(self, task: str) -> StepResult | None:
+        for s in reversed(self.steps):
+            if s.task == task:
+                return s
+        return None
+
+    def failed_step(self) -> StepResult | None:
+        for s in self.steps:
+            if s.status in ("failed", "unreachable"):
+                return s
+        return None
+
+
+_EVENT_STATUS = {
+    "runner_on_ok": "ok", "runner_on_failed": "failed", "runner_on_unreachable": "unreachable",
+    "runner_on_skipped": "skipped",
+}
+
+
+def event_to_step(event: Mapping[str, Any]) -> tuple[StepResult, dict] | None:
+    """Map an ansible-runner event to (StepResult, raw result); None for other events. Pure."""
+    kind = event.get("event")
+    status = _EVENT_STATUS.get(kind)
+    if status is None:
+        return None
+    data = event.get("event_data") or {}
+    res = data.get("res") or {}
+    if status == "failed" and data.get("ignore_errors"):
+        status = "ok"
+    if status == "ok" and res.get("changed"):
+        status = "changed"
+    rc = res.get("rc")
+    msg = res.get("msg") or ""
+    if "censored" in res:
+        msg = "output hidden (no_log)"
+    return (StepResult(host=str(data.get("host", "")), task=str(data.get("task", "")),
+                       status=status, rc=rc if isinstance(rc, int) else None, msg=str(msg),
+                       duration=data.get("duration")), res)
+
+
+# --- pure builders: ssh args, inventory, extravars ------------------------------------------
+
+def proxy_command(netns: str | None, bastion: Mapping | None, *, known_hosts: str,
+                  strict: bool, python: str = sys.executable) -> str | None:
+    """The ssh ProxyCommand for a netns and/or a bastion (None when neither is set)."""
+    q = shlex.quote
+    if bastion:
+        addr, port = bastion["address"], int(bastion.get("port") or 22)
+        argv = ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes",
+                "-o", f"UserKnownHostsFile={known_hosts}",
+                "-o", f"StrictHostKeyChecking={'yes' if strict else 'no'}",
+                "-p", str(port), "-W", "%h:%p"]
+        if bastion.get("key_file"):
+            argv += ["-i", str(bastion["key_file"]), "-o", "IdentitiesOnly=yes"]
+        if netns:  # the jump host itself is reached from inside the namespace
+            inner = shlex.join([python, "-m", "kdeploy.netns_proxy", netns, addr, str(port)])
+            argv += ["-o", f"ProxyCommand={inner}"]
+        argv.append(f"{bastion.get('user') or 'root'}@{addr}")
+        return " ".join(a if a == "%h:%p" else q(a) for a in argv)
+    if netns:
+        return f"{q(python)} -m kdeploy.netns_proxy {q(netns)} %h %p"
+    return None
+
+
+def ssh_common_args(*, known_hosts: str, strict: bool, netns: str | None = None,
+                    bastion: Mapping | None = None, python: str = sys.executable) -> str:
+    """ansible_ssh_common_args (Ansible shlex-splits it back into ssh's argv)."""
+    args = ["-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", f"StrictHostKeyChecking={'yes' if strict else 'no'}"]
+    pc = proxy_command(netns, bastion, known_hosts=known_hosts, strict=strict, python=python)
+    if pc:
+        args += ["-o", f"ProxyCommand={pc}"]
+    return shlex.join(args)
+
+
+def inventory(host: str, address: str, *, user: str = "root", port: int = 22,
+              key_file: str | None = None, known_hosts_file: str | None = None,
+              strict_host_key_checking: bool = True, netns: str | None = None,
+              bastion: Mapping | None = None, sudo: bool = False,
+              python: str = sys.executable,
+              python_interpreter: str = DEFAULT_REMOTE_PYTHON) -> dict:
+    """The one-host Ansible inventory (YAML/JSON structure) of a host. Pure."""
+    kh = os.path.expanduser(str(known_hosts_file or DEFAULT_KNOWN_HOSTS))
+    hv: dict[str, Any] = {
+        "ansible_host": address, "ansible_port": int(port), "ansible_user": user,
+        "ansible_connection": "ssh",
+        "ansible_ssh_common_args": ssh_common_args(known_hosts=kh, strict=strict_host_key_checking,
+                                                   netns=netns, bastion=bastion, python=python),
+        "ansible_python_interpreter": python_interpreter,
+        "ansible_become": bool(sudo),
+    }
+    if key_file:
+        hv["ansible_ssh_private_key_file"] = str(key_file)
+    if sudo:
+        hv.update(ansible_become_method="sudo", ansible_become_user="root")
+    return {"all": {"hosts": {host: hv}}}
+
+
+def capture_wrap(argv: Sequence[str], capture: str) -> list[str]:
+    """Wrap argv so rc/stdout/stderr go to `capture` (private, noclobber) and the wrapper exits 0:
+    line 1 rc, line 2 base64(stdout), line 3 base64(stderr)."""
+    script = ('set -C; umask 077; f=$1; shift; "$@" >"$f.o" 2>"$f.e"; rc=$?; '
+              '{ echo "$rc"; base64 -w0 "$f.o"; echo; base64 -w0 "$f.e"; echo; } >"$f"; '
+              'rm -f "$f.o" "$f.e"')
+    return ["sh", "-c", script, "sh", capture, *argv]
+
+
+def parse_capture(data: bytes) -> tuple[int, bytes, bytes]:
+    lines = data.decode("ascii").split("\n")
+    return int(lines[0]), base64.b64decode(lines[1]), base64.b64decode(lines[2])
+
+
+def b64_stdin_wrap(argv: Sequence[str]) -> list[str]:
+    """argv reading its stdin base64-decoded (for binary input: the command module only takes
+    text on stdin)."""
+    return ["sh", "-c", 'base64 -d | "$@"', "sh", *argv]
+
+
+def run_argv(cmd: str | Sequence[str]) -> list[str]:
+    """The argv the command module runs: a string is `sh -c <script>` (as in every transport)."""
+    if isinstance(cmd, str):
+        return ["sh", "-c", cmd]
+    argv = [str(a) for a in cmd]
+    if not argv:
+        raise ValueError("empty command")
+    return argv
+
+
+def sha256_validate(sha256: str) -> str:
+    """copy's `validate` command (Python %-formatted by the module: %s = the temp file)."""
+    if not all(c in "0123456789abcdef" for c in sha256) or len(sha256) != 64:
+        raise ValueError(f"not a sha256: {sha256!r}")
+    return ("sh -c '[ \"$(sha256sum < \"$1\" | cut -d\" \" -f1)\" = \"$2\" ]' sh %s " + sha256)
+
+
+def _b64_tree(v):
+    if isinstance(v, str):
+        return base64.b64encode(v.encode("utf-8", "surrogateescape")).decode("ascii")
+    if isinstance(v, (list, tuple)):
+        return [_b64_tree(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _b64_tree(x) for k, x in v.items()}
+    return v
+
+
+def dump_extravars(extravars: Mapping[str, Any]) -> str:
+    """JSON for `-e @file`, every string base64-encoded (the playbooks `b64decode` them). Ansible
+    templates extra vars (a `{{` in a kubectl go-template would be evaluated) and its YAML
+    `!unsafe` tag turns "false" or "123" into a bool or an int; a filter's output is never
+    templated again, so base64 is exact. Pure."""
+    import json
+    return json.dumps(_b64_tree(dict(extravars)), sort_keys=True)
+
+
+def _write_private(path: Path, data: bytes | str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def _path_env() -> str:
+    """PATH with this interpreter's bin dir first: its ansible-playbook, not a (slow) shim."""
+    here = str(Path(sys.executable).parent)
+    rest = [p for p in os.environ.get("PATH", os.defpath).split(os.pathsep) if p and p != here]
+    return os.pathsep.join([here, *rest])
+
+
+# --- the transport ---------------------------------------------------------------------------
+
+class AnsibleTransport:
+    def __init__(self, host: str, address: str, *, user: str = "root", port: int = 22,
+                 key_file: str | os.PathLike | None = None,
+                 known_hosts_file: str | os.PathLike | None = None,
+                 strict_host_key_checking: bool = True, netns: str | None = None,
+                 bastion: dict | None = None, sudo: bool | None = None,
+                 connect_timeout: float = 10.0, control_persist: bool = True,
+                 on_step: Callable[[StepResult], None] | None = None,
+                 playbooks: str | os.PathLike | None = None,
+                 python_interpreter: str = DEFAULT_REMOTE_PYTHON):
+        self.host = host
+        self.address = address
+        self.user = user
+        self.port = int(port)
+        self.key_file = str(key_file) if key_file else None
+        self.known_hosts_file = os.path.expanduser(str(known_hosts_file or DEFAULT_KNOWN_HOSTS))
+        self.strict = strict_host_key_checking
+        self.netns = netns
+        self.bastion = bastion
+        self.sudo = (user != "root") if sudo is None else sudo
+        self.connect_timeout = connect_timeout
+        self.control_persist = control_persist
+        self.on_step = on_step
+        self.playbooks = Path(playbooks) if playbooks else PLAYBOOKS
+        self.python_interpreter = python_interpreter
+        self.last_call_seconds: float | None = None
+        self._root: Path | None = None
+        self._lock = threading.Lock()
+        self._cancel = threading.Event()
+
+    @classmethod
+    def from_cluster(cls, cluster, host, **kw) -> "AnsibleTransport":
+        """Build the transport of an inventory host (`host`: a Host or a name), with the same
+        ssh settings SSHTransport.from_cluster resolves."""
+        from kdeploy.model.validate import resolve_path
+
+        if isinstance(host, str):
+            host = cluster.host(host)
+        s = cluster.ssh_for(host)
+
+        def path(p):
+            return str(resolve_path(p, cluster)) if p else None
+
+        bastion = None
+        if s.bastion is not None:
+            b = s.bastion
+            bastion = {"address": b.address, "port": b.port, "user": b.user,
+                       "key_file": path(b.key_file) or path(s.key_file)}
+        return cls(host.name, host.address, user=s.user, port=s.port, key_file=path(s.key_file),
+                   known_hosts_file=path(s.known_hosts_file),
+                   strict_host_key_checking=s.strict_host_key_checking, netns=s.netns,
+                   bastion=bastion, sudo=s.sudo, **kw)
+
+    def __repr__(self) -> str:
+        return f"AnsibleTransport({self.host!r}, {self.user}@{self.address}:{self.port})"
+
+    @property
+    def where(self) -> str:
+        return f"host {self.host} ({self.address}:{self.port})"
+
+    def _error(self, what: str, hint: str | None = None) -> TransportError:
+        return TransportError(f"{self.where}: {what}", hint)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    @property
+    def data_root(self) -> Path | None:
+        return self._root
+
+    def _ensure_root(self) -> Path:
+        with self._lock:
+            if self._root is None:
+                root = Path(tempfile.mkdtemp(prefix="kdeploy-ansible-"))  # 0700
+                os.chmod(root, 0o700)
+                (root / "cp").mkdir(mode=0o700)
+                _write_private(root / "ansible.cfg", "# kdeploy: no user/site ansible.cfg\n")
+                self._root = root
+            return self._root
+
+    def connect(self) -> "AnsibleTransport":
+        """Check the host answers (one `true` through run.yml; also opens the ssh master)."""
+        self.run(["true"], timeout=60)
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            root, self._root = self._root, None
+        if root is None:
+            return
+        cp = root / "cp" / "cm"
+        if cp.exists():  # end this transport's ssh ControlMaster now, not after ControlPersist
+            try:
+                subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={cp}", "-O", "exit",
+                                "kdeploy-control-master"], stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+            except (OSError, subprocess.SubprocessError):
+                pass
+        shutil.rmtree(root, ignore_errors=True)
+
+    def __enter__(self):
+        return self.connect()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def inventory(self) -> dict:
+        return inventory(self.host, self.address, user=self.user, port=self.port,
+                         key_file=self.key_file, known_hosts_file=self.known_hosts_file,
+                         strict_host_key_checking=self.strict, netns=self.netns,
+                         bastion=self.bastion, sudo=self.sudo,
+                         python_interpreter=self.python_interpreter)
+
+    def envvars(self, root: Path, call_dir: Path) -> dict[str, str]:
+        ssh_args = "-o ServerAliveInterval=30"
+        if self.control_persist:
+            ssh_args = f"-o ControlMaster=auto -o ControlPersist={CONTROL_PERSIST} " + ssh_args
+        return {
+            "PATH": _path_env(),
+            "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
+            "ANSIBLE_HOST_KEY_CHECKING": "True",  # ours (ssh_common_args) decide; never overridden
+            "ANSIBLE_SSH_ARGS": ssh_args,
+            "ANSIBLE_SSH_CONTROL_PATH": str(root / "cp" / "cm"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(root / "cp"),
+            "ANSIBLE_TIMEOUT": str(int(self.connect_timeout)),
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_NO_TARGET_SYSLOG": "True",
+            "ANSIBLE_LOCAL_TEMP": str(call_dir / "tmp"),
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_NOCOLOR": "True",
+            "ANSIBLE_DEPRECATION_WARNINGS": "False",
+            "ANSIBLE_SYSTEM_WARNINGS": "False",
+            "ANSIBLE_COMMAND_WARNINGS": "False",
+            "ANSIBLE_GATHERING": "explicit",
+        }
+
+    # --- one playbook run ------------------------------------------------------------------
+    def _play(self, playbook: str, extravars: dict, files: Mapping[str, bytes] | None = None,
+              *, timeout: float | None = None) -> _Call:
+        """Run playbooks/transport/<playbook> with extravars; `files` are written 0600 into the
+        call's private data dir, their paths given as extravars of the same name. The data dir
+        is removed before returning, whatever happens."""
+        import ansible_runner
+
+        root = self._ensure_root()
+        call_dir = Path(tempfile.mkdtemp(prefix="call-", dir=root))  # 0700
+        call = _Call()
+        t0 = time.monotonic()
+        try:
+            kd = call_dir / "kd"
+            kd.mkdir(mode=0o700)
+            (call_dir / "tmp").mkdir(mode=0o700)
+            ev = dict(extravars)
+            for name, data in (files or {}).items():
+                ev[name] = str(_write_private(kd / name, data))
+            _write_private(call_dir / "inventory.json", json.dumps(self.inventory()))
+            _write_private(kd / "extravars.json", dump_extravars(ev))
+
+            def handler(event: dict) -> bool:
+                m = event_to_step(event)
+                if m is not None:
+                    step, res = m
+                    call.steps.append(step)
+                    call.results[step.task] = res
+                    if self.on_step is not None:
+                        try:
+                            self.on_step(step)
+                        except Exception:  # a listener must not break the transport
+                            log.exception("on_step listener failed")
+                return False  # never write events (command output, file contents) to disk
+
+            try:
+                r = ansible_runner.run(
+                    private_data_dir=str(call_dir), project_dir=str(self.playbooks),
+                    playbook=f"transport/{playbook}", inventory=str(call_dir / "inventory.json"),
+                    cmdline=f"-e @{shlex.quote(str(kd / 'extravars.json'))}",
+                    envvars=self.envvars(root, call_dir),
+                    event_handler=handler, cancel_callback=self._cancel.is_set,
+                    suppress_env_files=True, quiet=True, json_mode=False,
+                    timeout=None if not timeout else int(timeout) + 60 + int(self.connect_timeout),
+                    settings={"suppress_ansible_output": True})
+            except KdeployError:
+                raise
+            except Exception as e:  # ansible-runner itself (config, missing binary)
+                raise self._error(f"ansible-runner could not run {playbook}: "
+                                  f"{type(e).__name__}: {e}") from None
+            finally:
+                for name in (files or {}):  # secrets: deleted right after the run
+                    try:
+                        os.unlink(kd / name)
+                    except FileNotFoundError:
+                        pass
+            call.status, call.rc = r.status, r.rc
+            if not call.steps or call.failed_step():
+                call.stdout_tail = _tail(call_dir / "artifacts")
+        finally:
+            shutil.rmtree(call_dir, ignore_errors=True)
+            call.seconds = time.monotonic() - t0
+            self.last_call_seconds = call.seconds
+            log.debug("%s: %s in %.2fs (%s)", self.where, playbook, call.seconds, call.status)
+        return call
+
+    def _fail(self, call: _Call, playbook: str, shown: str, *, secret: bool = False) -> TransportError:
+        """The TransportError of a failed call: the failing task, Ansible's message, a hint."""
+        step = call.failed_step()
+        if step is None:
+            what = f"ansible-playbook {playbook} failed ({call.status}, rc {call.rc}) before any task ran"
+            if call.status == "timeout":
+                what = f"ansible-playbook {playbook} timed out"
+            tail = "" if secret else call.stdout_tail
+            return self._error(what + (f" ({shown})" if shown else "") + ("\n" + tail if tail else ""),
+                               "run with -v / check that ansible-core and ansible-runner work "
+                               "(ansible-playbook --version)")
+        msg = step.msg.strip()
+        if step.status == "unreachable":
+            return self._error(f"unreachable during ansible task '{step.task}': {msg}", _hint(msg, self))
+        hint = None
+        if "sudo" in msg.lower() and ("password" in msg.lower()):
+            hint = ("kdeploy never types sudo passwords: give the ssh user passwordless sudo "
+                    "(NOPASSWD), or connect as root")
+        elif "Timeout" in msg or "expected time frame" in msg:
+            msg = f"timed out ({msg})"
+        return self._error(f"ansible task '{step.task}' failed: {msg}" + (f" ({shown})" if shown else ""),
+                           hint)
+
+    # --- Transport protocol ----------------------------------------------------------------
+    def run(self, cmd: str | Sequence[str], *, input: bytes | None = None,
+            timeout: float | None = 300, check: bool = True, secret: bool = False) -> CommandResult:
+        shown = display(cmd, secret)
+        argv = run_argv(cmd)
+        files: dict[str, bytes] = {}
+        if input:
+            try:
+                input.decode("utf-8")
+                files["kd_stdin_file"] = input
+            except UnicodeDecodeError:
+                files["kd_stdin_file"] = base64.b64encode(input)
+                argv = b64_stdin_wrap(argv)
+        capture = ""
+        if secret:
+            capture = f"/tmp/.kdeploy-out-{_secrets.token_hex(16)}"
+            argv = capture_wrap(argv, capture)
+        ev = {"kd_argv": argv, "kd_stdin_file": "", "kd_timeout": int(timeout or 0),
+              "kd_no_log": bool(secret), "kd_capture": capture}
+        log.debug("%s: run %s", self.where, shown)
+        call = self._play("run.yml", ev, files, timeout=timeout)
+        step, bad = call.step("run"), call.failed_step()
+        res = call.results.get("run") or {}
+        command_failed = (step is not None and step.status == "failed" and not secret
+                          and isinstance(res.get("rc"), int) and bad is step)
+        if step is None or (bad is not None and not command_failed):
+            raise self._fail(call, "run.yml", shown, secret=secret)
+        if secret:
+            got = call.results.get("read captured output") or {}
+            try:
+                rc, out, err = parse_capture(base64.b64decode(got.get("content", "")))
+            except (ValueError, IndexError, UnicodeDecodeError):
+                raise self._error(f"ansible task 'read captured output': unreadable result ({shown})") from None
+        else:
+            rc = res["rc"] if isinstance(res.get("rc"), int) else 0
+            out = str(res.get("stdout", "")).encode("utf-8", "surrogateescape")
+            err = str(res.get("stderr", "")).encode("utf-8", "surrogateescape")
+            msg = str(res.get("msg") or "")
+            if rc == 2 and not out and not err and msg.startswith("[Errno 2]"):
+                rc, err = 127, msg.encode()  # command not found: what a shell would say
+        result = CommandResult(shown, rc, out, err)
+        if check and result.rc != 0:
+            try:
+                check_result(self.host, result, sudo=self.sudo)
+            except TransportError as e:
+                raise TransportError(e.message.replace(f"host {self.host}: ",
+                                                       f"{self.where}: ansible task 'run': ", 1),
+                                     e.hint) from None
+        return result
+
+    def put(self, path: str, data: bytes, *, mode: int = 0o644, owner: str = "root",
+            group: str = "root") -> None:
+        path = check_abs(self.host, path)
+        log.debug("%s: put %s (%d bytes, %04o %s:%s)", self.where, path, len(data), mode, owner, group)
+        # contents never travel as task arguments (copy src is a file), so they never show in
+        # results; a private file (no world read) is treated as a secret all the same
+        self._put(path, {"kd_src": bytes(data)}, None, mode=mode, owner=owner, group=group,
+                  secret=not (mode & 0o004), sha256=hashlib.sha256(data).hexdigest())
+
+    def put_file(self, path: str, local_path: Path, *, mode: int = 0o755,
+                 sha256: str | None = None) -> None:
+        path = check_abs(self.host, path)
+        local_path = Path(local_path)
+        if not local_path.is_file():
+            raise self._error(f"local file to upload not found: {local_path}")
+        if sha256:
+            sha256 = sha256.lower()
+            h = hashlib.sha256()
+            with open(local_path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            if h.hexdigest() != sha256:
+                raise TransportError(f"local file {local_path} does not match its sha256: "
+                                     f"expected {sha256}, got {h.hexdigest()}",
+                                     "the artifact cache is corrupt: delete the file and fetch it again")
+        log.debug("%s: put_file %s -> %s", self.where, local_path, path)
+        self._put(path, None, str(local_path.resolve()), mode=mode, owner="root", group="root",
+                  secret=False, sha256=sha256)
+
+    def _put(self, path: str, files: dict | None, src: str | None, *, mode: int, owner: str,
+             group: str, secret: bool, sha256: str | None) -> None:
+        ev = {"kd_dest": path, "kd_mode": f"{mode:04o}", "kd_owner": owner, "kd_group": group,
+              "kd_no_log": secret, "kd_validate": sha256_validate(sha256) if sha256 else ""}
+        if src is not None:
+            ev["kd_src"] = src
+        call = self._play("put.yml", ev, files)
+        if call.failed_step() is not None or call.step("copy") is None:
+            err = self._fail(call, "put.yml", f"put {path}")
+            if "failed to validate" in err.message.lower():
+                raise self._error(f"sha256 mismatch for {path} after upload (expected {sha256})",
+                                  "the upload was corrupted in transit; retry")
+            raise err
+
+    def get(self, path: str) -> bytes | None:
+        path = check_abs(self.host, path)
+        call = self._play("get.yml", {"kd_path": path})
+        step = call.failed_step()
+        if step is not None and step.status == "failed" and step.msg.startswith(_FILE_NOT_FOUND):
+            return None
+        if step is not None or call.step("get") is None:
+            raise self._fail(call, "get.yml", f"get {path}")
+        return base64.b64decode(call.results["get"].get("content", ""))
+
+
+def _tail(artifacts: Path) -> str:
+    try:
+        outs = sorted(artifacts.glob("*/stdout"), key=lambda p: p.stat().st_mtime)
+        if not outs:
+            return ""
+        return stderr_tail(outs[-1].read_bytes())
+    except OSError:
+        return ""
+
+
+def _hint(msg: str, t: AnsibleTransport) -> str | None:
+    low = msg.lower()
+    if "host key verification failed" in low or "remote host identification has changed" in low:
+        return (f"the host key of {t.address}:{t.port} is unknown or changed in {t.known_hosts_file}: "
+                f"add it after checking its fingerprint (ssh-keyscan -p {t.port} {t.address}), or "
+                "opt out explicitly with ssh.strictHostKeyChecking: false in the inventory")
+    if "permission denied" in low:
+        return (f"check ssh.user and ssh.keyFile ({t.key_file or 'no key file: ssh agent only'}); "
+                "the public key must be in the user's ~/.ssh/authorized_keys")
+    if "kdeploy.netns_proxy" in msg:
+        return "is the lab up? see `kdeploy lab status`"
+    return ("check that the machine is up, the address and port are right and sshd runs"
+            + (f" (connecting from network namespace {t.netns})" if t.netns else ""))
+
+
+def ansible_factory(cluster, host) -> AnsibleTransport:
+    """kdeploy.transport.pool factory: a checked AnsibleTransport (raises TransportError)."""
+    t = AnsibleTransport.from_cluster(cluster, host)
+    try:
+        return t.connect()
+    except BaseException:
+        t.close()
+        raise
