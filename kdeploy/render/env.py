@@ -20,7 +20,9 @@ import jinja2
 import kdeploy
 from kdeploy.errors import KdeployError
 
-TEMPLATES_DIR = Path(kdeploy.__file__).resolve().parent.parent / "templates"
+# templates/ lives at the repo root; kdeploy/templates is a symlink to it, which wheels ship
+# as package data (setuptools copies the files it points to)
+TEMPLATES_DIR = Path(kdeploy.__file__).resolve().parent / "templates"
 
 
 class TemplateError(KdeployError):
