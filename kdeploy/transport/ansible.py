@@ -521,8 +521,9 @@ class AnsibleTransport:
             out = str(res.get("stdout", "")).encode("utf-8", "surrogateescape")
             err = str(res.get("stderr", "")).encode("utf-8", "surrogateescape")
             msg = str(res.get("msg") or "")
-            if rc == 2 and not out and not err and msg.startswith("[Errno 2]"):
-                rc, err = 127, msg.encode()  # command not found: what a shell would say
+            if rc == 2 and not out and not err and ("[Errno 2]" in msg or "Error executing" in msg):
+                # the command module could not exec argv[0]: say what a shell would (127)
+                rc, err = 127, f"{argv[0]}: command not found or not executable ({msg})".encode()
         result = CommandResult(shown, rc, out, err)
         if check and result.rc != 0:
             try:
