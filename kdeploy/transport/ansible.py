@@ -527,7 +527,9 @@ class AnsibleTransport:
         result = CommandResult(shown, rc, out, err)
         if check and result.rc != 0:
             try:
-                check_result(self.host, result, sudo=self.sudo)
+                # a secret command's stdout may be the secret: only stderr goes in the error
+                check_result(self.host, CommandResult(shown, rc, b"", err) if secret else result,
+                             sudo=self.sudo)
             except TransportError as e:
                 raise TransportError(e.message.replace(f"host {self.host}: ",
                                                        f"{self.where}: ansible task 'run': ", 1),
