@@ -326,6 +326,9 @@ def apiserver(workdir, pki, etcd):
         "--service-account-key-file", str(pki["sa-pub"]),
         "--service-account-signing-key-file", str(pki["sa-key"]),
         "--service-cluster-ip-range", "10.96.0.0/12", "--authorization-mode", "Node,RBAC",
+        # a loopback advertise address is refused by the endpoint reconciler; nothing here
+        # needs the kubernetes Service endpoints
+        "--endpoint-reconciler-type", "none",
         "--cert-dir", str(workdir / "apiserver-certs"),
     ], workdir / "kube-apiserver.log")
     kubeconfig = workdir / "admin.kubeconfig"
