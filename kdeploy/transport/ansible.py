@@ -46,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -287,6 +288,7 @@ class AnsibleTransport:
         self.python_interpreter = python_interpreter
         self.last_call_seconds: float | None = None
         self._root: Path | None = None
+        self._finalizer: weakref.finalize | None = None
         self._lock = threading.Lock()
         self._cancel = threading.Event()
 
@@ -336,6 +338,8 @@ class AnsibleTransport:
                 (root / "cp").mkdir(mode=0o700)
                 _write_private(root / "ansible.cfg", "# kdeploy: no user/site ansible.cfg\n")
                 self._root = root
+                # a transport never closed (crash, forgotten close) still leaves nothing behind
+                self._finalizer = weakref.finalize(self, shutil.rmtree, str(root), True)
             return self._root
 
     def connect(self) -> "AnsibleTransport":
@@ -346,6 +350,7 @@ class AnsibleTransport:
     def close(self) -> None:
         with self._lock:
             root, self._root = self._root, None
+            fin, self._finalizer = self._finalizer, None
         if root is None:
             return
         cp = root / "cp" / "cm"
@@ -357,6 +362,8 @@ class AnsibleTransport:
             except (OSError, subprocess.SubprocessError):
                 pass
         shutil.rmtree(root, ignore_errors=True)
+        if fin is not None:
+            fin.detach()
 
     def __enter__(self):
         return self.connect()
