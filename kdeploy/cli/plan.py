@@ -10,6 +10,18 @@ from kdeploy.cli.common import InventoryOpt, JsonOpt, load
 
 ArtifactsOpt = Annotated[Optional[Path], typer.Option(
     "--artifacts", help="Offline artifact directory (kdeploy artifacts fetch -o DIR).")]
+TransportOpt = Annotated[str, typer.Option(
+    "--transport", help="How to reach hosts: ssh (paramiko) or ansible (ansible-runner, slower).")]
+
+
+def factory_for(transport: str):
+    from kdeploy.errors import KdeployError
+    if transport == "ssh":
+        return None
+    if transport == "ansible":
+        from kdeploy.transport.ansible import ansible_factory
+        return ansible_factory
+    raise KdeployError(f"unknown transport '{transport}'", "use --transport ssh or --transport ansible")
 
 
 def register(app: typer.Typer) -> None:
@@ -19,6 +31,7 @@ def register(app: typer.Typer) -> None:
                  "--offline", help="Open no connection: plan against bare hosts.")] = False,
              artifacts: ArtifactsOpt = None,
              diffs: Annotated[bool, typer.Option("--diff/--no-diff", help="Show file diffs.")] = True,
+             transport: TransportOpt = "ssh",
              ) -> None:
         """Show, per host and phase, what `kdeploy up` would create, change or restart."""
         from kdeploy.cli.output import console, err_console, show_plan
@@ -31,7 +44,7 @@ def register(app: typer.Typer) -> None:
         dep = prepare(cluster, artifacts_dir=artifacts, need_artifacts=False)
         observed: dict = {}
         if not offline:
-            transports, failed = connect(cluster)
+            transports, failed = connect(cluster, factory=factory_for(transport))
             if failed and transports:
                 close_all(transports)
                 raise UnreachableHosts(failed)

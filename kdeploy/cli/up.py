@@ -8,11 +8,11 @@ from typing import Annotated, Optional
 import typer
 
 from kdeploy.cli.common import InventoryOpt, JsonOpt, load
-from kdeploy.cli.plan import ArtifactsOpt
+from kdeploy.cli.plan import ArtifactsOpt, TransportOpt, factory_for
 
 
 def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool,
-        verify: bool, arch: str) -> None:
+        verify: bool, arch: str, transport: str = "ssh") -> None:
     from kdeploy.cli.output import checks_table, console, progress_printer, show_plan
     from kdeploy.errors import VerifyError
     from kdeploy.execute import run
@@ -29,7 +29,7 @@ def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool
     timings["prepare (pki, artifacts, render)"] = time.monotonic() - t
     record = run.RunRecord(dep.state_dir, "up")
     t = time.monotonic()
-    transports, failed = connect(cluster)
+    transports, failed = connect(cluster, factory=factory_for(transport))
     if failed:
         close_all(transports)
         raise UnreachableHosts(failed)
@@ -123,9 +123,10 @@ def register(app: typer.Typer) -> None:
            dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
            verify: Annotated[bool, typer.Option("--verify/--no-verify",
                                                 help="Run kdeploy verify after changes.")] = True,
-           arch: Annotated[str, typer.Option(help="Host architecture.")] = "amd64") -> None:
+           arch: Annotated[str, typer.Option(help="Host architecture.")] = "amd64",
+           transport: TransportOpt = "ssh") -> None:
         """Converge the hosts to the inventory: a working cluster (alias: apply)."""
-        _up(inventory, artifacts, as_json, dry_run, verify, arch)
+        _up(inventory, artifacts, as_json, dry_run, verify, arch, transport)
 
     app.command("up")(up)
     app.command("apply", hidden=True)(up)

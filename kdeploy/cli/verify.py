@@ -4,12 +4,13 @@ from __future__ import annotations
 import typer
 
 from kdeploy.cli.common import InventoryOpt, JsonOpt, load
-from kdeploy.cli.plan import ArtifactsOpt
+from kdeploy.cli.plan import ArtifactsOpt, TransportOpt, factory_for
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def verify(inventory: InventoryOpt, artifacts: ArtifactsOpt = None, as_json: JsonOpt = False) -> None:
+    def verify(inventory: InventoryOpt, artifacts: ArtifactsOpt = None, as_json: JsonOpt = False,
+               transport: TransportOpt = "ssh") -> None:
         """Check the live cluster: units, etcd, apiserver, nodes, pods, networking, DNS, security."""
         from kdeploy.cli.up import _verify
         from kdeploy.errors import VerifyError
@@ -19,7 +20,7 @@ def register(app: typer.Typer) -> None:
 
         cluster = load(inventory, quiet=as_json)
         dep = run.prepare(cluster, artifacts_dir=artifacts, need_artifacts=False)
-        transports, failed = connect(cluster)
+        transports, failed = connect(cluster, factory=factory_for(transport))
         if failed:
             close_all(transports)
             raise UnreachableHosts(failed)
