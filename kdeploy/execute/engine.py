@@ -8,6 +8,7 @@ with a failing host stops the run with one error listing every failed host.
 """
 from __future__ import annotations
 
+import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -104,7 +105,7 @@ class Engine:
         blocks = {b.path: b for b in res.blocks}
         pending = {c.key() for c in changes if c.kind in ("unit-restart", "run")}
         if pending:
-            self._journal(t, add=pending)
+            self._journal(t, host, add=pending)
         reload_needed = False
         for c in changes:
             self.emit({"event": "change", "host": host, "phase": phase, "kind": c.kind,
@@ -144,11 +145,17 @@ class Engine:
             if c.key() in pending:
                 done.add(c.key())
         if pending:
-            self._journal(t, remove=done)
+            self._journal(t, host, remove=done)
 
-    def _journal(self, t: Transport, add: set[str] = frozenset(), remove: set[str] = frozenset()):
+    def _journal(self, t: Transport, host: str, add: set[str] = frozenset(),
+                 remove: set[str] = frozenset()):
         cur = set(journal.parse(t.get(journal.PATH)))
-        new = (cur | set(add)) - set(remove)
+        res = self.desired[host]
+        known = {f"run:{shlex.join(a)}" for r in (*res.files, *res.blocks, *res.binaries)
+                 for a in r.run_on_change}
+        known |= {f"unit-restart:{u}" for r in (*res.files, *res.binaries) for u in r.restarts}
+        known |= {f"unit-restart:{u.name}" for u in res.units}
+        new = {k for k in (cur | set(add)) - set(remove) if k in known}  # stale entries dropped
         if new != cur:
             t.put(journal.PATH, journal.dump(new), mode=0o600)
 

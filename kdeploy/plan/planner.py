@@ -182,13 +182,21 @@ def plan_host(res: HostResources, obs: Observed) -> list[Change]:
         changes.append(Change(host, unit_phase.get(name, "node"), "unit-restart", name, "restart",
                               f"{cause} changed"))
 
-    # consequences an interrupted run left pending (journal on the host)
+    # consequences an interrupted run left pending (journal on the host), replayed in the phase
+    # of the resource that caused them; entries no longer desired (stale) are ignored
     planned = {c.key() for c in changes}
+    run_phase = {shlex.join(argv): r.phase for r in (*res.files, *res.blocks, *res.binaries)
+                 for argv in r.run_on_change}
+    unit_phase.update({u: r.phase for r in (*res.files, *res.binaries) for u in r.restarts
+                       if u not in unit_phase})
     for key in sorted(obs.pending):
         kind, _, target = key.partition(":")
-        ch = Change(host, unit_phase.get(target, "node"), kind, target,
-                    "restart" if kind == "unit-restart" else "run", "left pending by an interrupted run")
-        if kind in ("unit-restart", "run") and ch.key() not in planned:
+        phase = unit_phase.get(target) if kind == "unit-restart" else run_phase.get(target) if kind == "run" else None
+        if phase is None:
+            continue
+        ch = Change(host, phase, kind, target, "restart" if kind == "unit-restart" else "run",
+                    "left pending by an interrupted run")
+        if ch.key() not in planned:
             changes.append(ch)
     order = {p: i for i, p in enumerate(PHASES)}
     kinds = ("mode", "binary", "file", "block", "run", "unit-enable", "unit-start", "unit-restart")

@@ -42,12 +42,12 @@ class Row:
 
 FILES: tuple[Row, ...] = (
     # os
-    # load now what is neither loaded nor built in (/sys/module/<m> exists for both); at boot
-    # systemd-modules-load reads the file. Hosts without /lib/modules (container machines,
-    # kernels with these built in) then need no modprobe at all.
+    # load now what the kernel lacks (built-in modules need no modprobe: overlay shows in
+    # /proc/filesystems, br_netfilter as /proc/sys/net/bridge); at boot systemd-modules-load
+    # reads the file. Container machines and kernels with these built in run no modprobe.
     Row("os/modules-load.conf.j2", MODULES_CONF, "os",
-        run_on_change=(("sh", "-c", "for m in overlay br_netfilter; do [ -d /sys/module/$m ] "
-                        "|| modprobe $m || exit 1; done"),)),
+        run_on_change=(("sh", "-c", "{ grep -qw overlay /proc/filesystems || modprobe overlay; } && "
+                        "{ [ -d /proc/sys/net/bridge ] || modprobe br_netfilter; }"),)),
     Row("os/sysctl.conf.j2", SYSCTL_CONF, "os", run_on_change=(("sysctl", "-p", SYSCTL_CONF),)),
     # etcd
     Row("etcd/etcd.service.j2", unit_path("etcd"), "etcd", ("etcd",), hosts=_etcd, hosts_doc="etcd"),

@@ -90,3 +90,13 @@ def test_plan_json_round_trip_and_determinism():
     p1, p2 = plan(desired, {}), plan(desired, {})
     assert p1.to_json() == p2.to_json()
     assert Plan.from_dict(json.loads(p1.to_json())) == p1
+
+
+def test_stale_journal_entries_are_ignored():
+    desired = {"n1": res()}
+    obs = outcome(desired)["n1"]
+    stale = frozenset({"run:modprobe gone", "unit-restart:not-a-unit"})
+    p = plan(desired, {"n1": Observed(files=obs.files, contents=obs.contents, units=obs.units,
+                                      pending=stale | {"run:sysctl -p /etc/sysctl.d/99-kdeploy.conf"})})
+    assert [(c.phase, c.kind, c.target) for c in p.changes] == [
+        ("os", "run", "sysctl -p /etc/sysctl.d/99-kdeploy.conf")]
