@@ -253,16 +253,3 @@ def shell_pins(kubernetes_version: str) -> str:
         f"ETCD={v.etcd}", f"CONTAINERD={v.containerd}", f"RUNC={v.runc}", f"CNI={v.cni_plugins}",
         f"CRICTL={v.crictl}", f"COREDNS={v.coredns}", f"PAUSE={v.pause}", f"AGNHOST={v.agnhost}",
     ])
-
-
-if __name__ == "__main__":  # python -m kdeploy.artifacts.catalog --shell 1.37.2
-    import sys
-    if len(sys.argv) == 3 and sys.argv[1] == "--shell":
-        try:
-            print(shell_pins(sys.argv[2]))
-        except KdeployError as e:
-            print(f"error: {e.message}\nhint: {e.hint}", file=sys.stderr)
-            sys.exit(2)
-    else:
-        print("usage: python -m kdeploy.artifacts.catalog --shell K8S_VERSION", file=sys.stderr)
-        sys.exit(2)

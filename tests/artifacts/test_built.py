@@ -310,6 +310,29 @@ def test_image_archive_imports_with_its_ref(containerd, archive, refattr):
     assert ref in _run(*containerd["ctr"], "-n", "k8s.io", "images", "ls", "-q").stdout
 
 
+def test_workload_image_runs_under_containerd_shim_and_runc(containerd):
+    """agnhost from our image archive, unpacked by containerd, started by the shim with our
+    static runc, answers HTTP (host network; we connect to 127.0.0.1 only)."""
+    import urllib.request
+    ref = MANIFEST["images"]["images/agnhost.tar"]
+    ctr = [*containerd["ctr"], "-n", "kdeploy-test"]
+    _run(*ctr, "images", "import", "--local", "--snapshotter", "native", str(ART / "images" / "agnhost.tar"))
+    port = _free_port()
+    run = Proc([*ctr, "run", "--rm", "--snapshotter", "native", "--net-host", ref, "kd-agnhost",
+                "/agnhost", "netexec", f"--http-port={port}", "--udp-port=-1"],
+               Path(containerd["proc"].log).with_name("agnhost.log"), env=containerd["env"])
+    try:
+        def get(path):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.read().decode()
+        assert _wait(lambda: get("/hostname"), "agnhost netexec", run, timeout=60)
+        assert get("/echo?msg=kdeploy") == "kdeploy"
+    finally:
+        _run(*ctr, "tasks", "kill", "-s", "KILL", "kd-agnhost", check=False)
+        run.stop()
+        _run(*ctr, "containers", "rm", "kd-agnhost", check=False)
+
+
 # ---------------------------------------------------------------------------- kube-apiserver
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def test_shell_pins_match_catalog():
-    out = subprocess.run([sys.executable, "-m", "kdeploy.artifacts.catalog", "--shell", "1.37.2"],
+    out = subprocess.run([sys.executable, "-m", "kdeploy.artifacts", "--shell", "1.37.2"],
                          capture_output=True, text=True, check=True, cwd=REPO).stdout
     pins = dict(line.split("=", 1) for line in out.split())
     v = catalog.versions_for("1.37.2")
@@ -18,7 +18,7 @@ def test_shell_pins_match_catalog():
 
 
 def test_shell_pins_reject_unsupported():
-    p = subprocess.run([sys.executable, "-m", "kdeploy.artifacts.catalog", "--shell", "1.30.0"],
+    p = subprocess.run([sys.executable, "-m", "kdeploy.artifacts", "--shell", "1.30.0"],
                        capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 2 and "not supported" in p.stderr
 
@@ -27,5 +27,5 @@ def test_build_script_reads_catalog_and_is_executable():
     script = REPO / "tests" / "artifacts" / "build"
     assert script.stat().st_mode & 0o111
     text = script.read_text()
-    assert "kdeploy.artifacts.catalog --shell" in text
+    assert "kdeploy.artifacts --shell" in text
     assert "GOTOOLCHAIN" in text and "-trimpath" in text
