@@ -384,3 +384,12 @@ def test_apiserver_stores_objects_in_etcd(apiserver):
     _run(*k, "create", "namespace", "kdeploy-artifacts-test")
     out = _run(*k, "get", "namespace", "kdeploy-artifacts-test", "-o", "jsonpath={.status.phase}").stdout
     assert out == "Active"
+
+
+def test_resolve_offline_returns_every_file_with_install_paths():
+    from kdeploy.artifacts import catalog, resolve
+    files = {f.name: f for f in resolve(K8S, MANIFEST["arch"], offline_dir=ART)}
+    assert set(files) == {s.name for s in catalog.file_specs()}
+    assert files["kube-apiserver"].local_path == ART / "bin" / "kube-apiserver"
+    assert files["pause-image"].install_path == "/var/lib/kdeploy/images/pause.tar"
+    assert files["etcd"].version == V.get("etcd")
