@@ -54,3 +54,22 @@ def test_main_prints_error_and_hint_without_traceback(tmp_path, capsys, monkeypa
     assert e.value.code == 5
     err = capsys.readouterr().err
     assert "error:" in err and "hint:" in err and "Traceback" not in err
+
+
+def test_fetch_cli_fills_dir_and_second_run_downloads_nothing(upstream, monkeypatch, tmp_path, write_inv):
+    import kdeploy.artifacts.fetch as f
+    monkeypatch.setattr(f, "urllib_fetcher", upstream)
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("apiVersion: kdeploy.io/v1alpha1\nkind: Cluster\nmetadata: {name: t}\n"
+                   "spec: {kubernetes: {version: '1.37.2'}}\n"
+                   "hosts: [{name: cp1, address: 192.0.2.10, roles: [control-plane, etcd, worker]}]\n")
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["artifacts", "fetch", "-o", str(out), "-i", str(inv)])
+    assert r.exit_code == 0, r.output
+    assert "Kubernetes 1.37.2 amd64" in r.output
+    n = len(upstream.calls)
+    assert n > 0
+    r = runner.invoke(app, ["artifacts", "fetch", "-o", str(out), "--k8s-version", "1.37.2"])
+    assert r.exit_code == 0 and len(upstream.calls) == n
+    r = runner.invoke(app, ["artifacts", "verify", str(out), "--arch", "amd64"])
+    assert r.exit_code == 0 and "ok:" in r.output
