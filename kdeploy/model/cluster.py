@@ -114,6 +114,9 @@ class KubeProxySettings(_Base):
 class ContainerRuntimeSettings(_Base):
     name: Literal["containerd"] = "containerd"
     cgroup_driver: Literal["systemd", "cgroupfs"] = "systemd"
+    # containers get no oom_score_adj below containerd's own: for hosts that lack
+    # CAP_SYS_RESOURCE (container machines such as the lab), where a negative value fails
+    restrict_oom_score_adj: bool = Field(False, alias="restrictOOMScoreAdj")
 
 
 class KubeletSettings(_Base):

@@ -138,6 +138,7 @@ def _build(cluster: Cluster) -> ClusterContext:
             "pause_image": images.pause,
             "runc": RUNC,
             "systemd_cgroup": cluster.spec.container_runtime.cgroup_driver == "systemd",
+            "restrict_oom_score_adj": cluster.spec.container_runtime.restrict_oom_score_adj,
             "cni_bin_dir": defaults.CNI_BIN_DIR,
             "cni_conf_dir": defaults.CNI_CONF_DIR,
         },

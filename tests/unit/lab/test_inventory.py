@@ -31,6 +31,7 @@ def test_explicit_lab_settings_with_comments(tmp_path):
     spec = data["spec"]
     assert spec["kubelet"]["failCgroupV1"] is False
     assert spec["kubeProxy"]["conntrackMaxPerCore"] == 0
+    assert spec["containerRuntime"]["restrictOOMScoreAdj"] is True
     assert spec["kubernetes"]["version"] == "1.37.2"
     assert spec["artifacts"]["dir"] is None
     ssh = spec["ssh"]
@@ -38,7 +39,7 @@ def test_explicit_lab_settings_with_comments(tmp_path):
                    "knownHostsFile": str(tmp_path / "known_hosts"),
                    "strictHostKeyChecking": True, "netns": "kdeploy-lab"}
     lines = text.splitlines()
-    for key in ("failCgroupV1: false", "conntrackMaxPerCore: 0"):
+    for key in ("failCgroupV1: false", "conntrackMaxPerCore: 0", "restrictOOMScoreAdj: true"):
         i = next(i for i, ln in enumerate(lines) if ln.strip() == key)
         assert lines[i - 1].strip().startswith("#"), f"{key} needs a comment saying why"
     assert "cgroup v1" in text and "nf_conntrack_max" in text

@@ -367,3 +367,20 @@ hosts:
     w1 = render_host(c, c.host("w1"))
     assert "via cp1.example.test" not in files(w1)["/etc/systemd/system/kdeploy-pod-routes.service"]
     assert w1.blocks[0].content == "192.0.2.11 w1\n"
+
+
+def test_restrict_oom_score_adj_only_when_the_inventory_says_so(tmp_path):
+    import shutil
+    from kdeploy.model import load_inventory
+    from kdeploy.render import render_host
+    from tests.conftest import SAMPLES
+    inv = tmp_path / "c.yaml"
+    shutil.copy(SAMPLES / "single-node.yaml", inv)
+    c, _ = load_inventory(inv)
+    conf = files(render_host(c, c.hosts[0]))["/etc/containerd/config.toml"]
+    assert "restrict_oom_score_adj" not in conf
+    inv.write_text(inv.read_text().replace("spec:\n", "spec:\n  containerRuntime:\n    restrictOOMScoreAdj: true\n"))
+    c, _ = load_inventory(inv)
+    conf = files(render_host(c, c.hosts[0]))["/etc/containerd/config.toml"]
+    import tomllib
+    assert tomllib.loads(conf)["plugins"]["io.containerd.cri.v1.runtime"]["restrict_oom_score_adj"] is True
