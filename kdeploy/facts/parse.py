@@ -15,6 +15,24 @@ ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64
         "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
 
 
+# sha256sum output for the paths, reusing a hash while the file's size, ctime and inode are
+# unchanged (a cache in kdeploy's own dir on the host: hashing ~600 MB of binaries on every
+# run would dominate a no-op `kdeploy up`). Any write or rename changes ctime/inode.
+SHA_CACHE = "/var/lib/kdeploy/sha256.cache"
+SHA_CACHED = r"""C=%s; N=/dev/null
+[ -d /var/lib/kdeploy ] && N="$C.$$" && : > "$N"
+for p in @PATHS@; do
+  [ -f "$p" ] || continue
+  k=$(stat -c '%%s %%Z %%i' -- "$p" 2>/dev/null) || continue
+  h=""; [ -f "$C" ] && h=$(awk -v p="$p" -v k="$k" '$5==p && ($2" "$3" "$4)==k {print $1; exit}' "$C")
+  [ -n "$h" ] || h=$(sha256sum -- "$p" 2>/dev/null | cut -d' ' -f1)
+  [ -n "$h" ] || continue
+  echo "$h  $p"; echo "$h $k $p" >> "$N"
+done
+[ "$N" = /dev/null ] || mv -f "$N" "$C"
+""" % SHA_CACHE
+
+
 def build_script(paths: Sequence[str] = (), units: Sequence[str] = (),
                  ports: Sequence[int] = ()) -> str:
     """One POSIX sh script printing every section; its first line carries the parameters."""
@@ -53,7 +71,7 @@ done
               f"-- {qu} 2>/dev/null\n")
     if paths:
         s += (f"S file_stat; stat --printf '%n\\t%F\\t%a\\t%U\\t%G\\t%s\\n' -- {qp} 2>/dev/null\n"
-              f"S file_sha; sha256sum -- {qp} 2>/dev/null\n")
+              f"S file_sha\n" + SHA_CACHED.replace("@PATHS@", qp))
     s += "S end\nexit 0\n"
     return s
 

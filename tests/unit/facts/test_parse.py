@@ -150,3 +150,31 @@ def test_script_carries_params_and_quotes_paths():
     s = P.build_script(["/etc/a b", "/etc/$x"], ["kubelet"], [6443])
     assert P.params_of(s) == {"paths": ["/etc/a b", "/etc/$x"], "units": ["kubelet"], "ports": [6443]}
     assert "'/etc/a b'" in s and "'/etc/$x'" in s
+
+
+def test_sha_cache_reuses_hashes_until_the_file_changes(tmp_path):
+    """The facts script's hash cache: a cached hash is reused only while size, ctime and inode
+    are unchanged; an atomic replace (new inode) is hashed again."""
+    import hashlib
+    import os
+    import subprocess
+
+    from kdeploy.facts.parse import SHA_CACHE, SHA_CACHED
+
+    f = tmp_path / "bin"
+    f.write_bytes(b"one")
+    cache = tmp_path / "sha256.cache"
+    script = (SHA_CACHED.replace(SHA_CACHE, str(cache)).replace("/var/lib/kdeploy", str(tmp_path))
+              .replace("@PATHS@", str(f)))
+
+    def run():
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+
+    assert run() == f"{hashlib.sha256(b'one').hexdigest()}  {f}\n"
+    # poison the cache entry: a reused entry shows the poisoned hash
+    cache.write_text(cache.read_text().replace(hashlib.sha256(b"one").hexdigest(), "0" * 64))
+    assert run().startswith("0" * 64)
+    tmp = tmp_path / "bin.new"
+    tmp.write_bytes(b"two")
+    os.replace(tmp, f)
+    assert run() == f"{hashlib.sha256(b'two').hexdigest()}  {f}\n"
