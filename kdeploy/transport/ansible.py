@@ -53,6 +53,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from kdeploy.errors import KdeployError, TransportError
 from kdeploy.transport.base import (
+    ssh_kwargs,
     CommandResult, check_abs, check_result, display, stderr_tail, sudo_needs_password,
 )
 
@@ -296,24 +297,8 @@ class AnsibleTransport:
     def from_cluster(cls, cluster, host, **kw) -> "AnsibleTransport":
         """Build the transport of an inventory host (`host`: a Host or a name), with the same
         ssh settings SSHTransport.from_cluster resolves."""
-        from kdeploy.model.validate import resolve_path
-
-        if isinstance(host, str):
-            host = cluster.host(host)
-        s = cluster.ssh_for(host)
-
-        def path(p):
-            return str(resolve_path(p, cluster)) if p else None
-
-        bastion = None
-        if s.bastion is not None:
-            b = s.bastion
-            bastion = {"address": b.address, "port": b.port, "user": b.user,
-                       "key_file": path(b.key_file) or path(s.key_file)}
-        return cls(host.name, host.address, user=s.user, port=s.port, key_file=path(s.key_file),
-                   known_hosts_file=path(s.known_hosts_file),
-                   strict_host_key_checking=s.strict_host_key_checking, netns=s.netns,
-                   bastion=bastion, sudo=s.sudo, **kw)
+        name, address, settings = ssh_kwargs(cluster, host)
+        return cls(name, address, **settings, **kw)
 
     def __repr__(self) -> str:
         return f"AnsibleTransport({self.host!r}, {self.user}@{self.address}:{self.port})"

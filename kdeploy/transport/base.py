@@ -169,3 +169,28 @@ def install_script(src: str, path: str, *, mode: int, owner: str, group: str,
 def get_script(path: str) -> str:
     q = shlex.quote(path)
     return f"[ -e {q} ] || exit {RC_MISSING}; exec cat -- {q}"
+
+
+def ssh_kwargs(cluster, host) -> tuple[str, str, dict]:
+    """(name, address, keyword arguments) of an inventory host's effective SSH settings, with
+    relative key paths resolved against the inventory: shared by the ssh and ansible transports.
+    `host` is a Host or a name."""
+    from kdeploy.model.validate import resolve_path
+
+    if isinstance(host, str):
+        host = cluster.host(host)
+    s = cluster.ssh_for(host)
+
+    def path(p):
+        return str(resolve_path(p, cluster)) if p else None
+
+    bastion = None
+    if s.bastion is not None:
+        b = s.bastion
+        bastion = {"address": b.address, "port": b.port, "user": b.user,
+                   "key_file": path(b.key_file) or path(s.key_file)}
+    return host.name, host.address, dict(
+        user=s.user, port=s.port, key_file=path(s.key_file),
+        known_hosts_file=path(s.known_hosts_file),
+        strict_host_key_checking=s.strict_host_key_checking, netns=s.netns, bastion=bastion,
+        sudo=s.sudo)

@@ -40,6 +40,7 @@ from paramiko.sftp_file import SFTPFile
 from kdeploy.errors import KdeployError, TransportError
 from kdeploy.netns import connect_in_netns
 from kdeploy.transport.base import (
+    ssh_kwargs,
     RC_MISSING, CommandResult, check_abs, check_result, command_line, display, get_script,
     install_script, tmp_path_for,
 )
@@ -87,24 +88,8 @@ class SSHTransport:
     @classmethod
     def from_cluster(cls, cluster, host, **kw) -> "SSHTransport":
         """Build (not connect) the transport of an inventory host: `host` is a Host or a name."""
-        from kdeploy.model.validate import resolve_path
-
-        if isinstance(host, str):
-            host = cluster.host(host)
-        s = cluster.ssh_for(host)
-
-        def path(p):
-            return str(resolve_path(p, cluster)) if p else None
-
-        bastion = None
-        if s.bastion is not None:
-            b = s.bastion
-            bastion = {"address": b.address, "port": b.port, "user": b.user,
-                       "key_file": path(b.key_file) or path(s.key_file)}
-        return cls(host.name, host.address, user=s.user, port=s.port, key_file=path(s.key_file),
-                   known_hosts_file=path(s.known_hosts_file),
-                   strict_host_key_checking=s.strict_host_key_checking, netns=s.netns,
-                   bastion=bastion, sudo=s.sudo, **kw)
+        name, address, settings = ssh_kwargs(cluster, host)
+        return cls(name, address, **settings, **kw)
 
     def __repr__(self) -> str:
         return f"SSHTransport({self.host!r}, {self.user}@{self.address}:{self.port})"
