@@ -45,6 +45,62 @@ def show_plan(p: Plan, *, diffs: bool = True) -> None:
                   f"{restarts} service start(s)/restart(s).")
 
 
+class LiveProgress:
+    """phase x host table, updated live (a terminal); the event sink of the engine."""
+
+    def __init__(self, hosts: list[str]):
+        from rich.live import Live
+        from kdeploy.plan.resources import PHASES
+        self.hosts, self.phases = hosts, list(PHASES)
+        self.cells: dict[tuple[str, str], str] = {}
+        self.counts: dict[tuple[str, str], int] = {}
+        self.seconds: dict[str, float] = {}
+        self.live = Live(self._table(), console=console, refresh_per_second=8, transient=False)
+
+    def __enter__(self):
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.live.update(self._table())
+        return self.live.__exit__(*exc)
+
+    def __call__(self, e: dict) -> None:
+        kind, phase = e.get("event"), e.get("phase")
+        if kind == "phase-start":
+            for h in e["hosts"]:
+                self.cells[(h, phase)] = "running"
+        elif kind == "change":
+            key = (e["host"], phase)
+            self.counts[key] = self.counts.get(key, 0) + 1
+        elif kind == "gate":
+            self.cells[(e["host"], phase)] = "waiting"
+        elif kind == "host-failed":
+            self.cells[(e["host"], phase)] = "failed"
+        elif kind == "phase-done":
+            self.seconds[phase] = e["seconds"]
+            for (h, p), v in list(self.cells.items()):
+                if p == phase and v in ("running", "waiting"):
+                    self.cells[(h, p)] = "done"
+        self.live.update(self._table())
+
+    def _table(self) -> Table:
+        t = Table(title="kdeploy up", show_lines=False)
+        t.add_column("host")
+        for p in self.phases:
+            t.add_column(p + (f" {self.seconds[p]:.0f}s" if p in self.seconds else ""), justify="center")
+        style = {"running": "yellow", "waiting": "cyan", "done": "green", "failed": "red"}
+        for h in self.hosts:
+            row = []
+            for p in self.phases:
+                st = self.cells.get((h, p))
+                n = self.counts.get((h, p), 0)
+                label = {"done": f"✓ {n}", "running": f"… {n}", "waiting": "⧗", "failed": "✗"}.get(st, "·")
+                row.append(Text(label, style=style.get(st, "dim")))
+            t.add_row(h, *row)
+        return t
+
+
 def progress_printer(as_json: bool):
     import json
 

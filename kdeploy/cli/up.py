@@ -57,10 +57,19 @@ def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool
             if not as_json:
                 console.print(f"Applying {len(p.changes)} change(s) on {len(p.hosts())} host(s)…")
 
+            live = None
+            if not as_json and console.is_terminal:
+                from kdeploy.cli.output import LiveProgress
+                live = LiveProgress(list(dep.desired))
+
             def both(e):
                 record.event(e)
-                emit(e)
-            result = run.apply(dep, transports, p, both)
+                (live or emit)(e)
+            if live:
+                with live:
+                    result = run.apply(dep, transports, p, both)
+            else:
+                result = run.apply(dep, transports, p, both)
             for ph in result.phases:
                 if ph.seconds:
                     timings[f"phase {ph.phase}"] = ph.seconds
