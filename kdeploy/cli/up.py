@@ -24,17 +24,19 @@ def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool
     t_all = time.monotonic()
     emit = progress_printer(as_json)
     cluster = load(inventory, quiet=as_json)
-    t = time.monotonic()
-    dep = run.prepare(cluster, artifacts_dir=artifacts, arch=arch)
-    timings["prepare (pki, artifacts, render)"] = time.monotonic() - t
-    record = run.RunRecord(dep.state_dir, "up")
+    # connect first: an unreachable host fails the run before anything is downloaded
     t = time.monotonic()
     transports, failed = connect(cluster, factory=factory_for(transport))
     if failed:
         close_all(transports)
         raise UnreachableHosts(failed)
     timings["connect"] = time.monotonic() - t
+    record = None
     try:
+        t = time.monotonic()
+        dep = run.prepare(cluster, artifacts_dir=artifacts, arch=arch)
+        timings["prepare (pki, artifacts, render)"] = time.monotonic() - t
+        record = run.RunRecord(dep.state_dir, "up")
         t = time.monotonic()
         facts, observed = run.gather(dep, transports)
         record.write("facts.json", {h: f.to_dict() for h, f in facts.items()})
@@ -92,7 +94,8 @@ def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool
             raise VerifyError("the cluster was deployed but some checks failed (see the table)",
                               f"details: kdeploy verify -i {inventory}")
     finally:
-        record.close()
+        if record:
+            record.close()
         close_all(transports)
 
 
