@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 
 from kdeploy.errors import KdeployError, TransportError
 from kdeploy.execute import journal
+from kdeploy.facts.parse import SHA_CACHED
 from kdeploy.plan.planner import Change, Plan, apply_block
 from kdeploy.plan.resources import PHASES, Binary, Block, File, HostResources
 from kdeploy.transport.base import Transport
@@ -128,6 +129,10 @@ class Engine:
                 bl: Block = blocks[c.target]
                 old = (t.get(bl.path) or b"").decode(errors="replace")
                 t.put(bl.path, apply_block(old, bl).encode(), mode=0o644)
+        pushed = [c.target for c in changes if c.kind == "binary"]
+        if pushed:  # prime the facts' hash cache: the next run need not hash them again
+            t.run("mkdir -p /var/lib/kdeploy\n" + SHA_CACHED.replace(
+                "@PATHS@", " ".join(shlex.quote(p) for p in pushed)), check=False)
         if reload_needed:
             t.run(["systemctl", "daemon-reload"])
         done: set[str] = set()
