@@ -29,7 +29,10 @@ for p in @PATHS@; do
   [ -n "$h" ] || continue
   echo "$h  $p"; echo "$h $k $p" >> "$N"
 done
-[ "$N" = /dev/null ] || mv -f "$N" "$C"
+if [ "$N" != /dev/null ]; then  # keep the entries of paths not looked at this time
+  [ -f "$C" ] && awk 'NR==FNR {s[$5]=1; next} !($5 in s)' "$N" "$C" > "$N.o" && cat "$N.o" >> "$N"
+  rm -f "$N.o"; mv -f "$N" "$C"
+fi
 """ % SHA_CACHE
 
 

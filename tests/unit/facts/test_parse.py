@@ -178,3 +178,22 @@ def test_sha_cache_reuses_hashes_until_the_file_changes(tmp_path):
     tmp.write_bytes(b"two")
     os.replace(tmp, f)
     assert run() == f"{hashlib.sha256(b'two').hexdigest()}  {f}\n"
+
+
+def test_sha_cache_keeps_entries_of_paths_not_looked_at(tmp_path):
+    import subprocess
+
+    from kdeploy.facts.parse import SHA_CACHE, SHA_CACHED
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"a")
+    b.write_bytes(b"b")
+    cache = tmp_path / "sha256.cache"
+
+    def run(*paths):
+        script = (SHA_CACHED.replace(SHA_CACHE, str(cache)).replace("/var/lib/kdeploy", str(tmp_path))
+                  .replace("@PATHS@", " ".join(map(str, paths))))
+        subprocess.run(["sh", "-c", script], check=True, capture_output=True)
+
+    run(a, b)
+    run(a)
+    assert {line.split()[-1] for line in cache.read_text().splitlines()} == {str(a), str(b)}
