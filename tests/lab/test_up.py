@@ -59,7 +59,8 @@ def assert_ok(p: subprocess.CompletedProcess) -> None:
 def three(lab_cluster):
     art = artifacts_dir()
     lab = lab_cluster(masters=1, workers=2)
-    return lab, art
+    yield lab, art
+    lab.down()  # free the machines before the next topology starts
 
 
 def test_up_verify_rerun_noop_plan_clean(three):
@@ -120,7 +121,9 @@ def test_unreachable_host_is_named_and_others_untouched(three, tmp_path):
 @pytest.fixture(scope="module")
 def single(lab_cluster):
     art = artifacts_dir()
-    return lab_cluster(masters=1, workers=0), art
+    lab = lab_cluster(masters=1, workers=0)
+    yield lab, art
+    lab.down()
 
 
 def test_single_node_preflight_then_killed_run_then_converge(single):
@@ -154,3 +157,23 @@ def test_single_node_preflight_then_killed_run_then_converge(single):
     p2, evs2, _ = up_json(lab.inventory, art)
     assert_ok(p2)
     assert any(e.get("event") == "no-changes" for e in evs2)
+
+
+def test_ha_three_control_planes(lab_cluster):
+    """3 control-plane hosts with stacked etcd (3 members over TLS) and a worker."""
+    art = artifacts_dir()
+    lab = lab_cluster(masters=3, workers=1)
+    try:
+        p, evs, secs = up_json(lab.inventory, art)
+        assert_ok(p)
+        checks = {c["name"]: c for c in evs if c.get("event") == "check"}
+        assert all(c["ok"] for c in checks.values()), checks
+        assert checks["etcd healthy (TLS)"]["detail"].startswith("3/3")
+        assert checks["nodes Ready at version"]["detail"].startswith("4/4")
+        print(f"\nHA (3 control-plane + 1 worker): kdeploy up {secs:.1f} s")
+        p2, evs2, noop = up_json(lab.inventory, art)
+        assert_ok(p2)
+        assert any(e.get("event") == "no-changes" for e in evs2)
+        print(f"HA no-op re-run: {noop:.1f} s")
+    finally:
+        lab.down()
