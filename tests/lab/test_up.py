@@ -63,16 +63,33 @@ def three(lab_cluster):
     lab.down()  # free the machines before the next topology starts
 
 
-def test_up_verify_rerun_noop_plan_clean(three):
+def test_up_verify_then_add_a_worker_then_noop_and_clean_plan(three):
     lab, art = three
-    p, evs, first_s = up_json(lab.inventory, art)
+    # first a cluster of m1 + m2 (same directory: the same cluster state and PKI) ...
+    doc = yaml.safe_load(Path(lab.inventory).read_text())
+    doc["hosts"] = [h for h in doc["hosts"] if h["name"] != "m3"]
+    two = Path(lab.inventory).parent / "two-nodes.yaml"
+    two.write_text(yaml.safe_dump(doc))
+    p, evs, first_s = up_json(two, art)
     assert_ok(p)
     checks = [e for e in evs if e.get("event") == "check"]
     assert len(checks) == 9 and all(c["ok"] for c in checks), checks
     done = next(e for e in evs if e.get("event") == "done")
     admin = Path(done["admin_kubeconfig"])
     assert admin.stat().st_mode & 0o077 == 0
-    print(f"\nkdeploy up (3 machines, cold): {first_s:.1f} s; phases: {done['timings']}")
+    print(f"\nkdeploy up (2 machines, bare): {first_s:.1f} s; phases: {done['timings']}")
+
+    # ... then the inventory gains m3: m3 is installed, m1/m2 only learn about it
+    p, evs, add_s = up_json(lab.inventory, art)
+    assert_ok(p)
+    old_nodes = [e for e in evs if e.get("event") == "change" and e["host"] in ("m1", "m2")]
+    touched = {e["target"] for e in old_nodes}
+    assert touched <= {"/etc/hosts", "/etc/systemd/system/kdeploy-pod-routes.service",
+                       "kdeploy-pod-routes", "systemctl daemon-reload"}, touched
+    assert any(e.get("event") == "change" and e["host"] == "m3" for e in evs)
+    checks = [e for e in evs if e.get("event") == "check"]
+    assert checks and all(c["ok"] for c in checks), checks
+    print(f"kdeploy up (add a worker): {add_s:.1f} s")
 
     p2, evs2, noop_s = up_json(lab.inventory, art)
     assert_ok(p2)
