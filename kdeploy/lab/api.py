@@ -46,6 +46,29 @@ def _machines_alive(backend: Backend, state: LabState) -> bool:
         return False
 
 
+# Container machines share the host kernel and its per-user inotify limits: every machine's
+# systemd, containerd and kubelet take instances from one pool (root's), and the default 128
+# runs out with a few machines ("too many open files" from fsnotify; containerd's CRI fails
+# to load). kind asks its users to raise the same two sysctls. Only ever raised, never lowered.
+HOST_LIMITS = {"fs/inotify/max_user_instances": 8192, "fs/inotify/max_user_watches": 524288}
+
+
+def raise_host_limits(log: Log = print, proc: Path = Path("/proc/sys")) -> dict[str, int]:
+    changed = {}
+    for key, want in HOST_LIMITS.items():
+        f = proc / key
+        try:
+            have = int(f.read_text().split()[0])
+            if have < want:
+                f.write_text(f"{want}\n")
+                changed[key.replace("/", ".")] = want
+                log(f"host: {key.replace('/', '.')} {have} -> {want} (container machines share it)")
+        except (OSError, ValueError) as e:
+            raise LabError(f"cannot raise the host's {key.replace('/', '.')} to {want}: {e}",
+                           f"run: sysctl -w {key.replace('/', '.')}={want}") from None
+    return changed
+
+
 def up(*, name: str = DEFAULT_NAME, masters: int = 1, workers: int = 2, output: str | os.PathLike,
        backend: str | Backend = "nspawn", subnet: str = inv.DEFAULT_SUBNET, log: Log = print,
        ssh_timeout: float = 180.0, root: Path | None = None) -> dict:
@@ -63,6 +86,8 @@ def up(*, name: str = DEFAULT_NAME, masters: int = 1, workers: int = 2, output: 
             raise LabError(f"lab '{name}' {what} (state: {state.dir})",
                            f"run `kdeploy lab down --name {name}` first, or use another --name")
         result: dict = {}
+        if be.name == "nspawn":
+            raise_host_limits(log)
         rootfs, built = ensure_rootfs(log=log) if be.name == "nspawn" else (Path("/nonexistent"), None)
         result["rootfs_build_s"] = built
         out = Path(output).absolute()
