@@ -8,11 +8,12 @@
     ├── TransportError           exit 6  host unreachable, auth failed, command failed
     ├── PreflightError           exit 7  a host is not fit (swap, ports, OS ...)
     ├── LabError                 exit 8  the local lab
-    └── VerifyError              exit 9  a post-deploy check failed
+    ├── VerifyError              exit 9  a post-deploy check failed
+    └── ApplyError               exit 10 a phase failed on some hosts (what ran is journaled)
 
 The CLI prints `error: <message>` and `hint: <hint>`; never a traceback.
 Exit code 2 is reserved for `plan` meaning "changes pending" (like terraform's
---detailed-exitcode), so no error uses it.
+--detailed-exitcode), so no error uses it; command-line usage errors exit 64 (EX_USAGE).
 """
 from __future__ import annotations
 
@@ -75,3 +76,7 @@ class LabError(KdeployError):
 
 class VerifyError(KdeployError):
     exit_code = 9
+
+
+class ApplyError(KdeployError):
+    exit_code = 10

@@ -75,9 +75,26 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as e:  # click usage errors etc.
+    except _click_errors() as e:  # usage errors: bad option, missing -i ...
+        e.show()
+        # click's usage exit code is 2, which `plan` uses for "changes pending"
+        sys.exit(USAGE_EXIT if e.exit_code == 2 else e.exit_code)
+
+
+def _click_errors() -> tuple[type[Exception], ...]:
+    """ClickException of click and of the copy of click that newer typer versions bundle."""
+    out = []
+    try:
         import click
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+        out.append(click.exceptions.ClickException)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from typer._click.exceptions import ClickException
+        out.append(ClickException)
+    except ImportError:
+        pass
+    return tuple(out)
+
+
+USAGE_EXIT = 64  # EX_USAGE

@@ -27,8 +27,10 @@ def show_plan(p: Plan, *, diffs: bool = True) -> None:
             console.print(Text(f"  [{phase}]", style="dim"))
             for c in changes:
                 sym, style = _SYMBOL.get(c.action, ("?", "white"))
-                what = c.target if c.kind != "binary" else f"{c.target} (sha256 {c.new_sha256[:12]})"
-                if c.secret:
+                what = c.target
+                if c.kind == "binary":
+                    what += f" (sha256 {(c.new_sha256 or '-')[:12]})"
+                elif c.secret and c.new_sha256:
                     what += f"  (secret; sha256 {(c.old_sha256 or '-')[:12]} -> {c.new_sha256[:12]})"
                 line = Text(f"    {sym} {c.action:<7} ", style=style)
                 line.append(what)
