@@ -1,6 +1,7 @@
 """kdeploy up (alias apply): converge the hosts to the inventory, then verify."""
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -14,7 +15,7 @@ from kdeploy.cli.plan import ArtifactsOpt, TransportOpt, factory_for
 def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool,
         verify: bool, arch: str, transport: str = "ssh") -> None:
     from kdeploy.cli.output import checks_table, console, progress_printer, show_plan
-    from kdeploy.errors import VerifyError
+    from kdeploy.errors import ApplyError, VerifyError
     from kdeploy.execute import run
     from kdeploy.execute.session import connect
     from kdeploy.plan.planner import plan as make_plan
@@ -64,18 +65,28 @@ def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool
                 from kdeploy.cli.output import LiveProgress
                 live = LiveProgress(list(dep.desired))
 
+            lock = threading.Lock()  # the engine emits from its worker threads
+
             def both(e):
-                record.event(e)
-                (live or emit)(e)
-            if live:
-                with live:
+                with lock:
+                    record.event(e)
+                    (live or emit)(e)
+            result = None
+            try:
+                if live:
+                    with live:
+                        result = run.apply(dep, transports, p, both)
+                else:
                     result = run.apply(dep, transports, p, both)
-            else:
-                result = run.apply(dep, transports, p, both)
-            for ph in result.phases:
-                if ph.seconds:
+            except ApplyError as e:
+                result = e.result
+                raise
+            finally:  # what ran is recorded, also when a phase failed
+                for ph in (result.phases if result else ()):
                     timings[f"phase {ph.phase}"] = ph.seconds
-            record.write("results.json", {"phases": [ph.__dict__ for ph in result.phases]})
+                if result:
+                    record.write("results.json", {"phases": [ph.__dict__ for ph in result.phases]})
+                record.write("timings.json", timings)
         admin = run.write_admin_kubeconfig(dep)
         ok = True
         if verify and not p.empty:

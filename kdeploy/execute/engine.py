@@ -9,12 +9,13 @@ with a failing host stops the run with one error listing every failed host.
 from __future__ import annotations
 
 import shlex
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from kdeploy.errors import KdeployError, TransportError
+from kdeploy.errors import ApplyError, KdeployError, TransportError
 from kdeploy.execute import journal
 from kdeploy.facts.parse import SHA_CACHED
 from kdeploy.plan.planner import Change, Plan, apply_block
@@ -63,39 +64,72 @@ class Engine:
         self.gates = gates
         self.emit = emit
         self.parallel = parallel
+        self._stop = threading.Event()
 
     # -- public ----------------------------------------------------------------------------
     def apply(self, plan: Plan) -> RunResult:
+        """Run the plan. On failure raise ApplyError carrying `.result` (what ran, per phase)."""
         result = RunResult(changes=len(plan.changes))
-        for phase in PHASES:
-            hosts = [h for h in self.desired if plan.for_host_phase(h, phase)]
-            pr = PhaseResult(phase)
-            result.phases.append(pr)
-            if not hosts:
-                continue
-            t0 = time.monotonic()
-            self.emit({"event": "phase-start", "phase": phase, "hosts": hosts})
-            with ThreadPoolExecutor(max_workers=min(self.parallel, len(hosts))) as ex:
-                futs = {h: ex.submit(self._host_phase, h, phase, plan.for_host_phase(h, phase))
-                        for h in hosts}
-                for h, f in futs.items():
-                    try:
-                        f.result()
-                        pr.changed_hosts.append(h)
-                    except KdeployError as e:
-                        pr.failed[h] = e.message
-                        self.emit({"event": "host-failed", "phase": phase, "host": h, "error": e.message})
-            if not pr.failed:
-                self._gates(phase, hosts, pr)
-            pr.seconds = time.monotonic() - t0
-            self.emit({"event": "phase-done", "phase": phase, "seconds": round(pr.seconds, 2),
-                       "failed": pr.failed})
-            if pr.failed:
-                lines = "\n".join(f"  {h}: {msg}" for h, msg in pr.failed.items())
-                raise KdeployError(f"phase {phase} failed on {len(pr.failed)} host(s):\n{lines}",
-                                   "fix the cause and run `kdeploy up` again: it resumes where "
-                                   "this run stopped")
+        self._stop = threading.Event()
+        try:
+            self._journal_consequences(plan)
+            for phase in PHASES:
+                hosts = [h for h in self.desired if plan.for_host_phase(h, phase)]
+                if not hosts:
+                    continue
+                pr = PhaseResult(phase)
+                result.phases.append(pr)
+                self._phase(plan, phase, hosts, pr)
+                if pr.failed:
+                    lines = "\n".join(f"  {h}: {msg}" for h, msg in pr.failed.items())
+                    err = ApplyError(f"phase {phase} failed on {len(pr.failed)} host(s):\n{lines}",
+                                     "fix the cause and run `kdeploy up` again: it resumes where "
+                                     "this run stopped")
+                    err.result = result
+                    raise err
+        except KeyboardInterrupt:
+            self._stop.set()  # running host steps finish their current command, gates give up
+            raise
         return result
+
+    def _phase(self, plan: Plan, phase: str, hosts: list[str], pr: PhaseResult) -> None:
+        t0 = time.monotonic()
+        self.emit({"event": "phase-start", "phase": phase, "hosts": hosts})
+        ex = ThreadPoolExecutor(max_workers=min(self.parallel, len(hosts)))
+        try:
+            futs = {h: ex.submit(self._host_phase, h, phase, plan.for_host_phase(h, phase))
+                    for h in hosts}
+            for h, f in futs.items():
+                try:
+                    f.result()
+                    pr.changed_hosts.append(h)
+                except KdeployError as e:
+                    pr.failed[h] = e.message
+                    self.emit({"event": "host-failed", "phase": phase, "host": h, "error": e.message})
+        except BaseException:
+            self._stop.set()
+            ex.shutdown(wait=True, cancel_futures=True)
+            raise
+        ex.shutdown(wait=True)
+        if not pr.failed:
+            self._gates(phase, hosts, pr)
+        pr.seconds = time.monotonic() - t0
+        self.emit({"event": "phase-done", "phase": phase, "seconds": round(pr.seconds, 2),
+                   "failed": pr.failed})
+
+    def _journal_consequences(self, plan: Plan) -> None:
+        """Before anything changes, journal every restart/command of each host's whole plan: a
+        file written in one phase may restart a unit of a later phase (a new kubelet binary in
+        `artifacts` restarts kubelet in `node`); a run stopped in between must not forget it."""
+        per_host: dict[str, set[str]] = {}
+        for c in plan.changes:
+            if c.kind in ("unit-restart", "run"):
+                per_host.setdefault(c.host, set()).add(c.key())
+        if not per_host:
+            return
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(per_host))) as ex:
+            for f in [ex.submit(self._journal, self.t[h], h, keys) for h, keys in per_host.items()]:
+                f.result()
 
     # -- per host ----------------------------------------------------------------------------
     def _host_phase(self, host: str, phase: str, changes: list[Change]) -> None:
@@ -104,11 +138,11 @@ class Engine:
         files = {f.path: f for f in res.files}
         bins = {b.path: b for b in res.binaries}
         blocks = {b.path: b for b in res.blocks}
-        pending = {c.key() for c in changes if c.kind in ("unit-restart", "run")}
-        if pending:
-            self._journal(t, host, add=pending)
+        pending = {c.key() for c in changes if c.kind in ("unit-restart", "run")}  # journaled in apply()
         reload_needed = False
         for c in changes:
+            if self._stop.is_set():
+                raise ApplyError("interrupted", "run `kdeploy up` again")
             self.emit({"event": "change", "host": host, "phase": phase, "kind": c.kind,
                        "target": c.target, "action": c.action})
             if c.kind == "binary":
@@ -184,11 +218,15 @@ class Engine:
         self.emit({"event": "gate", "host": host, "phase": g.phase, "what": g.what})
         last = ""
         while True:
-            r = t.run(g.cmd, check=False, timeout=30)
-            if r.ok:
-                return
-            last = (r.err or r.out).splitlines()[-1:] or [""]
-            last = last[0]
+            try:
+                r = t.run(g.cmd, check=False, timeout=30)
+                if r.ok:
+                    return
+                last = ((r.err or r.out).splitlines()[-1:] or [""])[0]
+            except TransportError as e:  # a reset or timeout while a service restarts: retry
+                last = e.message
+            if self._stop.is_set():
+                raise ApplyError(f"{g.what}: interrupted")
             if time.monotonic() > deadline:
                 raise TransportError(f"{g.what or g.cmd} did not pass within {int(g.timeout)} s: {last}",
                                      f"look at the host's logs: kdeploy lab ssh {host} -- journalctl -u ...")

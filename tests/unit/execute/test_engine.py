@@ -127,3 +127,34 @@ def test_preflight_reports_every_failing_host_before_any_write(inv):
     msg = ei.value.message
     assert "worker1: swap is on" in msg and "cp1: port 6443" in msg and "nothing was changed" in msg
     assert not any(c.op in ("put", "put_file") for f in fakes.values() for c in f.log)
+
+
+def test_restart_caused_in_an_earlier_phase_survives_a_failure_in_between(inv, tmp_path):
+    """A new kubelet binary (phase artifacts) restarts kubelet (phase node): when the run stops
+    in between, the next run still restarts kubelet although every file already matches."""
+    import hashlib
+
+    from kdeploy.errors import ApplyError
+    from kdeploy.plan.resources import Binary
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = fakes_for(cluster, dep)
+    converge(dep, fakes)
+    blob = tmp_path / "kubelet"
+    blob.write_bytes(b"new kubelet")
+    sha = hashlib.sha256(b"new kubelet").hexdigest()
+    res = dep.desired["worker1"]
+    dep.desired["worker1"] = replace(res, binaries=(
+        Binary("/usr/local/bin/kubelet", str(blob), sha, restarts=("kubelet",)),), files=tuple(
+        replace(f, content=f.content + b"# changed\n") if f.path == "/etc/containerd/config.toml" else f
+        for f in res.files))
+    fakes["worker1"].responses = {r"systemctl restart containerd": CommandResult("x", 1, b"", b"boom\n")}
+    _, observed = run.gather(dep, fakes)
+    with pytest.raises(ApplyError, match="phase runtime failed"):
+        run.apply(dep, fakes, plan(dep.desired, observed), lambda e: None)
+    assert "unit-restart:kubelet" in journal.parse(fakes["worker1"].get(journal.PATH))
+    fakes["worker1"].responses = {}
+    _, observed = run.gather(dep, fakes)
+    p = plan(dep.desired, observed)
+    assert {(c.kind, c.target) for c in p.changes} == {
+        ("unit-restart", "kubelet"), ("unit-restart", "containerd")}
