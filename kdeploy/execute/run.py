@@ -2,6 +2,7 @@
 preflight -> plan -> apply -> verify. Each run leaves a record in the state dir."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import time
@@ -55,6 +56,7 @@ def prepare(cluster: Cluster, *, artifacts_dir: Path | None = None, need_artifac
     """Everything that happens on this machine only: PKI, artifacts, rendering."""
     from kdeploy.pki import ensure_pki
     state = state_dir_for(cluster)
+    cluster = pin_pod_cidrs(cluster, state)
     pki = ensure_pki(cluster, state)
     arts: list = []
     a_dir = artifacts_dir or (Path(cluster.spec.artifacts.dir) if cluster.spec.artifacts.dir else None)
@@ -65,6 +67,37 @@ def prepare(cluster: Cluster, *, artifacts_dir: Path | None = None, need_artifac
         arts = resolve(cluster.version, arch, offline_dir=a_dir, mirror=cluster.spec.artifacts.mirror)
     desired = desired_state(cluster, pki=pki, artifacts=arts)
     return Deployment(cluster, state, pki, arts, desired)
+
+
+def pin_pod_cidrs(cluster: Cluster, state: Path) -> Cluster:
+    """Per-node pod CIDRs stay where they were first allocated: kept in the state dir
+    (pod-cidrs.json), so removing or reordering hosts never moves a running node's pods.
+    Hosts with an explicit podCIDR keep it; new hosts get free subnets."""
+    from kdeploy.pki.crypto import write_atomic
+    path = state / "pod-cidrs.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        saved = {}
+    pod = cluster.pod_network
+    mask = cluster.spec.network.node_cidr_mask_size
+    names = {h.name for h in cluster.hosts}
+    explicit = {h.pod_cidr for h in cluster.hosts if h.pod_cidr}
+    keep = {}
+    for name, cidr in saved.items():
+        try:
+            net = ipaddress.ip_network(cidr)
+        except ValueError:
+            continue
+        if (name in names and net.version == pod.version and net.subnet_of(pod)
+                and net.prefixlen == mask and not any(net.overlaps(ipaddress.ip_network(e))
+                                                      for e in explicit)):
+            keep[name] = cidr
+    pinned = cluster.with_pod_cidrs(keep) if keep else cluster
+    current = pinned.node_pod_cidrs
+    if current != saved:
+        write_atomic(path, (json.dumps(current, indent=1, sort_keys=True) + "\n").encode(), 0o600)
+    return pinned
 
 
 def _paths_units(res: HostResources) -> tuple[list[str], list[str]]:

@@ -250,8 +250,23 @@ class Cluster(_Base):
             if h.pod_cidr:
                 out[h.name] = str(ipaddress.ip_network(h.pod_cidr, strict=False))
             else:
-                out[h.name] = str(next(free))
+                subnet = next(free, None)
+                if subnet is None:  # validation refuses such inventories; be explicit anyway
+                    from kdeploy.errors import InventoryError
+                    raise InventoryError("the pod CIDR has no free subnet left for host "
+                                         f"{h.name}", "use a larger spec.network.podCIDR",
+                                         file=self.source, field="spec.network.podCIDR")
+                out[h.name] = str(subnet)
         return out
+
+    def with_pod_cidrs(self, pinned: dict[str, str]) -> "Cluster":
+        """This cluster with the given per-node pod CIDRs made explicit (hosts that have one in
+        the inventory keep theirs)."""
+        data = self.model_dump(by_alias=True, exclude_none=True)
+        for h in data["hosts"]:
+            if "podCIDR" not in h and h["name"] in pinned:
+                h["podCIDR"] = pinned[h["name"]]
+        return Cluster.model_validate({**data, "source": self.source})
 
 
 def _split_host_port(ep: str) -> tuple[str, str, int | None]:

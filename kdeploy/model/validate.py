@@ -155,23 +155,37 @@ def check_cluster(c: Cluster, line_for: Callable[[tuple], int | None] = lambda p
             err(("spec", "network", "nodeCIDRMaskSize"),
                 f"node CIDR mask /{mask} does not fit in the pod CIDR {pod}",
                 f"use a mask between /{pod.prefixlen + 1} and /{pod.max_prefixlen - 2}")
-        else:
-            capacity = 2 ** (mask - pod.prefixlen)
-            if capacity < len(c.hosts):
-                err(("spec", "network", "podCIDR"),
-                    f"pod CIDR {pod} with /{mask} per node has room for {capacity} nodes, "
-                    f"the inventory has {len(c.hosts)}",
-                    "use a larger pod CIDR or a larger nodeCIDRMaskSize")
+        explicit: list[tuple[int, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
         for i, h in enumerate(c.hosts):
             if h.pod_cidr:
                 try:
                     hp = ipaddress.ip_network(h.pod_cidr, strict=True)
-                    if not hp.subnet_of(pod):  # type: ignore[arg-type]
-                        err(("hosts", i, "podCIDR"), f"{hp} is not inside the pod CIDR {pod}",
-                            "pick a subnet of spec.network.podCIDR")
                 except (ValueError, TypeError) as e:
                     err(("hosts", i, "podCIDR"), f"invalid pod CIDR '{h.pod_cidr}': {e}",
                         "e.g. 10.244.3.0/24")
+                    continue
+                if hp.version != pod.version or not hp.subnet_of(pod):  # type: ignore[arg-type]
+                    err(("hosts", i, "podCIDR"), f"{hp} is not inside the pod CIDR {pod}",
+                        "pick a subnet of spec.network.podCIDR")
+                    continue
+                for j, other in explicit:
+                    if hp.overlaps(other):
+                        err(("hosts", i, "podCIDR"), f"{hp} overlaps hosts[{j}].podCIDR {other}",
+                            "give every node its own pod CIDR")
+                explicit.append((i, hp))
+        if pod.prefixlen < mask <= pod.max_prefixlen - 2:
+            subnets = 2 ** (mask - pod.prefixlen)
+            taken = _taken_subnets(mask, explicit)
+            capacity = subnets - taken
+            need = sum(1 for h in c.hosts if not h.pod_cidr)
+            if capacity < need:
+                err(("spec", "network", "podCIDR"),
+                    f"pod CIDR {pod} with /{mask} per node has room for {capacity} more nodes, "
+                    f"the inventory has {need} without an explicit podCIDR"
+                    if explicit else
+                    f"pod CIDR {pod} with /{mask} per node has room for {subnets} nodes, "
+                    f"the inventory has {len(c.hosts)}",
+                    "use a larger pod CIDR or a larger nodeCIDRMaskSize")
     for i, ip in host_ips:
         for label, n in (("podCIDR", pod), ("serviceCIDR", svc)):
             if n and ip.version == n.version and ip in n:
@@ -201,6 +215,17 @@ def check_cluster(c: Cluster, line_for: Callable[[tuple], int | None] = lambda p
              "kubelet will run on cgroup v1 hosts (deprecated upstream)",
              "fine for the local lab; move real hosts to cgroup v2")
     return errs, warns
+
+
+def _taken_subnets(mask: int, explicit) -> int:
+    """How many /mask node subnets the explicit per-node CIDRs take (wholly or in part)."""
+    taken: set = set()
+    for _, hp in explicit:
+        if hp.prefixlen >= mask:
+            taken.add(hp.supernet(new_prefix=mask))
+        else:
+            taken.update(hp.subnets(new_prefix=mask))
+    return len(taken)
 
 
 def _dotted(path: tuple) -> str:

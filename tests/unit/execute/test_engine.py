@@ -158,3 +158,17 @@ def test_restart_caused_in_an_earlier_phase_survives_a_failure_in_between(inv, t
     p = plan(dep.desired, observed)
     assert {(c.kind, c.target) for c in p.changes} == {
         ("unit-restart", "kubelet"), ("unit-restart", "containerd")}
+
+
+def test_pod_cidrs_stay_put_when_a_host_is_removed(inv):
+    cluster, _ = load_inventory(inv)
+    first = run.prepare(cluster, need_artifacts=False).cluster.node_pod_cidrs
+    assert first == {"cp1": "10.244.0.0/24", "worker1": "10.244.1.0/24", "worker2": "10.244.2.0/24"}
+    # worker1 leaves, a new worker3 joins: worker2 keeps its subnet, worker3 gets a free one
+    text = inv.read_text().replace("  - name: worker1\n    address: 192.0.2.21\n    roles: [worker]\n", "")
+    text += "  - name: worker3\n    address: 192.0.2.23\n    roles: [worker]\n"
+    inv.write_text(text)
+    cluster2, _ = load_inventory(inv)
+    again = run.prepare(cluster2, need_artifacts=False).cluster.node_pod_cidrs
+    assert again["worker2"] == "10.244.2.0/24" and again["cp1"] == "10.244.0.0/24"
+    assert again["worker3"] not in ("10.244.0.0/24", "10.244.2.0/24")

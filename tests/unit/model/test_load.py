@@ -225,3 +225,13 @@ def test_mutated_valid_inventory_gives_kdeploy_error(write_inv, patch):
         load_inventory(write_inv(doc(**patch)))
     except KdeployError:
         pass
+
+
+def test_explicit_pod_cidrs_must_not_overlap_and_count_against_capacity(write_inv):
+    e = error_of(write_inv, doc(hosts__0__podCIDR="10.244.5.0/24", hosts__1__podCIDR="10.244.5.0/24"))
+    assert "overlaps hosts[0].podCIDR" in e.message
+    # a /23 pod range: one explicit /24 leaves room for one more node, not two
+    three = doc(spec__network__podCIDR="10.244.0.0/23", hosts__0__podCIDR="10.244.0.0/24")
+    three = three.replace("hosts:\n", "hosts:\n- {name: w2, address: 192.0.2.12, roles: [worker]}\n")
+    e = error_of(write_inv, three)
+    assert "room for 1 more nodes" in e.message
