@@ -45,12 +45,13 @@ def register(app: typer.Typer) -> None:
         observed: dict = {}
         if not offline:
             transports, failed = connect(cluster, factory=factory_for(transport))
-            if failed and transports:
+            documentation_only = all("documentation address" in e.message for e in failed.values())
+            if failed and (transports or not documentation_only):
                 close_all(transports)
                 raise UnreachableHosts(failed)
             if failed:
-                err_console.print("[yellow]no host reachable: planning against bare hosts "
-                                  "(everything to create)[/yellow]")
+                err_console.print("[yellow]every host has a documentation address: planning "
+                                  "against bare hosts (everything to create)[/yellow]")
             else:
                 try:
                     _, observed = gather(dep, transports)

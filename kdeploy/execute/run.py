@@ -172,13 +172,9 @@ class RunRecord:
 
 
 def write_admin_kubeconfig(dep: Deployment) -> Path:
+    from kdeploy.pki.crypto import write_atomic
     path = dep.state_dir / "admin.conf"
-    data = dep.pki.admin_kubeconfig()
-    tmp = path.with_name(".admin.conf.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    write_atomic(path, dep.pki.admin_kubeconfig(), 0o600)
     return path
 
 

@@ -15,16 +15,23 @@ def is_documentation_address(address: str) -> bool:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return address.endswith((".example", ".example.com", ".example.org", ".test", ".invalid"))
-    return any(ip in n for n in DOC_NETS)
+    if getattr(ip, "ipv4_mapped", None):
+        ip = ip.ipv4_mapped
+    return any(ip.version == n.version and ip in n for n in DOC_NETS)
 
 
 def connect(cluster, *, factory=None):
     """({name: transport}, {name: error}); documentation addresses fail without any traffic."""
     from kdeploy.transport.pool import connect_each, ssh_factory
     factory = factory or ssh_factory
-    doc = {h.name: TransportError(f"host {h.name} ({h.address}): a documentation address, never "
-                                  "connected to", "use the host's real address")
-           for h in cluster.hosts if is_documentation_address(h.address)}
+    doc = {}
+    for h in cluster.hosts:
+        bastion = cluster.ssh_for(h).bastion
+        for what, addr in (("", h.address), ("bastion ", bastion.address if bastion else None)):
+            if addr and is_documentation_address(addr):
+                doc[h.name] = TransportError(
+                    f"host {h.name}: {what}{addr} is a documentation address, never connected to",
+                    "use the real address")
     rest = [h for h in cluster.hosts if h.name not in doc]
     ok, failed = connect_each(cluster, rest, factory=factory) if rest else ({}, {})
     failed.update(doc)

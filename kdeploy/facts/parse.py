@@ -30,7 +30,7 @@ for p in @PATHS@; do
   echo "$h  $p"; echo "$h $k $p" >> "$N"
 done
 if [ "$N" != /dev/null ]; then  # keep the entries of paths not looked at this time
-  [ -f "$C" ] && awk 'NR==FNR {s[$5]=1; next} !($5 in s)' "$N" "$C" > "$N.o" && cat "$N.o" >> "$N"
+  [ -f "$C" ] && awk 'FILENAME==ARGV[1] {s[$5]=1; next} !($5 in s)' "$N" "$C" > "$N.o" && cat "$N.o" >> "$N"
   rm -f "$N.o"; mv -f "$N" "$C"
 fi
 """ % SHA_CACHE

@@ -24,6 +24,9 @@ GROUPS = {
 
 def load_ansible(path: Path) -> dict[str, Any]:
     """Return the kdeploy document (dict) equivalent to the Ansible inventory at path."""
+    # only the static parsers: an executable inventory (the script plugin) must never run
+    # during validate/render/plan, and no plugin may reach out to a network service
+    os.environ["ANSIBLE_INVENTORY_ENABLED"] = "ini,yaml"
     os.environ.setdefault("ANSIBLE_LOCALHOST_WARNING", "False")
     os.environ.setdefault("ANSIBLE_INVENTORY_UNPARSED_WARNING", "False")
     try:

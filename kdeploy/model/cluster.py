@@ -277,5 +277,5 @@ def _split_host_port(ep: str) -> tuple[str, str, int | None]:
         return host, ":", int(port) if port else None
     if ep.count(":") == 1:
         host, _, port = ep.partition(":")
-        return host, ":", int(port) if port.isdigit() else None
+        return host, ":", int(port) if port.isdigit() else None  # None: validation refuses it
     return ep, "", None

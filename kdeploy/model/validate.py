@@ -199,8 +199,8 @@ def check_cluster(c: Cluster, line_for: Callable[[tuple], int | None] = lambda p
     if ep:
         from kdeploy.model.cluster import _split_host_port
         try:
-            host, _, _ = _split_host_port(ep)
-            if not host:
+            host, sep, port = _split_host_port(ep)
+            if not host or (sep and (port is None or not 1 <= port <= 65535)):
                 raise ValueError
             try:
                 ipaddress.ip_address(host)

@@ -118,12 +118,23 @@ def _diff(path: str, old: bytes | None, new: bytes) -> str | None:
                                         f"b{path}", n=2))
 
 
+def _drift(st: FileState, mode: int, owner: str, group: str) -> str:
+    """What differs in mode/owner/group ('' when nothing); unknown observed values don't count."""
+    out = []
+    if st.mode is not None and st.mode != mode:
+        out.append(f"mode {oct(st.mode)} -> {oct(mode)}")
+    if st.owner is not None and st.owner != owner:
+        out.append(f"owner {st.owner} -> {owner}")
+    if st.group is not None and st.group != group:
+        out.append(f"group {st.group} -> {group}")
+    return ", ".join(out)
+
+
 def plan_host(res: HostResources, obs: Observed) -> list[Change]:
     host = res.host
     changes: list[Change] = []
     # units to restart: name -> reason (first cause wins); started units are not restarted too
     restart: dict[str, str] = {}
-    units_changed: set[str] = set()
 
     def consequence(restarts: Iterable[str], cause: str, run: Iterable[tuple[str, ...]], phase: str):
         for u in restarts:
@@ -140,12 +151,8 @@ def plan_host(res: HostResources, obs: Observed) -> list[Change]:
             changes.append(Change(host, f.phase, "file", f.path, action, diff=diff, secret=f.secret,
                                   old_sha256=st.sha256 if st else None, new_sha256=f.sha256))
             consequence(f.restarts, f.path, f.run_on_change, f.phase)
-            if f.path.endswith((".service", ".socket", ".timer")) or "/systemd/system/" in f.path:
-                units_changed.add(f.path.rsplit("/", 1)[-1])
-        elif (st.mode is not None and st.mode != f.mode) or (
-                st.owner is not None and st.owner != f.owner):
-            changes.append(Change(host, f.phase, "mode", f.path, "update",
-                                  f"mode {oct(st.mode or 0)} -> {oct(f.mode)}", secret=f.secret))
+        elif drift := _drift(st, f.mode, f.owner, f.group):
+            changes.append(Change(host, f.phase, "mode", f.path, "update", drift, secret=f.secret))
 
     for b in res.blocks:
         old = obs.contents.get(b.path, b"").decode(errors="replace")
@@ -161,9 +168,8 @@ def plan_host(res: HostResources, obs: Observed) -> list[Change]:
             changes.append(Change(host, bn.phase, "binary", bn.path, "create" if st is None else "update",
                                   old_sha256=st.sha256 if st else None, new_sha256=bn.sha256))
             consequence(bn.restarts, bn.path, bn.run_on_change, bn.phase)
-        elif st.mode is not None and st.mode != bn.mode:
-            changes.append(Change(host, bn.phase, "mode", bn.path, "update",
-                                  f"mode {oct(st.mode)} -> {oct(bn.mode)}"))
+        elif drift := _drift(st, bn.mode, "root", "root"):
+            changes.append(Change(host, bn.phase, "mode", bn.path, "update", drift))
 
     unit_phase = {u.name: u.phase for u in res.units}
     for u in res.units:

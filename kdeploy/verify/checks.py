@@ -200,7 +200,8 @@ class Verifier:
                                              "--print-value-only"), check=False)
         raw = r.stdout
         ok = raw.startswith(b"k8s:enc:") and b"kdeploy-verify-plaintext-marker" not in raw
-        return ok, (raw[:len(b"k8s:enc:aescbc:v1:")].decode(errors="replace") + "... (encrypted)"
+        prefix = b":".join(raw.split(b":")[:3]) + b":" if ok else b""  # k8s:enc:<provider>:
+        return ok, (prefix.decode(errors="replace") + "... (encrypted)"
                     if ok else f"stored value starts with {raw[:24]!r}")
 
     CHECKS = (
@@ -223,6 +224,8 @@ class Verifier:
                 ok, detail = getattr(self, meth)()
             except KdeployError as e:
                 ok, detail = False, e.message
+            except (ValueError, KeyError, IndexError, TypeError) as e:  # unexpected API output
+                ok, detail = False, f"unexpected answer: {type(e).__name__}: {e}"
             r = CheckResult(name, ok, detail, round(time.monotonic() - t0, 2))
             on_result(r)
             out.append(r)

@@ -172,3 +172,14 @@ def test_pod_cidrs_stay_put_when_a_host_is_removed(inv):
     again = run.prepare(cluster2, need_artifacts=False).cluster.node_pod_cidrs
     assert again["worker2"] == "10.244.2.0/24" and again["cp1"] == "10.244.0.0/24"
     assert again["worker3"] not in ("10.244.0.0/24", "10.244.2.0/24")
+
+
+def test_documentation_bastion_or_mapped_address_is_never_dialled(inv):
+    from kdeploy.execute.session import is_documentation_address
+    assert is_documentation_address("::ffff:192.0.2.10") and not is_documentation_address("10.0.0.1")
+    inv.write_text(inv.read_text().replace("  ssh:\n    user: root\n",
+                                           "  ssh:\n    user: root\n    bastion: {address: 203.0.113.9}\n"))
+    cluster, _ = load_inventory(inv)
+    called = []
+    ok, failed = connect(cluster, factory=lambda c, h: called.append(h) or None)
+    assert not called and "bastion 203.0.113.9" in failed["cp1"].message

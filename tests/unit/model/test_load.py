@@ -235,3 +235,18 @@ def test_explicit_pod_cidrs_must_not_overlap_and_count_against_capacity(write_in
     three = three.replace("hosts:\n", "hosts:\n- {name: w2, address: 192.0.2.12, roles: [worker]}\n")
     e = error_of(write_inv, three)
     assert "room for 1 more nodes" in e.message
+
+
+@pytest.mark.parametrize("endpoint", ["api.example.test:abc", "192.0.2.10:99999", ":6443"])
+def test_bad_endpoint_port(write_inv, endpoint):
+    e = error_of(write_inv, doc(spec__controlPlane={"endpoint": endpoint}))
+    assert "spec.controlPlane.endpoint" in e.message
+
+
+def test_executable_ansible_inventory_is_never_run(write_inv, tmp_path):
+    marker = tmp_path / "ran"
+    p = write_inv(f"#!/bin/sh\ntouch {marker}\necho '{{}}'\n", "inv.sh")
+    p.chmod(0o755)
+    with pytest.raises(KdeployError):
+        load_inventory(p)
+    assert not marker.exists()
