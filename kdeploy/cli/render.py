@@ -8,7 +8,6 @@ alone. Secret files are written 0600. Never opens a network connection.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -27,35 +26,26 @@ NoPkiOpt = Annotated[bool, typer.Option(
 
 
 def _write(root: Path, host: str, path: str, content: bytes, mode: int) -> None:
-    dest = root / host / path.lstrip("/")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, content)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, dest)
+    from kdeploy.pki.crypto import write_atomic
+    write_atomic(root / host / path.lstrip("/"), content, mode)
 
 
 def render_command(inventory: InventoryOpt, output: OutOpt, state_dir: StateDirOpt = None,
                    no_pki: NoPkiOpt = False) -> None:
     """Render every host's files into DIR/<host>/<path> (PKI included unless --no-pki)."""
-    from kdeploy.render import addons_host, render_addons, render_host
+    from kdeploy.execute.run import pin_pod_cidrs, state_dir_for
+    from kdeploy.pki import ensure_pki
+    from kdeploy.plan.desired import desired_state
+    from kdeploy.plan.planner import render_block
 
     cluster = load(inventory)
     pki = None
-    if not no_pki:
-        try:
-            from kdeploy.pki import ensure_pki
-        except ImportError:  # pragma: no cover - only while the PKI package is incomplete
-            typer.secho("warning: kdeploy.pki is not available: rendering without PKI files",
-                        fg="yellow", err=True)
-        else:
-            pki = ensure_pki(cluster, state_dir)
-            for w in getattr(pki, "warnings", ()):
-                typer.secho(f"warning: {w}", fg="yellow", err=True)
+    if not no_pki:  # exactly what `kdeploy up` would place: same pod CIDRs, same PKI
+        state = state_dir or state_dir_for(cluster)
+        cluster = pin_pod_cidrs(cluster, state)
+        pki = ensure_pki(cluster, state)
+        for w in getattr(pki, "warnings", ()):
+            typer.secho(f"warning: {w}", fg="yellow", err=True)
     try:
         output.mkdir(parents=True, exist_ok=True)
         if pki is not None:
@@ -64,28 +54,17 @@ def render_command(inventory: InventoryOpt, output: OutOpt, state_dir: StateDirO
         raise KdeployError(f"cannot create output directory {output}: {e.strerror}",
                            "pass a writable directory with -o") from None
 
-    first_cp = addons_host(cluster)
-    addons = render_addons(cluster)
     rows: list[tuple[str, int, int, int]] = []
     try:
-        for host in cluster.hosts:
-            res = render_host(cluster, host)
-            files = list(res.files)
-            n_pki = 0
-            if pki is not None:
-                pki_files = pki.files_for(host)
-                n_pki = len(pki_files)
-                files += pki_files
-            n_addons = 0
-            if host.name == first_cp:
-                files += addons
-                n_addons = len(addons)
-            for f in files:
-                _write(output, host.name, f.path, f.content, 0o600 if f.secret else (f.mode & 0o777))
-            for b in res.blocks:
-                text = f"# BEGIN {b.marker}\n{b.content}# END {b.marker}\n"
-                _write(output, host.name, b.path, text.encode(), 0o644)
-            rows.append((host.name, len(res.files) + len(res.blocks), n_pki, n_addons))
+        for name, res in desired_state(cluster, pki=pki).items():
+            for f in res.files:
+                _write(output, name, f.path, f.content, 0o600 if f.secret else (f.mode & 0o777))
+            for b in res.blocks:  # the block as `kdeploy up` writes it into the host's file
+                _write(output, name, b.path, render_block(b).encode(), 0o644)
+            n_secret = sum(f.secret for f in res.files)
+            n_addons = sum(f.phase == "addons" for f in res.files)
+            rows.append((name, len(res.files) + len(res.blocks) - n_secret - n_addons, n_secret,
+                         n_addons))
     except OSError as e:
         raise KdeployError(f"cannot write into {output}: {e.strerror} ({e.filename})",
                            "pass a writable directory with -o") from None
@@ -93,9 +72,9 @@ def render_command(inventory: InventoryOpt, output: OutOpt, state_dir: StateDirO
     typer.echo(f"rendered {cluster.name} into {output}"
                + ("" if pki is not None else " (without PKI files)"))
     width = max(len(r[0]) for r in rows)
-    typer.echo(f"  {'HOST':<{width}}  FILES  PKI  ADDONS  TOTAL")
+    typer.echo(f"  {'HOST':<{width}}  FILES  SECRETS  ADDONS  TOTAL")
     for name, n, p, a in rows:
-        typer.echo(f"  {name:<{width}}  {n:>5}  {p:>3}  {a:>6}  {n + p + a:>5}")
+        typer.echo(f"  {name:<{width}}  {n:>5}  {p:>7}  {a:>6}  {n + p + a:>5}")
     total = sum(r[1] + r[2] + r[3] for r in rows)
     typer.echo(f"  {len(rows)} hosts, {total} files")
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import typer
 
 from kdeploy.cli.common import InventoryOpt, JsonOpt, load
-from kdeploy.cli.plan import ArtifactsOpt, TransportOpt, factory_for
+from kdeploy.cli.plan import TransportOpt, factory_for
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def verify(inventory: InventoryOpt, artifacts: ArtifactsOpt = None, as_json: JsonOpt = False,
+    def verify(inventory: InventoryOpt, as_json: JsonOpt = False,
                transport: TransportOpt = "ssh") -> None:
         """Check the live cluster: units, etcd, apiserver, nodes, pods, networking, DNS, security."""
         from kdeploy.cli.up import _verify
@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         from kdeploy.transport.pool import UnreachableHosts, close_all
 
         cluster = load(inventory, quiet=as_json)
-        dep = run.prepare(cluster, artifacts_dir=artifacts, need_artifacts=False)
+        dep = run.prepare(cluster, need_artifacts=False)
         transports, failed = connect(cluster, factory=factory_for(transport))
         if failed:
             close_all(transports)

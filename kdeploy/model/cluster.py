@@ -80,10 +80,6 @@ class Host(_Base):
     def has(self, role: Role | str) -> bool:
         return Role(role) in self.roles
 
-    @property
-    def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        return ipaddress.ip_address(self.address)
-
 
 class Metadata(_Base):
     name: str = "kubernetes"

@@ -3,7 +3,6 @@
 Pure given its inputs (cluster, a loaded PKI, resolved artifacts)."""
 from __future__ import annotations
 
-import shlex
 from dataclasses import replace
 from typing import Iterable
 
@@ -56,8 +55,8 @@ def _addon_files(cluster: Cluster) -> list[File]:
 
 
 def desired_state(cluster: Cluster, *, pki=None, artifacts=None) -> dict[str, HostResources]:
-    from kdeploy.render import render_host
-    first_cp = cluster.control_plane[0].name
+    from kdeploy.render import addons_host, render_host
+    first_cp = addons_host(cluster)
     addons = _addon_files(cluster)
     out: dict[str, HostResources] = {}
     for host in cluster.hosts:
@@ -73,7 +72,3 @@ def desired_state(cluster: Cluster, *, pki=None, artifacts=None) -> dict[str, Ho
 
 def roles_of(cluster: Cluster) -> dict[str, set[str]]:
     return {h.name: {r.value for r in h.roles} | {"node"} for h in cluster.hosts}
-
-
-def quoted(argv: Iterable[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)

@@ -34,7 +34,7 @@ def test_render_writes_every_host(tmp_path, no_network):
     assert (cp1 / "etc/kubernetes/addons/10-coredns.yaml").is_file()
     assert not (out / "worker1/etc/kubernetes/addons").exists()
     assert not (out / "worker1/etc/systemd/system/etcd.service").exists()
-    assert (out / "worker1/etc/hosts").read_text().startswith("# BEGIN kdeploy\n")
+    assert (out / "worker1/etc/hosts").read_text().startswith("# BEGIN kdeploy (managed by kdeploy)\n")
     key = cp1 / "etc/kubernetes/pki/apiserver.key"
     assert key.is_file() and stat.S_IMODE(key.stat().st_mode) == 0o600
     assert (out / "worker1/var/lib/kubelet/pki/kubelet.crt").is_file()
