@@ -44,6 +44,23 @@ def binaries_for(host, artifacts) -> tuple[Binary, ...]:
     return tuple(sorted(out, key=lambda b: b.path))
 
 
+NODE_LABELS = f"{defaults.K8S_DIR}/addons/90-node-labels.sh"
+
+
+def _node_labels(cluster: Cluster, rendered: dict[str, HostResources]) -> File:
+    from kdeploy.render.env import render
+    nodes = []
+    for h in cluster.hosts:
+        labels = dict(rendered[h.name].extra.get("api_labels", {}))
+        if h.has(Role.worker):
+            labels["node-role.kubernetes.io/worker"] = ""
+        if labels:
+            nodes.append({"name": h.name, "labels": labels})
+    text = render("addons/node-labels.sh.j2", {"cluster_name": cluster.name, "nodes": nodes,
+                                                "kubectl": " ".join(KUBECTL_ADMIN)})
+    return File(NODE_LABELS, text.encode(), "addons", mode=0o755, run_on_change=(("sh", NODE_LABELS),))
+
+
 def _addon_files(cluster: Cluster) -> list[File]:
     from kdeploy.render import render_addons
     out = []
@@ -57,10 +74,11 @@ def _addon_files(cluster: Cluster) -> list[File]:
 def desired_state(cluster: Cluster, *, pki=None, artifacts=None) -> dict[str, HostResources]:
     from kdeploy.render import addons_host, render_host
     first_cp = addons_host(cluster)
-    addons = _addon_files(cluster)
+    rendered = {h.name: render_host(cluster, h) for h in cluster.hosts}
+    addons = _addon_files(cluster) + [_node_labels(cluster, rendered)]
     out: dict[str, HostResources] = {}
     for host in cluster.hosts:
-        base = render_host(cluster, host)
+        base = rendered[host.name]
         files = list(base.files)
         if pki is not None:
             files += pki.files_for(host)

@@ -85,6 +85,7 @@ class Verifier:
 
     def nodes_ready(self) -> tuple[bool, str]:
         want = {h.name for h in self.c.hosts}
+        roles = {h.name: [r for r in ("control-plane", "worker") if h.has(r)] for h in self.c.hosts}
 
         def probe():
             raw = self.kubectl("get", "nodes", "-o", "json", check=False)
@@ -92,15 +93,22 @@ class Verifier:
                 items = json.loads(raw)["items"]
             except (ValueError, KeyError):
                 return False, raw[-200:]
-            ready, versions = set(), set()
+            ready, versions, unlabelled = set(), set(), []
             for n in items:
+                labels = n["metadata"].get("labels", {})
+                name = n["metadata"]["name"]
+                if name in roles and not all(f"node-role.kubernetes.io/{r}" in labels
+                                             for r in roles[name]):
+                    unlabelled.append(name)
                 conds = {c["type"]: c["status"] for c in n["status"].get("conditions", [])}
                 if conds.get("Ready") == "True":
                     ready.add(n["metadata"]["name"])
                 versions.add(n["status"]["nodeInfo"]["kubeletVersion"])
             expect = f"v{self.c.version}"
-            if ready >= want and versions == {expect}:
-                return True, f"{len(ready)}/{len(want)} Ready, kubelet {expect}"
+            if ready >= want and versions == {expect} and not unlabelled:
+                return True, f"{len(ready)}/{len(want)} Ready, kubelet {expect}, role labels set"
+            if unlabelled:
+                return False, f"nodes without their role label: {', '.join(sorted(unlabelled))}"
             return False, f"Ready: {sorted(ready)}; expected {sorted(want)} at {expect}; seen {sorted(versions)}"
         return self._until(probe)
 

@@ -85,7 +85,8 @@ def test_up_verify_then_add_a_worker_then_noop_and_clean_plan(three):
     old_nodes = [e for e in evs if e.get("event") == "change" and e["host"] in ("m1", "m2")]
     touched = {e["target"] for e in old_nodes}
     assert touched <= {"/etc/hosts", "/etc/systemd/system/kdeploy-pod-routes.service",
-                       "kdeploy-pod-routes", "systemctl daemon-reload"}, touched
+                       "kdeploy-pod-routes", "/etc/kubernetes/addons/90-node-labels.sh",
+                       "sh /etc/kubernetes/addons/90-node-labels.sh"}, touched
     assert any(e.get("event") == "change" and e["host"] == "m3" for e in evs)
     checks = [e for e in evs if e.get("event") == "check"]
     assert checks and all(c["ok"] for c in checks), checks

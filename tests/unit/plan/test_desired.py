@@ -31,5 +31,8 @@ def test_addons_only_on_the_first_control_plane_host(tmp_path):
     desired = desired_state(cluster, pki=ensure_pki(cluster))
     with_addons = [h for h, r in desired.items() if any(f.phase == "addons" for f in r.files)]
     assert with_addons == ["cp1"]
-    applies = [f.run_on_change for f in desired["cp1"].files if f.phase == "addons"]
-    assert all(a and a[0][-3:-1] == ("apply", "-f") for a in applies)
+    addons = {f.path: f.run_on_change for f in desired["cp1"].files if f.phase == "addons"}
+    assert all(run[0][-3:-1] == ("apply", "-f") for p, run in addons.items() if p.endswith(".yaml"))
+    labels = next(f for f in desired["cp1"].files if f.path.endswith("node-labels.sh")).content.decode()
+    assert "label node cp2 --overwrite node-role.kubernetes.io/control-plane=" in labels
+    assert "label node worker3 --overwrite node-role.kubernetes.io/worker=" in labels
