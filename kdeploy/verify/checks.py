@@ -134,8 +134,11 @@ class Verifier:
         ok, detail = self._until(lambda: self._rollout())
         if not ok:
             return ok, detail
-        pods = json.loads(self.kubectl("get", "pods", "-n", NAMESPACE, "-l", "app=web", "-o", "json"))["items"]
-        nodes = {p["spec"].get("nodeName") for p in pods}
+        pods = [p for p in json.loads(self.kubectl("get", "pods", "-n", NAMESPACE, "-l", "app=web",
+                                                   "-o", "json"))["items"]
+                if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+        node_of = {p["metadata"]["name"]: p["spec"].get("nodeName") for p in pods}
+        nodes = set(node_of.values())
         # from each pod, through the Service's DNS name: reaches pods on other nodes too
         svc = f"web.{NAMESPACE}.svc.{self.c.spec.network.cluster_domain}"
         src = pods[0]["metadata"]["name"]
@@ -150,7 +153,9 @@ class Verifier:
                 seen.update(json.loads(raw).get("responses") or [])
             except ValueError:
                 return False, raw[-200:]
-            return len(seen) >= min(2, len(pods)), f"responses from {sorted(seen)}"
+            answered = {node_of.get(p) for p in seen}
+            return (len(answered) >= min(2, len(self.c.workers)),
+                    f"answers from {len(seen)} pods on nodes {sorted(n for n in answered if n)}")
         ok, detail = self._until(dial, 90)
         return ok, (f"{len(pods)} pods on {len(nodes)} nodes; pod {src} -> Service {svc}: "
                     f"{detail}")
