@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-
-def inventory(n: int) -> dict:
-    hosts = [{"name": f"cp{i}", "address": f"cp{i}.example.test", "roles": ["control-plane", "etcd"]}
-             for i in range(1, 4)]
-    hosts += [{"name": f"node-{i:04d}", "address": f"node-{i:04d}.example.test", "roles": ["worker"]}
-              for i in range(n - 3)]
-    return {"apiVersion": "kdeploy.io/v1alpha1", "kind": "Cluster", "metadata": {"name": "bench"},
-            "spec": {"network": {"podCIDR": "10.0.0.0/12", "serviceCIDR": "10.96.0.0/12"}},
-            "hosts": hosts}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from render import inventory  # noqa: E402  (bench/render.py: hosts on documentation addresses)
 
 
 def median_of(fn, runs: int) -> tuple[float, object]:

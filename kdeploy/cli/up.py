@@ -14,7 +14,7 @@ from kdeploy.cli.plan import ArtifactsOpt, TransportOpt, factory_for
 
 def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool,
         verify: bool, arch: str, transport: str = "ssh") -> None:
-    from kdeploy.cli.output import checks_table, console, progress_printer, show_plan
+    from kdeploy.cli.output import console, progress_printer, show_plan
     from kdeploy.errors import ApplyError, VerifyError
     from kdeploy.execute import run
     from kdeploy.execute.session import connect

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,14 +11,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping
 
-from kdeploy.errors import KdeployError, PreflightError
+from kdeploy.errors import PreflightError
 from kdeploy.execute import journal
 from kdeploy.execute.engine import Engine, Gate
 from kdeploy.execute.preflight import check_all, ports_for
 from kdeploy.model import Cluster, defaults
 from kdeploy.pki import paths
 from kdeploy.plan.desired import desired_state, roles_of
-from kdeploy.plan.planner import FileState, Observed, Plan, plan
+from kdeploy.plan.planner import FileState, Observed, Plan
 from kdeploy.plan.resources import HostResources
 
 GATES = (

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from kdeploy.model import defaults
-from kdeploy.model.cluster import Cluster, Role
+from kdeploy.model.cluster import Cluster
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)$")

@@ -12,7 +12,7 @@ import shlex
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Mapping
 
-from kdeploy.plan.resources import PHASES, Binary, Block, File, HostResources, Unit
+from kdeploy.plan.resources import PHASES, Block, HostResources
 
 BLOCK_BEGIN = "# BEGIN {marker} (managed by kdeploy)"
 BLOCK_END = "# END {marker}"

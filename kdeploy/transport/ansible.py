@@ -53,8 +53,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from kdeploy.errors import KdeployError, TransportError
 from kdeploy.transport.base import (
-    ssh_kwargs,
-    CommandResult, check_abs, check_result, display, stderr_tail, sudo_needs_password,
+    CommandResult, check_abs, check_result, display, ssh_kwargs, stderr_tail,
 )
 
 log = logging.getLogger("kdeploy.transport.ansible")

@@ -194,3 +194,11 @@ def ssh_kwargs(cluster, host) -> tuple[str, str, dict]:
         known_hosts_file=path(s.known_hosts_file),
         strict_host_key_checking=s.strict_host_key_checking, netns=s.netns, bastion=bastion,
         sudo=s.sudo)
+
+
+def sudo_get(t, path: str) -> bytes | None:
+    """`get` through sudo (cat as root): None when the file does not exist."""
+    res = t.run(get_script(path), check=False)
+    if res.rc == RC_MISSING:
+        return None
+    return check_result(t.host, res, sudo=True).stdout

@@ -20,7 +20,8 @@ from typing import Sequence
 
 from kdeploy.errors import TransportError
 from kdeploy.transport.base import (
-    RC_MISSING, CommandResult, check_abs, check_result, display, get_script, install_script,
+    sudo_get,
+    CommandResult, check_abs, check_result, display, install_script,
     tmp_path_for,
 )
 
@@ -148,10 +149,7 @@ class LocalTransport:
     def get(self, path: str) -> bytes | None:
         path = check_abs(self.host, path)
         if self.sudo:
-            res = self.run(get_script(path), check=False)
-            if res.rc == RC_MISSING:
-                return None
-            return check_result(self.host, res, sudo=True).stdout
+            return sudo_get(self, path)
         try:
             with open(path, "rb") as f:
                 return f.read()

@@ -40,8 +40,8 @@ from paramiko.sftp_file import SFTPFile
 from kdeploy.errors import KdeployError, TransportError
 from kdeploy.netns import connect_in_netns
 from kdeploy.transport.base import (
-    ssh_kwargs,
-    RC_MISSING, CommandResult, check_abs, check_result, command_line, display, get_script,
+    ssh_kwargs, sudo_get,
+    CommandResult, check_abs, check_result, command_line, display,
     install_script, tmp_path_for,
 )
 
@@ -146,7 +146,7 @@ class SSHTransport:
         except KdeployError:
             raise
         except (ConnectionRefusedError, ConnectionResetError) as e:
-            raise _Transient(f"connection refused" if isinstance(e, ConnectionRefusedError)
+            raise _Transient("connection refused" if isinstance(e, ConnectionRefusedError)
                              else "connection reset") from None
         except (socket.timeout, TimeoutError):
             raise _Transient(f"connection timed out after {self.connect_timeout:g}s") from None
@@ -477,10 +477,7 @@ class SSHTransport:
     def get(self, path: str) -> bytes | None:
         path = check_abs(self.host, path)
         if self.sudo:
-            res = self.run(get_script(path), check=False)
-            if res.rc == RC_MISSING:
-                return None
-            return check_result(self.host, res, sudo=True).stdout
+            return sudo_get(self, path)
         try:
             with self._sftp_lock:
                 sftp = self._sftp_client()
