@@ -222,8 +222,10 @@ class NspawnBackend(Backend):
             if ops.alive(pid, start):
                 ops.kill(pid, signal.SIGKILL)
         # whatever is left in the machines' cgroups (a crashed up, a killed nspawn's payload)
+        # never the shared top dir: other labs' machines live below it
         dirs = [d for m in rec.machines for d in m.cgroups.values()] + [
-            r["path"] for r in rec.resources if r["kind"] == "cgroup"]
+            r["path"] for r in rec.resources
+            if r["kind"] == "cgroup" and os.path.basename(r["path"]) != CGROUP_TOP]
         for _ in range(50):
             pids = {p for d in dirs for p in ops.cgroup_procs(d)}
             if not pids:
@@ -260,6 +262,12 @@ class NspawnBackend(Backend):
                            f"fix the cause and run `kdeploy lab down --name {rec.name}` again")
 
     def _rmdir_cgroup(self, path: str) -> None:
+        if os.path.basename(path) == CGROUP_TOP:  # shared by all labs: only if it is empty
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+            return
         for i in range(20):
             try:
                 self.ops.rmdir_tree(path)

@@ -134,9 +134,14 @@ class Verifier:
         ok, detail = self._until(lambda: self._rollout())
         if not ok:
             return ok, detail
-        pods = [p for p in json.loads(self.kubectl("get", "pods", "-n", NAMESPACE, "-l", "app=web",
-                                                   "-o", "json"))["items"]
-                if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+        pods = self._web_pods()
+        if len({p["spec"].get("nodeName") for p in pods}) < min(2, len(self.c.workers)):
+            # placed before workers joined: spread them again over the nodes there are now
+            self.kubectl("rollout", "restart", "-n", NAMESPACE, "deployment/web")
+            ok, detail = self._until(lambda: self._rollout())
+            if not ok:
+                return ok, detail
+            pods = self._web_pods()
         node_of = {p["metadata"]["name"]: p["spec"].get("nodeName") for p in pods}
         nodes = set(node_of.values())
         # from each pod, through the Service's DNS name: reaches pods on other nodes too
@@ -159,6 +164,12 @@ class Verifier:
         ok, detail = self._until(dial, 90)
         return ok, (f"{len(pods)} pods on {len(nodes)} nodes; pod {src} -> Service {svc}: "
                     f"{detail}")
+
+    def _web_pods(self) -> list[dict]:
+        items = json.loads(self.kubectl("get", "pods", "-n", NAMESPACE, "-l", "app=web", "-o",
+                                        "json"))["items"]
+        return [p for p in items if p["status"].get("phase") == "Running"
+                and not p["metadata"].get("deletionTimestamp")]
 
     def _rollout(self) -> tuple[bool, str]:
         out = self.kubectl("rollout", "status", "-n", NAMESPACE, "deployment/web", "--timeout=5s",

@@ -136,3 +136,23 @@ def test_status(env):
 def test_bad_name():
     with pytest.raises(LabError):
         LabState("Bad_Name")
+
+
+def test_down_of_one_lab_leaves_another_lab_running(tmp_path, monkeypatch):
+    """The first lab creates the shared top cgroup dir; its `down` must not kill what other labs
+    started below it (it did: a recursive walk of the shared dir)."""
+    root = tmp_path / "state"
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    monkeypatch.setattr(api, "ensure_rootfs", lambda log=None: (rootfs, None))
+    ops = FakeOps(tmp_path)
+    be = FakeBackend(ops=ops, poll=0.001)
+    api.up(name="first", output=tmp_path / "a.yaml", backend=be, root=root, log=lambda s: None,
+           masters=1, workers=0)
+    before = set(ops.alive_pids())
+    api.up(name="second", output=tmp_path / "b.yaml", backend=be, root=root, log=lambda s: None,
+           masters=1, workers=0)
+    second = set(ops.alive_pids()) - before
+    assert second
+    api.down(name="first", root=root, backend=be, log=lambda s: None)
+    assert set(ops.alive_pids()) == second
