@@ -257,6 +257,11 @@ class NspawnBackend(Backend):
                     ops.rm_rf(r["path"])
             except (OSError, LabError) as e:
                 problems.append(f"{kind} {r.get('path') or r.get('name')}: {e}")
+        # the shared top dirs, whichever lab created them: removed once no lab is left in them
+        tops = {os.path.dirname(os.path.dirname(d)) for m in rec.machines for d in m.cgroups.values()}
+        for top in sorted(tops):
+            if os.path.basename(top) == CGROUP_TOP:
+                self._rmdir_cgroup(top)
         if problems:
             raise LabError("could not remove everything:\n  " + "\n  ".join(problems),
                            f"fix the cause and run `kdeploy lab down --name {rec.name}` again")
