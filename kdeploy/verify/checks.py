@@ -136,8 +136,10 @@ class Verifier:
             return ok, detail
         pods = self._web_pods()
         if len({p["spec"].get("nodeName") for p in pods}) < min(2, len(self.c.workers)):
-            # placed before workers joined: spread them again over the nodes there are now
-            self.kubectl("rollout", "restart", "-n", NAMESPACE, "deployment/web")
+            # placed before workers joined: recreate them all at once so the spread constraint
+            # sees the nodes there are now (a rolling restart counts the old pods and stacks)
+            self.kubectl("delete", "deployment", "web", "-n", NAMESPACE, "--wait=true", timeout=120)
+            self.kubectl("apply", "-f", "-", input=manifest.encode())
             ok, detail = self._until(lambda: self._rollout())
             if not ok:
                 return ok, detail
