@@ -104,20 +104,16 @@ def _paths_units(res: HostResources) -> tuple[list[str], list[str]]:
 
 
 def gather(dep: Deployment, transports: Mapping) -> tuple[dict, dict[str, Observed]]:
-    """Facts and observed state of every host, in parallel."""
-    from kdeploy.facts import gather as gather_facts
-
-    def one(name: str):
-        t = transports[name]
-        res = dep.desired[name]
-        host = dep.cluster.host(name)
-        p, u = _paths_units(res)
-        facts = gather_facts(t, paths=p, units=u, ports=sorted(ports_for(dep.cluster, host)))
-        return name, facts, observe(t, res, facts)
-
-    with ThreadPoolExecutor(max_workers=min(32, len(transports))) as ex:
-        out = list(ex.map(one, transports))
-    return {n: f for n, f, _ in out}, {n: o for n, _, o in out}
+    """Facts and observed state of every host, in parallel; one error names every failed host."""
+    from kdeploy.facts import gather_all
+    per_host = {n: _paths_units(dep.desired[n]) for n in transports}
+    facts = gather_all(transports, paths={n: p for n, (p, _) in per_host.items()},
+                       units={n: u for n, (_, u) in per_host.items()},
+                       ports={n: sorted(ports_for(dep.cluster, dep.cluster.host(n))) for n in transports})
+    with ThreadPoolExecutor(max_workers=min(32, len(transports) or 1)) as ex:
+        observed = dict(zip(transports, ex.map(
+            lambda n: observe(transports[n], dep.desired[n], facts[n]), transports)))
+    return facts, observed
 
 
 def observe(t, res: HostResources, facts) -> Observed:
