@@ -23,6 +23,8 @@ from kdeploy.plan.resources import PHASES, Binary, Block, File, HostResources
 from kdeploy.transport.base import Transport
 
 Event = dict
+# phases whose members restart one at a time (when they already run), gated per host
+ROLLING_PHASES = ("etcd", "control-plane")
 EventSink = Callable[[Event], None]
 
 
@@ -93,6 +95,9 @@ class Engine:
         return result
 
     def _phase(self, plan: Plan, phase: str, hosts: list[str], pr: PhaseResult) -> None:
+        if phase in ROLLING_PHASES and any(c.kind == "unit-restart" for h in hosts
+                                           for c in plan.for_host_phase(h, phase)):
+            return self._rolling(plan, phase, hosts, pr)
         t0 = time.monotonic()
         self.emit({"event": "phase-start", "phase": phase, "hosts": hosts})
         ex = ThreadPoolExecutor(max_workers=min(self.parallel, len(hosts)))
@@ -113,6 +118,25 @@ class Engine:
         ex.shutdown(wait=True)
         if not pr.failed:
             self._gates(phase, hosts, pr)
+        pr.seconds = time.monotonic() - t0
+        self.emit({"event": "phase-done", "phase": phase, "seconds": round(pr.seconds, 2),
+                   "failed": pr.failed})
+
+    def _rolling(self, plan: Plan, phase: str, hosts: list[str], pr: PhaseResult) -> None:
+        """A running etcd or control plane is changed one host at a time: each host's gate
+        must pass before the next host restarts, so quorum and the API stay up."""
+        t0 = time.monotonic()
+        self.emit({"event": "phase-start", "phase": phase, "hosts": hosts, "rolling": True})
+        for h in hosts:
+            try:
+                self._host_phase(h, phase, plan.for_host_phase(h, phase))
+                pr.changed_hosts.append(h)
+                for g in (g for g in self.gates if g.phase == phase and g.role in self.roles[h]):
+                    self._wait(h, g)
+            except KdeployError as e:
+                pr.failed[h] = e.message
+                self.emit({"event": "host-failed", "phase": phase, "host": h, "error": e.message})
+                break  # never take a second member down while one is unhealthy
         pr.seconds = time.monotonic() - t0
         self.emit({"event": "phase-done", "phase": phase, "seconds": round(pr.seconds, 2),
                    "failed": pr.failed})

@@ -61,11 +61,15 @@ class Verifier:
             states = r.out.split()
             bad = [f"{u}={s}" for u, s in zip(units, states) if s != "active"]
             return name, bad
-        with ThreadPoolExecutor(max_workers=len(self.t)) as ex:
-            res = list(ex.map(one, self.desired))
-        bad = [f"{h}: {', '.join(b)}" for h, b in res if b]
-        n = sum(len(self.desired[h].units) for h in self.desired)
-        return (not bad, "; ".join(bad) if bad else f"{n} units active on {len(res)} hosts")
+        def probe():
+            with ThreadPoolExecutor(max_workers=len(self.t)) as ex:
+                res = list(ex.map(one, self.desired))
+            bad = [f"{h}: {', '.join(b)}" for h, b in res if b]
+            n = sum(len(self.desired[h].units) for h in self.desired)
+            return (not bad, "; ".join(bad) if bad else f"{n} units active on {len(res)} hosts")
+        # a unit may be coming back (a scheduler that lost its lease while its local
+        # apiserver restarted): give it a minute before calling it down
+        return self._until(probe, 60)
 
     def etcd_healthy(self) -> tuple[bool, str]:
         eps = ",".join(f"https://{h.address}:{defaults.ETCD_CLIENT_PORT}" for h in self.c.etcd)

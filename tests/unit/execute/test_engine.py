@@ -183,3 +183,33 @@ def test_documentation_bastion_or_mapped_address_is_never_dialled(inv):
     called = []
     ok, failed = connect(cluster, factory=lambda c, h: called.append(h) or None)
     assert not called and "bastion 203.0.113.9" in failed["cp1"].message
+
+
+def test_running_control_plane_restarts_one_host_at_a_time(tmp_path):
+    """HA: a changed apiserver setting restarts cp1, waits for its /readyz, then cp2, ..."""
+    ha = tmp_path / "ha.yaml"
+    shutil.copy(SAMPLES / "ha.yaml", ha)
+    cluster, _ = load_inventory(ha)
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = fakes_for(cluster, dep)
+    converge(dep, fakes)
+    order = []
+
+    def record(host):
+        def respond(text, _input):
+            if "restart kube-apiserver" in text or "/readyz" in text:
+                order.append((host, "restart" if "restart" in text else "ready"))
+            return None
+        return respond
+    for name in ("cp1", "cp2", "cp3"):
+        fakes[name].responses = record(name)
+    ha.write_text(ha.read_text().replace("extraSANs: [api.example.test]",
+                                         "extraSANs: [api.example.test, api2.example.test]"))
+    cluster2, _ = load_inventory(ha)
+    dep2 = run.prepare(cluster2, need_artifacts=False)
+    events = []
+    _, observed = run.gather(dep2, fakes)
+    run.apply(dep2, fakes, plan(dep2.desired, observed), events.append)
+    assert order == [("cp1", "restart"), ("cp1", "ready"), ("cp2", "restart"), ("cp2", "ready"),
+                     ("cp3", "restart"), ("cp3", "ready")]
+    assert any(e.get("rolling") for e in events if e["event"] == "phase-start")
