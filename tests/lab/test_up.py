@@ -193,5 +193,18 @@ def test_ha_three_control_planes(lab_cluster):
         assert_ok(p2)
         assert any(e.get("event") == "no-changes" for e in evs2)
         print(f"HA no-op re-run: {noop:.1f} s")
+
+        # a new apiserver SAN: the running control plane is rolled one host at a time
+        inv = Path(lab.inventory)
+        inv.write_text(inv.read_text().replace("  network:\n", "  controlPlane:\n"
+                                               "    extraSANs: [api.lab.test]\n  network:\n", 1))
+        p3, evs3, roll = up_json(inv, art)
+        assert_ok(p3)
+        steps = [(e["event"], e["host"]) for e in evs3 if e.get("phase") == "control-plane"
+                 and (e["event"] == "gate" or (e["event"] == "change" and e["kind"] == "unit-restart"))]
+        assert steps == [("change", "m1"), ("gate", "m1"), ("change", "m2"), ("gate", "m2"),
+                         ("change", "m3"), ("gate", "m3")], steps
+        assert all(c["ok"] for c in evs3 if c.get("event") == "check")
+        print(f"HA rolling apiserver change: {roll:.1f} s")
     finally:
         lab.down()
