@@ -32,6 +32,22 @@ def fakes_for(cluster, dep, **kw):
     return out
 
 
+def converged(inv):
+    """(deployment, fake hosts) of the inventory, converged once."""
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = fakes_for(cluster, dep)
+    converge(dep, fakes)
+    return dep, fakes
+
+
+def redeploy(inv, old: str, new: str):
+    """The deployment after editing the inventory text."""
+    inv.write_text(inv.read_text().replace(old, new))
+    cluster, _ = load_inventory(inv)
+    return run.prepare(cluster, need_artifacts=False)
+
+
 def converge(dep, fakes):
     facts, observed = run.gather(dep, fakes)
     run.preflight(dep, facts)
@@ -58,13 +74,8 @@ def test_converge_then_nothing_to_do(inv):
 
 
 def test_changed_setting_touches_only_what_it_needs(inv):
-    cluster, _ = load_inventory(inv)
-    dep = run.prepare(cluster, need_artifacts=False)
-    fakes = fakes_for(cluster, dep)
-    converge(dep, fakes)
-    inv.write_text(inv.read_text().replace("cgroupDriver: systemd", "cgroupDriver: cgroupfs"))
-    cluster2, _ = load_inventory(inv)
-    dep2 = run.prepare(cluster2, need_artifacts=False)
+    dep, fakes = converged(inv)
+    dep2 = redeploy(inv, "cgroupDriver: systemd", "cgroupDriver: cgroupfs")
     _, observed = run.gather(dep2, fakes)
     p = plan(dep2.desired, observed)
     restarted = {(c.host, c.target) for c in p.changes if c.kind == "unit-restart"}
@@ -74,13 +85,8 @@ def test_changed_setting_touches_only_what_it_needs(inv):
 
 
 def test_interrupted_restart_is_finished_by_the_next_run(inv):
-    cluster, _ = load_inventory(inv)
-    dep = run.prepare(cluster, need_artifacts=False)
-    fakes = fakes_for(cluster, dep)
-    converge(dep, fakes)
-    inv.write_text(inv.read_text().replace("mode: iptables", "mode: ipvs"))
-    cluster2, _ = load_inventory(inv)
-    dep2 = run.prepare(cluster2, need_artifacts=False)
+    dep, fakes = converged(inv)
+    dep2 = redeploy(inv, "mode: iptables", "mode: ipvs")
     fail = {r"systemctl restart kube-proxy": CommandResult("x", 1, b"", b"killed\n")}
     fakes["worker2"].responses = fail
     with pytest.raises(KdeployError, match="phase node failed on 1 host"):
