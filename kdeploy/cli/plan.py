@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         """Show, per host and phase, what `kdeploy up` would create, change or restart."""
         from kdeploy.cli.output import console, err_console, show_plan
         from kdeploy.execute.run import gather, prepare
-        from kdeploy.execute.session import connect
+        from kdeploy.execute.session import DocumentationAddress, connect
         from kdeploy.plan.planner import plan as make_plan
         from kdeploy.transport.pool import UnreachableHosts, close_all
 
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         observed: dict = {}
         if not offline:
             transports, failed = connect(cluster, factory=factory_for(transport))
-            documentation_only = all("documentation address" in e.message for e in failed.values())
+            documentation_only = all(isinstance(e, DocumentationAddress) for e in failed.values())
             if failed and (transports or not documentation_only):
                 close_all(transports)
                 raise UnreachableHosts(failed)

@@ -10,6 +10,10 @@ DOC_NETS = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0
                                                    "203.0.113.0/24", "2001:db8::/32"))
 
 
+class DocumentationAddress(TransportError):
+    """A host (or its bastion) has an RFC 5737/3849 address: never dialled."""
+
+
 def is_documentation_address(address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address)
@@ -29,7 +33,7 @@ def connect(cluster, *, factory=None):
         bastion = cluster.ssh_for(h).bastion
         for what, addr in (("", h.address), ("bastion ", bastion.address if bastion else None)):
             if addr and is_documentation_address(addr):
-                doc[h.name] = TransportError(
+                doc[h.name] = DocumentationAddress(
                     f"host {h.name}: {what}{addr} is a documentation address, never connected to",
                     "use the real address")
     rest = [h for h in cluster.hosts if h.name not in doc]

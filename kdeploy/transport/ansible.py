@@ -53,6 +53,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from kdeploy.errors import KdeployError, TransportError
 from kdeploy.transport.base import (
+    upload_source,
     CommandResult, check_abs, check_result, display, ssh_kwargs, stderr_tail,
 )
 
@@ -539,9 +540,7 @@ class AnsibleTransport:
     def put_file(self, path: str, local_path: Path, *, mode: int = 0o755,
                  sha256: str | None = None) -> None:
         path = check_abs(self.host, path)
-        local_path = Path(local_path)
-        if not local_path.is_file():
-            raise self._error(f"local file to upload not found: {local_path}")
+        local_path = upload_source(self.where, local_path)
         if sha256:
             sha256 = sha256.lower()
             h = hashlib.sha256()

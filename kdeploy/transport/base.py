@@ -202,3 +202,12 @@ def sudo_get(t, path: str) -> bytes | None:
     if res.rc == RC_MISSING:
         return None
     return check_result(t.host, res, sudo=True).stdout
+
+
+def upload_source(where: str, local_path) -> Path:
+    """The local file a put_file sends, checked before anything touches the host."""
+    local_path = Path(local_path)
+    if not local_path.is_file():
+        raise TransportError(f"{where}: local file to upload not found: {local_path}",
+                             "check the artifact directory (kdeploy artifacts verify DIR)")
+    return local_path

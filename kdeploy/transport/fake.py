@@ -30,6 +30,7 @@ from typing import Callable, NamedTuple, Sequence
 
 from kdeploy.errors import TransportError
 from kdeploy.transport.base import (
+    upload_source,
     CommandResult, check_abs, check_result, display,
 )
 
@@ -230,9 +231,7 @@ class FakeTransport:
                  sha256: str | None = None) -> None:
         self._reachable()
         path = check_abs(self.host, path)
-        local_path = Path(local_path)
-        if not local_path.is_file():
-            raise TransportError(f"host {self.host}: local file to upload not found: {local_path}")
+        local_path = upload_source(f"host {self.host}", local_path)
         data = local_path.read_bytes()
         if sha256 and hashlib.sha256(data).hexdigest() != sha256.lower():
             raise TransportError(f"host {self.host}: sha256 mismatch for {path} after upload: "

@@ -20,6 +20,7 @@ from typing import Sequence
 
 from kdeploy.errors import TransportError
 from kdeploy.transport.base import (
+    upload_source,
     sudo_get,
     CommandResult, check_abs, check_result, display, install_script,
     tmp_path_for,
@@ -74,9 +75,7 @@ class LocalTransport:
     def put_file(self, path: str, local_path: Path, *, mode: int = 0o755,
                  sha256: str | None = None) -> None:
         path = check_abs(self.host, path)
-        local_path = Path(local_path)
-        if not local_path.is_file():
-            raise TransportError(f"host {self.host}: local file to upload not found: {local_path}")
+        local_path = upload_source(f"host {self.host}", local_path)
 
         def copy(f) -> None:
             with open(local_path, "rb") as src:

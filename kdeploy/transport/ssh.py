@@ -40,6 +40,7 @@ from paramiko.sftp_file import SFTPFile
 from kdeploy.errors import KdeployError, TransportError
 from kdeploy.netns import connect_in_netns
 from kdeploy.transport.base import (
+    upload_source,
     ssh_kwargs, sudo_get,
     CommandResult, check_abs, check_result, command_line, display,
     install_script, tmp_path_for,
@@ -363,9 +364,7 @@ class SSHTransport:
     def put_file(self, path: str, local_path: Path, *, mode: int = 0o755,
                  sha256: str | None = None) -> None:
         path = check_abs(self.host, path)
-        local_path = Path(local_path)
-        if not local_path.is_file():
-            raise TransportError(f"{self.where}: local file to upload not found: {local_path}")
+        local_path = upload_source(self.where, local_path)
         log.debug("%s: put_file %s -> %s", self.where, local_path, path)
         if sha256:
             sha256 = sha256.lower()

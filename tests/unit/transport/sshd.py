@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,3 +121,19 @@ def _wait_listening(s: Sshd, timeout: float = 10) -> None:
             time.sleep(0.05)
     s.stop()
     raise RuntimeError(f"sshd did not listen on {s.port}:\n{s.log()}")
+
+
+@contextmanager
+def sshd_in_netns(d: Path, prefix: str):
+    """A throwaway network namespace (loopback up) with an sshd inside; both removed after."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    s = None
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        s = start_sshd(d, netns=name)
+        yield s
+    finally:
+        if s is not None:
+            s.stop()
+        subprocess.run(["ip", "netns", "del", name], check=True)

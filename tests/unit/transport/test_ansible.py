@@ -11,7 +11,6 @@ import stat
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from kdeploy.transport.ansible import (
 )
 from kdeploy.transport.base import SECRET_DISPLAY, Transport
 
-from .sshd import free_port, keygen, sshd_missing_reason, start_sshd
+from .sshd import free_port, keygen, sshd_in_netns, sshd_missing_reason, start_sshd
 
 try:
     import ansible_runner  # noqa: F401
@@ -348,17 +347,8 @@ def netns_sshd(tmp_path_factory):
         pytest.skip(REAL_REASON)
     if not shutil.which("ip"):
         pytest.skip("iproute2 missing")
-    name = f"kdeploy-ans-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    s = None
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        s = start_sshd(tmp_path_factory.mktemp("ans-nsd"), netns=name)
+    with sshd_in_netns(tmp_path_factory.mktemp("ans-nsd"), "kdeploy-ans") as s:
         yield s
-    finally:
-        if s is not None:
-            s.stop()
-        subprocess.run(["ip", "netns", "del", name], check=True)
 
 
 @real

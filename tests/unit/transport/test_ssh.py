@@ -5,9 +5,7 @@ import logging
 import os
 import shutil
 import stat
-import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import paramiko
@@ -17,7 +15,7 @@ from kdeploy.errors import TransportError
 from kdeploy.transport.base import Transport
 from kdeploy.transport.ssh import SSHTransport, _backoff
 
-from .sshd import free_port, keygen, sshd_missing_reason, start_sshd
+from .sshd import free_port, keygen, sshd_in_netns, sshd_missing_reason, start_sshd
 
 REASON = sshd_missing_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -326,17 +324,8 @@ def test_connect_all_from_inventory_names_unreachable_host(sshd, tmp_path):
 def netns_sshd(tmp_path_factory):
     if not shutil.which("ip"):
         pytest.skip("iproute2 missing")
-    name = f"kdeploy-test-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    s = None
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        s = start_sshd(tmp_path_factory.mktemp("nsd"), netns=name)
+    with sshd_in_netns(tmp_path_factory.mktemp("nsd"), "kdeploy-test") as s:
         yield s
-    finally:
-        if s is not None:
-            s.stop()
-        subprocess.run(["ip", "netns", "del", name], check=True)
 
 
 def test_netns_connect(netns_sshd):
