@@ -16,6 +16,7 @@ from kdeploy.execute import journal
 from kdeploy.execute.engine import Engine, Gate
 from kdeploy.execute.preflight import check_all, ports_for
 from kdeploy.model import Cluster, defaults
+from kdeploy.model.validate import resolve_path
 from kdeploy.pki import paths
 from kdeploy.plan.desired import desired_state, roles_of
 from kdeploy.plan.planner import FileState, Observed, Plan
@@ -57,9 +58,9 @@ def prepare(cluster: Cluster, *, artifacts_dir: Path | None = None, need_artifac
     cluster = pin_pod_cidrs(cluster, state)
     pki = ensure_pki(cluster, state)
     arts: list = []
-    a_dir = artifacts_dir or (Path(cluster.spec.artifacts.dir) if cluster.spec.artifacts.dir else None)
-    if a_dir is not None and not a_dir.is_absolute() and cluster.source and artifacts_dir is None:
-        a_dir = Path(cluster.source).parent / a_dir
+    a_dir = artifacts_dir
+    if a_dir is None and cluster.spec.artifacts.dir:  # relative to the inventory, like key files
+        a_dir = resolve_path(cluster.spec.artifacts.dir, cluster)
     if need_artifacts or a_dir is not None:
         from kdeploy.artifacts import resolve
         arts = resolve(cluster.version, arch, offline_dir=a_dir, mirror=cluster.spec.artifacts.mirror)
@@ -77,20 +78,22 @@ def pin_pod_cidrs(cluster: Cluster, state: Path) -> Cluster:
         saved = json.loads(path.read_text())
     except (FileNotFoundError, ValueError):
         saved = {}
+    if not isinstance(saved, dict):  # a hand-edited file: allocate afresh, never crash
+        saved = {}
     pod = cluster.pod_network
     mask = cluster.spec.network.node_cidr_mask_size
     names = {h.name for h in cluster.hosts}
     explicit = {h.pod_cidr for h in cluster.hosts if h.pod_cidr}
-    keep = {}
+    keep: dict[str, str] = {}
     for name, cidr in saved.items():
         try:
             net = ipaddress.ip_network(cidr)
-        except ValueError:
+        except (ValueError, TypeError):
             continue
         if (name in names and net.version == pod.version and net.subnet_of(pod)
-                and net.prefixlen == mask and not any(net.overlaps(ipaddress.ip_network(e))
-                                                      for e in explicit)):
-            keep[name] = cidr
+                and net.prefixlen == mask and str(net) not in keep.values()
+                and not any(net.overlaps(ipaddress.ip_network(e)) for e in explicit)):
+            keep[name] = str(net)
     pinned = cluster.with_pod_cidrs(keep) if keep else cluster
     current = pinned.node_pod_cidrs
     if current != saved:

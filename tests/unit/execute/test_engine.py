@@ -219,3 +219,14 @@ def test_running_control_plane_restarts_one_host_at_a_time(tmp_path):
     assert order == [("cp1", "restart"), ("cp1", "ready"), ("cp2", "restart"), ("cp2", "ready"),
                      ("cp3", "restart"), ("cp3", "ready")]
     assert any(e.get("rolling") for e in events if e["event"] == "phase-start")
+
+
+def test_a_garbled_pod_cidr_file_is_reallocated_not_a_traceback(inv):
+    cluster, _ = load_inventory(inv)
+    first = run.prepare(cluster, need_artifacts=False)
+    saved = first.state_dir / "pod-cidrs.json"
+    saved.write_text('{"cp1": {"x": 1}, "worker1": "10.244.2.0/24", "worker2": "10.244.2.0/24"}')
+    again = run.prepare(cluster, need_artifacts=False).cluster.node_pod_cidrs
+    assert len(set(again.values())) == 3
+    saved.write_text("[1, 2]")
+    assert run.prepare(cluster, need_artifacts=False).cluster.node_pod_cidrs
