@@ -41,12 +41,7 @@ def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool
         t = time.monotonic()
         facts, observed = run.gather(dep, transports)
         record.write("facts.json", {h: f.to_dict() for h, f in facts.items()})
-        bad_arch = [h for h, f in facts.items() if f.arch != arch]
-        run.preflight(dep, facts)
-        if bad_arch:
-            from kdeploy.errors import PreflightError
-            raise PreflightError(f"hosts {', '.join(bad_arch)} are not {arch}",
-                                 "pass --arch to match the hosts")
+        run.preflight(dep, facts, arch)
         timings["facts + preflight"] = time.monotonic() - t
         p = make_plan(dep.desired, observed)
         record.write("plan.json", p.to_dict())

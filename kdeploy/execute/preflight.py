@@ -24,7 +24,7 @@ def ports_for(cluster: Cluster, host) -> dict[int, str]:
     return out
 
 
-def check_host(cluster: Cluster, host, facts) -> list[str]:
+def check_host(cluster: Cluster, host, facts, arch: str = "amd64") -> list[str]:
     """Every problem of one host, as sentences that say what to do."""
     p: list[str] = []
     if not facts.has_systemd:
@@ -34,6 +34,8 @@ def check_host(cluster: Cluster, host, facts) -> list[str]:
         p.append(f"unsupported OS {os_id or '?'} {ver}: use Debian 11-13 or Ubuntu 22.04/24.04")
     if facts.arch not in ("amd64", "arm64"):
         p.append(f"unsupported architecture {facts.arch or '?'}: amd64 or arm64 only")
+    elif facts.arch != arch:
+        p.append(f"the host is {facts.arch}, the artifacts are {arch}: pass --arch {facts.arch}")
     if facts.swap_active:
         p.append("swap is on: turn it off (swapoff -a, and remove it from /etc/fstab); "
                  "kubelet refuses to run with swap")
@@ -53,10 +55,10 @@ def check_host(cluster: Cluster, host, facts) -> list[str]:
     return p
 
 
-def check_all(cluster: Cluster, facts: dict) -> dict[str, list[str]]:
+def check_all(cluster: Cluster, facts: dict, arch: str = "amd64") -> dict[str, list[str]]:
     out = {}
     for h in cluster.hosts:
-        probs = check_host(cluster, h, facts[h.name])
+        probs = check_host(cluster, h, facts[h.name], arch)
         if probs:
             out[h.name] = probs
     return out

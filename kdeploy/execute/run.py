@@ -140,8 +140,8 @@ def observe(t, res: HostResources, facts) -> Observed:
     return Observed(files=files, contents=contents, units=units, pending=pending)
 
 
-def preflight(dep: Deployment, facts: dict) -> None:
-    problems = check_all(dep.cluster, facts)
+def preflight(dep: Deployment, facts: dict, arch: str = "amd64") -> None:
+    problems = check_all(dep.cluster, facts, arch)
     if problems:
         lines = [f"  {h}: {p}" for h, ps in problems.items() for p in ps]
         raise PreflightError(f"preflight failed on {len(problems)} host(s); nothing was changed:\n"

@@ -230,3 +230,12 @@ def test_a_garbled_pod_cidr_file_is_reallocated_not_a_traceback(inv):
     assert len(set(again.values())) == 3
     saved.write_text("[1, 2]")
     assert run.prepare(cluster, need_artifacts=False).cluster.node_pod_cidrs
+
+
+def test_preflight_reports_an_architecture_mismatch_with_the_other_problems(inv):
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = fakes_for(cluster, dep, worker2={"system": {"machine": "aarch64"}})
+    facts, _ = run.gather(dep, fakes)
+    with pytest.raises(PreflightError, match="worker2: the host is arm64, the artifacts are amd64"):
+        run.preflight(dep, facts, "amd64")
