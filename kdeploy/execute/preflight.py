@@ -21,6 +21,8 @@ def ports_for(cluster: Cluster, host) -> dict[int, str]:
     out = dict(ROLE_PORTS["node"])
     for r in host.roles:
         out.update(ROLE_PORTS.get(r.value, {}))
+    if cluster.node_local_lb:
+        out[defaults.API_LB_PORT] = "kdeploy-api-lb"
     return out
 
 
@@ -32,6 +34,10 @@ def check_host(cluster: Cluster, host, facts, arch: str = "amd64") -> list[str]:
     os_id, ver = facts.os_id, facts.os_version
     if os_id not in SUPPORTED_OS or (ver and ver not in SUPPORTED_OS[os_id]):
         p.append(f"unsupported OS {os_id or '?'} {ver}: use Debian 11-13 or Ubuntu 22.04/24.04")
+    if cluster.node_local_lb and os_id == "debian" and ver == "11":
+        p.append("Debian 11 cannot run the node-local API load balancer (nginx of Debian 12 needs "
+                 "glibc 2.34 and OpenSSL 3): upgrade the host, or set spec.controlPlane.endpoint "
+                 "to your own load balancer")
     if facts.arch not in ("amd64", "arm64"):
         p.append(f"unsupported architecture {facts.arch or '?'}: amd64 or arm64 only")
     elif facts.arch != arch:

@@ -216,6 +216,20 @@ class Cluster(_Base):
             host = f"[{host}]"
         return f"https://{host}:{self.api_port}"
 
+    @property
+    def node_local_lb(self) -> bool:
+        """Every node reaches the API through a load balancer on itself (nginx, health of every
+        apiserver) unless the inventory names an external endpoint (its own LB or VIP)."""
+        return not self.spec.control_plane.endpoint
+
+    @property
+    def node_api_url(self) -> str:
+        """The API as kubelet and kube-proxy reach it: the node-local load balancer, or the
+        external endpoint."""
+        if self.node_local_lb:
+            return f"https://127.0.0.1:{defaults.API_LB_PORT}"
+        return self.api_server_url
+
     def ssh_for(self, host: Host) -> ResolvedSSH:
         base, own = self.spec.ssh, host.ssh
 

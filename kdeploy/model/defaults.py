@@ -16,6 +16,8 @@ KUBELET_PORT = 10250
 CONTROLLER_MANAGER_PORT = 10257
 SCHEDULER_PORT = 10259
 KUBE_PROXY_HEALTHZ_PORT = 10256
+# the node-local API load balancer (nginx stream) on every node, when no external endpoint is set
+API_LB_PORT = 7443
 
 # paths on hosts
 BIN_DIR = "/usr/local/bin"

@@ -130,7 +130,7 @@ def build_table(c: Cluster) -> Table:
     all_ = tuple(h.name for h in c.hosts)          # every host runs kubelet + kube-proxy
     cp = tuple(h.name for h in c.control_plane)
     etcd = tuple(h.name for h in c.etcd)
-    url = c.api_server_url
+    url = c.node_api_url             # kubelet and kube-proxy: the node-local LB or the endpoint
     P = Place
 
     cas = (

@@ -10,13 +10,29 @@ from kdeploy.model import Cluster, Role
 from kdeploy.model import defaults
 from kdeploy.pki import paths
 from kdeploy.plan.resources import Binary, File, HostResources
+from kdeploy.render.context import API_LB_UNIT
 
 # which unit a binary feeds (a new binary restarts it)
 BINARY_UNITS = {
     "kube-apiserver": "kube-apiserver", "kube-controller-manager": "kube-controller-manager",
     "kube-scheduler": "kube-scheduler", "kubelet": "kubelet", "kube-proxy": "kube-proxy",
     "etcd": "etcd", "containerd": "containerd",
+    "nginx": API_LB_UNIT, "ngx_stream_module": API_LB_UNIT,
 }
+# the phase a binary is placed in: its component's, so a rolling step writes a host's new
+# binaries at that host's turn (never cluster-wide ahead of the rollout)
+COMPONENT_PHASES = {
+    "etcd": "etcd", "kubernetes": "node", "containerd": "runtime", "runc": "runtime",
+    "cni-plugins": "runtime", "crictl": "runtime", "coredns": "node", "images": "node",
+    "api-lb": "node",
+}
+CONTROL_PLANE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+
+
+def binary_phase(a) -> str:
+    if a.name in CONTROL_PLANE_BINARIES:
+        return "control-plane"
+    return COMPONENT_PHASES.get(a.component, "node")
 KUBECTL_ADMIN = (f"{defaults.BIN_DIR}/kubectl", f"--kubeconfig={paths.ADMIN_CONF}",
                  f"--server=https://127.0.0.1:{defaults.APISERVER_PORT}")
 
@@ -28,10 +44,10 @@ def host_gets(artifact_roles: Iterable[str], host) -> bool:
     return not roles or bool(roles & have)
 
 
-def binaries_for(host, artifacts) -> tuple[Binary, ...]:
+def binaries_for(host, artifacts, *, api_lb: bool = True) -> tuple[Binary, ...]:
     out = []
     for a in artifacts or ():
-        if not host_gets(a.roles, host):
+        if not host_gets(a.roles, host) or (a.component == "api-lb" and not api_lb):
             continue
         if a.install_path.endswith(".tar"):   # image archive: import into containerd once it runs
             out.append(Binary(a.install_path, str(a.local_path), a.sha256, phase="node", mode=a.mode,
@@ -39,8 +55,8 @@ def binaries_for(host, artifacts) -> tuple[Binary, ...]:
                                               "--all-platforms", a.install_path),)))
         else:
             unit = BINARY_UNITS.get(a.name)
-            out.append(Binary(a.install_path, str(a.local_path), a.sha256, mode=a.mode,
-                              restarts=(unit,) if unit else ()))
+            out.append(Binary(a.install_path, str(a.local_path), a.sha256, phase=binary_phase(a),
+                              mode=a.mode, restarts=(unit,) if unit else ()))
     return tuple(sorted(out, key=lambda b: b.path))
 
 
@@ -84,7 +100,8 @@ def desired_state(cluster: Cluster, *, pki=None, artifacts=None) -> dict[str, Ho
             files += pki.files_for(host)
         if host.name == first_cp:
             files += addons
-        out[host.name] = replace(base, files=tuple(files), binaries=binaries_for(host, artifacts))
+        out[host.name] = replace(base, files=tuple(files), binaries=binaries_for(
+            host, artifacts, api_lb=cluster.node_local_lb))
     return out
 
 

@@ -7,11 +7,10 @@ from dataclasses import dataclass, field
 # Phases in the order the engine runs them.
 PHASES = (
     "os",             # kernel modules, sysctls, /etc/hosts entries, directories
-    "artifacts",      # binaries and image archives
-    "etcd",           # etcd members
-    "control-plane",  # kube-apiserver, kube-controller-manager, kube-scheduler
-    "runtime",        # containerd, runc, CNI plugins and config
-    "node",           # kubelet, kube-proxy, pod routes
+    "etcd",           # etcd members (their binaries too: placed at the host's turn)
+    "control-plane",  # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
+    "runtime",        # containerd, runc, CNI plugins and config, crictl
+    "node",           # API load balancer, kubelet, kube-proxy, pod routes, image archives
     "addons",         # applied through the API: RBAC, CoreDNS, node labels/taints
 )
 
@@ -53,7 +52,7 @@ class Binary:
     path: str
     local_path: str
     sha256: str
-    phase: str = "artifacts"
+    phase: str = "node"
     mode: int = 0o755
     restarts: tuple[str, ...] = ()
     run_on_change: tuple[tuple[str, ...], ...] = ()   # e.g. import an image archive

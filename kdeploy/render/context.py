@@ -13,6 +13,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from kdeploy.artifacts.catalog import NGINX_BIN, NGINX_STREAM_MODULE
 from kdeploy.model import defaults
 from kdeploy.model.cluster import Cluster, Host
 from kdeploy.pki import paths as pki_paths
@@ -34,6 +35,9 @@ ADDONS_DIR = f"{defaults.K8S_DIR}/addons"
 RUNC = "/usr/local/sbin/runc"          # where the artifact catalog installs runc
 RESOLV_CONF = "/etc/resolv.conf"
 ETCD_METRICS_PORT = 2381
+# the node-local API load balancer: nginx + its stream module from the artifact set
+API_LB_CONFIG = f"{defaults.K8S_DIR}/api-lb/nginx.conf"
+API_LB_UNIT = "kdeploy-api-lb"
 
 # the identities kdeploy's PKI issues (kubeadm's names); see _identities()
 APISERVER_KUBELET_CLIENT_CN = "kube-apiserver-kubelet-client"
@@ -131,6 +135,16 @@ def _build(cluster: Cluster) -> ClusterContext:
             "sa_issuer": f"https://kubernetes.default.svc.{net.cluster_domain}",
             "front_proxy_client_cn": fp_cn,
         },
+        "api_lb": {
+            "port": defaults.API_LB_PORT,
+            "config": API_LB_CONFIG,
+            "bin": NGINX_BIN,
+            "module": NGINX_STREAM_MODULE,
+            "servers": [f"{_url_addr(h.address)}:{defaults.APISERVER_PORT}"
+                        for h in cluster.control_plane],
+            "connect_timeout": "1s",
+            "fail_timeout": "5s",
+        },
         "scheduler": {"config": SCHEDULER_CONFIG},
         "runtime": {
             "config": defaults.CONTAINERD_CONF,
@@ -218,6 +232,7 @@ def host_context(ctx: ClusterContext, host: Host) -> dict[str, Any]:
         "is_control_plane": control_plane,
         "is_etcd": host.has("etcd"),
         "is_worker": worker,
+        "api_lb": ctx.cluster.node_local_lb,
         "pod_cidr": ctx.cluster.node_pod_cidrs[host.name],
         "default_route": "::/0" if pod_net.version == 6 else "0.0.0.0/0",
         "taints": taints,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from kdeploy.render.context import (
-    AUDIT_POLICY, CNI_CONFLIST, CRICTL_CONF, KUBE_PROXY_CONFIG, KUBELET_CONFIG, MODULES_CONF,
+    API_LB_CONFIG, API_LB_UNIT, AUDIT_POLICY, CNI_CONFLIST, CRICTL_CONF, KUBE_PROXY_CONFIG, KUBELET_CONFIG, MODULES_CONF,
     SCHEDULER_CONFIG, SYSCTL_CONF, unit_path,
 )
 
@@ -26,6 +26,10 @@ def _etcd(h: dict) -> bool:
 
 def _cp(h: dict) -> bool:
     return h["is_control_plane"]
+
+
+def _lb(h: dict) -> bool:
+    return h["api_lb"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,13 @@ FILES: tuple[Row, ...] = (
     Row("containerd/containerd.service.j2", unit_path("containerd"), "runtime", ("containerd",)),
     Row("cni/10-kdeploy.conflist.j2", CNI_CONFLIST, "runtime"),
     Row("containerd/crictl.yaml.j2", CRICTL_CONF, "runtime"),
-    # node
+    # node: the API load balancer first (kubelet and kube-proxy reach the API through it);
+    # a new backend list is applied by a reload, never a restart
+    Row("api-lb/nginx.conf.j2", API_LB_CONFIG, "node",
+        run_on_change=(("systemctl", "try-reload-or-restart", f"{API_LB_UNIT}.service"),),
+        hosts=_lb, hosts_doc="all (no external endpoint)"),
+    Row("api-lb/kdeploy-api-lb.service.j2", unit_path(API_LB_UNIT), "node", (API_LB_UNIT,),
+        hosts=_lb, hosts_doc="all (no external endpoint)"),
     Row("node/kdeploy-pod-routes.service.j2", unit_path("kdeploy-pod-routes"), "node",
         ("kdeploy-pod-routes",)),
     Row("node/kubelet-config.yaml.j2", KUBELET_CONFIG, "node", ("kubelet",)),
@@ -84,6 +94,7 @@ UNITS: tuple[tuple[str, str, HostPred], ...] = (
     ("kube-scheduler", "control-plane", _cp),
     ("containerd", "runtime", _all),
     ("kdeploy-pod-routes", "node", _all),
+    (API_LB_UNIT, "node", _lb),
     ("kubelet", "node", _all),
     ("kube-proxy", "node", _all),
 )

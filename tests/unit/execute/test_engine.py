@@ -151,7 +151,7 @@ def test_restart_caused_in_an_earlier_phase_survives_a_failure_in_between(inv, t
     sha = hashlib.sha256(b"new kubelet").hexdigest()
     res = dep.desired["worker1"]
     dep.desired["worker1"] = replace(res, binaries=(
-        Binary("/usr/local/bin/kubelet", str(blob), sha, restarts=("kubelet",)),), files=tuple(
+        Binary("/usr/local/bin/kubelet", str(blob), sha, phase="os", restarts=("kubelet",)),), files=tuple(
         replace(f, content=f.content + b"# changed\n") if f.path == "/etc/containerd/config.toml" else f
         for f in res.files))
     fakes["worker1"].responses = {r"systemctl restart containerd": CommandResult("x", 1, b"", b"boom\n")}

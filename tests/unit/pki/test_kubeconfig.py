@@ -18,11 +18,12 @@ def kubectl_view(kubectl, path):
 
 def test_all_kubeconfigs_load_in_kubectl(base_pki, kubectl, tmp_path):
     ca = (base_pki.dir / "ca.crt").read_bytes()
+    # kubelet and kube-proxy reach the API through the node-local load balancer
     cases = [("cp1", paths.ADMIN_CONF, "kubernetes-admin", "https://127.0.0.1:6443"),
              ("cp1", paths.CONTROLLER_MANAGER_CONF, "system:kube-controller-manager", "https://127.0.0.1:6443"),
              ("cp2", paths.SCHEDULER_CONF, "system:kube-scheduler", "https://127.0.0.1:6443"),
-             ("w1", paths.KUBELET_CONF, "system:node:w1", "https://192.0.2.10:6443"),
-             ("w2", paths.KUBE_PROXY_CONF, "system:kube-proxy", "https://192.0.2.10:6443")]
+             ("w1", paths.KUBELET_CONF, "system:node:w1", "https://127.0.0.1:7443"),
+             ("w2", paths.KUBE_PROXY_CONF, "system:kube-proxy", "https://127.0.0.1:7443")]
     for host, path, user, server in cases:
         f = next(f for f in base_pki.files_for(host) if f.path == path)
         local = tmp_path / f"{host}-{path.rsplit('/', 1)[1]}"

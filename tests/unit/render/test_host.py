@@ -246,7 +246,8 @@ def test_worker_gets_no_etcd_or_control_plane_files():
     res = render_host(c, c.host("worker1"))
     phases = {f.phase for f in res.files}
     assert phases == {"os", "runtime", "node"}
-    assert {u.name for u in res.units} == {"containerd", "kubelet", "kube-proxy", "kdeploy-pod-routes"}
+    assert {u.name for u in res.units} == {"containerd", "kubelet", "kube-proxy", "kdeploy-pod-routes",
+                                           "kdeploy-api-lb"}
     assert not any("etcd" in f.path or "kube-apiserver" in f.path or "scheduler" in f.path
                    or "controller-manager" in f.path or "audit" in f.path for f in res.files)
 
@@ -384,3 +385,40 @@ def test_restrict_oom_score_adj_only_when_the_inventory_says_so(tmp_path):
     conf = files(render_host(c, c.hosts[0]))["/etc/containerd/config.toml"]
     import tomllib
     assert tomllib.loads(conf)["plugins"]["io.containerd.cri.v1.runtime"]["restrict_oom_score_adj"] is True
+
+
+def test_every_node_reaches_the_api_through_its_own_load_balancer():
+    c = load_sample("cluster")
+    cps = [f"{h.address}:6443" for h in c.control_plane]
+    for h in c.hosts:
+        res = render_host(c, h)
+        conf = files(res)["/etc/kubernetes/api-lb/nginx.conf"]
+        servers = re.findall(r"^\s*server (\S+) max_fails", conf, re.M)
+        assert servers == cps                      # every apiserver is a backend
+        assert "listen 127.0.0.1:7443;" in conf
+        assert "load_module /usr/local/lib/kdeploy/nginx/ngx_stream_module.so;" in conf
+        f = next(f for f in res.files if f.path == "/etc/kubernetes/api-lb/nginx.conf")
+        # a new backend list is a reload, never a restart of the LB (or of kubelet)
+        assert f.restarts == ()
+        assert f.run_on_change == (("systemctl", "try-reload-or-restart", "kdeploy-api-lb.service"),)
+        assert "kdeploy-api-lb" in {u.name for u in res.units}
+        unit = files(res)["/etc/systemd/system/kdeploy-api-lb.service"]
+        assert "Before=kubelet.service kube-proxy.service" in unit
+
+
+def test_an_external_endpoint_replaces_the_node_local_load_balancer():
+    c = load_sample("ha")                           # spec.controlPlane.endpoint is set
+    assert not c.node_local_lb and c.node_api_url == "https://198.51.100.100:6443"
+    for h in c.hosts:
+        res = render_host(c, h)
+        assert not any("api-lb" in f.path for f in res.files)
+        assert "kdeploy-api-lb" not in {u.name for u in res.units}
+
+
+def test_apiserver_drains_before_it_stops():
+    c = load_sample("cluster")
+    unit = files(render_host(c, c.control_plane[0]))["/etc/systemd/system/kube-apiserver.service"]
+    f = flags(unit)
+    assert f["shutdown-delay-duration"] == "5s" and f["shutdown-send-retry-after"] == "true"
+    stop = int(re.search(r"^TimeoutStopSec=(\d+)", unit, re.M).group(1))
+    assert stop > 5                                 # the delay fits inside systemd's stop timeout
