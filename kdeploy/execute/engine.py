@@ -1,10 +1,13 @@
 """The engine: the only part of kdeploy that acts on hosts.
 
-Runs a Plan phase by phase; within a phase, hosts in parallel. Per host and phase:
+Runs a Plan as an ordered list of Steps (kdeploy.execute.steps: `up` is one step per phase;
+`upgrade` rolls etcd and the control plane one host at a time and the nodes in batches with
+drain hooks). Within a step, hosts under its policy. Per host and phase:
 journal the consequences, write binaries/files/blocks atomically, daemon-reload if unit files
 changed, run commands, enable/start/restart units, clear the journal, then pass the phase's
-gate (etcd healthy, apiserver ready) before the next phase starts. Fail fast: the first phase
-with a failing host stops the run with one error listing every failed host.
+gate (etcd healthy, apiserver ready) before the next host or step. Fail fast: the first step
+with a failing host stops the run with one error listing every failed host, after the cleanup
+stack (uncordon what a hook cordoned) ran in reverse order.
 """
 from __future__ import annotations
 
@@ -19,12 +22,11 @@ from kdeploy.errors import ApplyError, KdeployError, TransportError
 from kdeploy.execute import journal
 from kdeploy.facts.parse import SHA_CACHED
 from kdeploy.plan.planner import Change, Plan, apply_block
+from kdeploy.execute.steps import SERIAL, Step, converge_steps
 from kdeploy.plan.resources import PHASES, Binary, Block, File, HostResources
 from kdeploy.transport.base import Transport
 
 Event = dict
-# phases whose members restart one at a time (when they already run), gated per host
-ROLLING_PHASES = ("etcd", "control-plane")
 EventSink = Callable[[Event], None]
 
 
@@ -59,8 +61,12 @@ class RunResult:
 class Engine:
     def __init__(self, desired: Mapping[str, HostResources], transports: Mapping[str, Transport],
                  *, roles: Mapping[str, set[str]], gates: tuple[Gate, ...] = (),
-                 emit: EventSink = lambda e: None, parallel: int = 16):
+                 emit: EventSink = lambda e: None, parallel: int = 16,
+                 api_runner: Callable | None = None):
         self.desired = desired
+        self.api_runner = api_runner
+        self._lock = threading.Lock()
+        self._cleanups: list[tuple[str, str, Callable[[], None]]] = []
         self.t = transports
         self.roles = roles
         self.gates = gates
@@ -69,77 +75,124 @@ class Engine:
         self._stop = threading.Event()
 
     # -- public ----------------------------------------------------------------------------
-    def apply(self, plan: Plan) -> RunResult:
-        """Run the plan. On failure raise ApplyError carrying `.result` (what ran, per phase)."""
+    def apply(self, plan: Plan, steps: tuple[Step, ...] | None = None) -> RunResult:
+        """Run the plan step by step (default: `up`'s one step per phase). On failure run the
+        cleanup stack (LIFO) and raise ApplyError carrying `.result` (what ran, per step)."""
+        steps = steps if steps is not None else converge_steps(PHASES)
         result = RunResult(changes=len(plan.changes))
         self._stop = threading.Event()
+        self._cleanups: list[tuple[str, str, Callable[[], None]]] = []
         try:
             self._journal_consequences(plan)
-            for phase in PHASES:
-                hosts = [h for h in self.desired if plan.for_host_phase(h, phase)]
-                if not hosts:
-                    continue
-                pr = PhaseResult(phase)
-                result.phases.append(pr)
-                self._phase(plan, phase, hosts, pr)
-                if pr.failed:
-                    lines = "\n".join(f"  {h}: {msg}" for h, msg in pr.failed.items())
-                    err = ApplyError(f"phase {phase} failed on {len(pr.failed)} host(s):\n{lines}",
-                                     "fix the cause and run `kdeploy up` again: it resumes where "
-                                     "this run stopped")
-                    err.result = result
-                    raise err
-        except KeyboardInterrupt:
+            for step in steps:
+                self._step(plan, step, result)
+        except BaseException:
             self._stop.set()  # running host steps finish their current command, gates give up
+            self._run_cleanups()
             raise
         return result
 
-    def _phase(self, plan: Plan, phase: str, hosts: list[str], pr: PhaseResult) -> None:
-        if phase in ROLLING_PHASES and any(c.kind == "unit-restart" for h in hosts
-                                           for c in plan.for_host_phase(h, phase)):
-            return self._rolling(plan, phase, hosts, pr)
+    # -- the hooks' context ------------------------------------------------------------------
+    def api(self, argv: list[str], *, timeout: float = 60, check: bool = True):
+        """Run kubectl against the cluster's API (on a control-plane host, through its LB)."""
+        if self.api_runner is None:
+            raise ApplyError("this step needs the cluster's API but no API host was given")
+        return self.api_runner(argv, timeout=timeout, check=check)
+
+    def push_cleanup(self, key: str, what: str, fn: Callable[[], None]) -> None:
+        with self._lock:
+            self._cleanups.append((key, what, fn))
+
+    def pop_cleanup(self, key: str) -> None:
+        with self._lock:
+            self._cleanups = [c for c in self._cleanups if c[0] != key]
+
+    def _run_cleanups(self) -> None:
+        while True:
+            with self._lock:
+                if not self._cleanups:
+                    return
+                key, what, fn = self._cleanups.pop()
+            try:
+                fn()
+                self.emit({"event": "cleanup", "what": what, "ok": True})
+            except Exception as e:  # noqa: BLE001 - report every cleanup, keep undoing the rest
+                msg = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+                self.emit({"event": "cleanup", "what": what, "ok": False, "error": msg})
+
+    # -- steps -------------------------------------------------------------------------------
+    def _step(self, plan: Plan, step: Step, result: RunResult) -> None:
+        order = step.hosts if step.hosts is not None else tuple(self.desired)
+        hosts = [h for h in order if h in self.desired
+                 and any(plan.for_host_phase(h, p) for p in step.phases)]
+        if not hosts:
+            return
+        pr = PhaseResult(step.name)
+        result.phases.append(pr)
+        policy = step.policy
+        if step.serial_when_restarting and any(
+                c.kind == "unit-restart" for h in hosts for p in step.phases
+                for c in plan.for_host_phase(h, p)):
+            policy = SERIAL
         t0 = time.monotonic()
-        self.emit({"event": "phase-start", "phase": phase, "hosts": hosts})
-        ex = ThreadPoolExecutor(max_workers=min(self.parallel, len(hosts)))
+        self.emit({"event": "phase-start", "phase": step.name, "hosts": hosts,
+                   "policy": policy.describe(), "rolling": policy.mode != "parallel"})
         try:
-            futs = {h: ex.submit(self._host_phase, h, phase, plan.for_host_phase(h, phase))
-                    for h in hosts}
+            for batch in policy.batches(hosts):
+                self._batch(plan, step, batch, pr, per_host_gates=policy.mode != "parallel")
+                if pr.failed:
+                    break  # never take more hosts down while one failed
+            if not pr.failed and policy.mode == "parallel":
+                self._gates(step, hosts, pr)
+        finally:
+            pr.seconds = time.monotonic() - t0
+            self.emit({"event": "phase-done", "phase": step.name, "seconds": round(pr.seconds, 2),
+                       "failed": pr.failed})
+        if pr.failed:
+            what = f"phase {step.name}" if step.name in PHASES else f"step {step.name}"
+            lines = "\n".join(f"  {h}: {msg}" for h, msg in pr.failed.items())
+            err = ApplyError(f"{what} failed on {len(pr.failed)} host(s):\n{lines}",
+                             "fix the cause and run the same command again: it resumes where "
+                             "this run stopped")
+            err.result = result
+            raise err
+
+    def _batch(self, plan: Plan, step: Step, batch: list[str], pr: PhaseResult,
+               per_host_gates: bool) -> None:
+        ex = ThreadPoolExecutor(max_workers=min(self.parallel, len(batch)))
+        try:
+            futs = {h: ex.submit(self._host_step, plan, step, h, per_host_gates) for h in batch}
             for h, f in futs.items():
                 try:
                     f.result()
                     pr.changed_hosts.append(h)
                 except KdeployError as e:
                     pr.failed[h] = e.message
-                    self.emit({"event": "host-failed", "phase": phase, "host": h, "error": e.message})
+                    self.emit({"event": "host-failed", "phase": step.name, "host": h,
+                               "error": e.message})
         except BaseException:
             self._stop.set()
             ex.shutdown(wait=True, cancel_futures=True)
             raise
         ex.shutdown(wait=True)
-        if not pr.failed:
-            self._gates(phase, hosts, pr)
-        pr.seconds = time.monotonic() - t0
-        self.emit({"event": "phase-done", "phase": phase, "seconds": round(pr.seconds, 2),
-                   "failed": pr.failed})
 
-    def _rolling(self, plan: Plan, phase: str, hosts: list[str], pr: PhaseResult) -> None:
-        """A running etcd or control plane is changed one host at a time: each host's gate
-        must pass before the next host restarts, so quorum and the API stay up."""
-        t0 = time.monotonic()
-        self.emit({"event": "phase-start", "phase": phase, "hosts": hosts, "rolling": True})
-        for h in hosts:
-            try:
-                self._host_phase(h, phase, plan.for_host_phase(h, phase))
-                pr.changed_hosts.append(h)
-                for g in (g for g in self.gates if g.phase == phase and g.role in self.roles[h]):
-                    self._wait(h, g)
-            except KdeployError as e:
-                pr.failed[h] = e.message
-                self.emit({"event": "host-failed", "phase": phase, "host": h, "error": e.message})
-                break  # never take a second member down while one is unhealthy
-        pr.seconds = time.monotonic() - t0
-        self.emit({"event": "phase-done", "phase": phase, "seconds": round(pr.seconds, 2),
-                   "failed": pr.failed})
+    def _host_step(self, plan: Plan, step: Step, host: str, per_host_gates: bool) -> None:
+        for hook in step.before:
+            self.emit({"event": "hook", "phase": step.name, "host": host, "hook": hook.name})
+            hook(self, host)
+        for phase in step.phases:
+            self._host_phase(host, phase, plan.for_host_phase(host, phase))
+        if per_host_gates:
+            for g in self._gates_of(step):
+                if g.role in self.roles[host]:
+                    self._wait(host, g)
+        for hook in step.after:
+            self.emit({"event": "hook", "phase": step.name, "host": host, "hook": hook.name})
+            hook(self, host)
+
+    def _gates_of(self, step: Step) -> tuple[Gate, ...]:
+        gates = step.gates if step.gates is not None else self.gates
+        return tuple(g for g in gates if g.phase in step.phases)
 
     def _journal_consequences(self, plan: Plan) -> None:
         """Before anything changes, journal every restart/command of each host's whole plan: a
@@ -222,12 +275,12 @@ class Engine:
         if new != cur:
             t.put(journal.PATH, journal.dump(new), mode=0o600)
 
-    def _gates(self, phase: str, hosts: list[str], pr: PhaseResult) -> None:
-        for g in (g for g in self.gates if g.phase == phase):
+    def _gates(self, step: Step, hosts: list[str], pr: PhaseResult) -> None:
+        for g in self._gates_of(step):
             targets = [h for h in self.desired if g.role in self.roles[h]]
             if not any(h in hosts for h in targets):
                 continue
-            # a gate runs where the role lives, after every changed host of this phase
+            # a gate runs where the role lives, after every changed host of this step
             with ThreadPoolExecutor(max_workers=max(1, len(targets))) as ex:
                 futs = {h: ex.submit(self._wait, h, g) for h in targets}
                 for h, f in futs.items():

@@ -56,6 +56,7 @@ def parse_output(host: str, out: str, *, paths: Sequence[str] = (), units: Seque
         python3=s.get("python3", "").strip() or None,
         cgroup_version=P.parse_cgroup(s.get("cgroup", "")),
         cpus=cpus, mem_bytes=mem,
+        versions=P.parse_versions(s.get("versions", "")),
     )
 
 
@@ -118,6 +119,7 @@ def fake_output(fake, script: str) -> str:
     S("cgroup"); lines.append({2: "cgroup2fs", 1: "tmpfs"}.get(sysinfo["cgroup"], ""))
     S("cpu_mem"); lines += [str(sysinfo["cpus"]), f"MemTotal: {sysinfo['mem_bytes'] // 1024} kB"]
     S("modules"); lines += [f"{m} {st}" for m, st in sysinfo["modules"].items()]
+    S("versions"); lines += [f"{b} Kubernetes v{v}" for b, v in sysinfo.get("versions", {}).items()]
     if p["ports"]:
         S("ports")
         lines += [f"LISTEN 0 4096 0.0.0.0:{port} 0.0.0.0:*" for port in sorted(fake.listening)]

@@ -32,6 +32,7 @@ class HostFacts:
     cgroup_version: int | None = None      # 1 or 2
     cpus: int = 0
     mem_bytes: int = 0
+    versions: dict[str, str] = field(default_factory=dict)  # kube-apiserver, kubelet, kube-proxy, etcd -> 1.37.2 (installed binaries)
 
     # --- derived --------------------------------------------------------------------------
     @property

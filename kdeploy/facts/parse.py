@@ -36,6 +36,14 @@ fi
 """ % SHA_CACHE
 
 
+# the versions of the components as installed (what `kdeploy upgrade` and `up` compare with the
+# inventory); a binary that is not there prints nothing
+VERSION_BINARIES = ("kube-apiserver", "kubelet", "kube-proxy", "etcd")
+VERSIONS_SCRIPT = ("S versions\nfor b in " + " ".join(VERSION_BINARIES) + "; do\n"
+                   "  [ -x /usr/local/bin/$b ] && echo \"$b $(/usr/local/bin/$b --version 2>/dev/null "
+                   "| head -n1)\"\ndone\n")
+
+
 def build_script(paths: Sequence[str] = (), units: Sequence[str] = (),
                  ports: Sequence[int] = ()) -> str:
     """One POSIX sh script printing every section; its first line carries the parameters."""
@@ -66,6 +74,7 @@ for m in br_netfilter overlay; do
   else echo "$m missing"; fi
 done
 """
+    s += VERSIONS_SCRIPT
     if ports:
         s += ("S ports; if command -v ss >/dev/null 2>&1; then ss -ltnH 2>/dev/null; "
               "else echo '#proc'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; fi\n")
@@ -277,3 +286,15 @@ def parse_files(stat_text: str, sha_text: str, paths: Sequence[str]
         else:
             sha_out[p] = shas.get(p, "?")
     return sha_out, stat_out
+
+
+def parse_versions(text: str) -> dict[str, str]:
+    """`kubelet Kubernetes v1.37.2`, `etcd etcd Version: 3.7.0` -> {kubelet: 1.37.2, etcd: 3.7.0}."""
+    import re
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        name, _, rest = line.strip().partition(" ")
+        m = re.search(r"v?(\d+\.\d+\.\d+)", rest)
+        if name and m:
+            out[name] = m.group(1)
+    return out

@@ -1,0 +1,90 @@
+"""Lifecycle verbs as data: a verb is an ordered list of Steps over the one engine.
+
+A Step applies the plan's changes of some phases to some hosts under a host Policy (all in
+parallel, one at a time, or in batches), with per-host hooks before and after (cordon/drain,
+wait Ready/uncordon) and the phases' gates between hosts. Hooks may act on another host than
+the one being changed (a drain runs against the API); what they must undo if the run fails
+(uncordon) they push on the engine's cleanup stack, which runs in reverse order.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from kdeploy.errors import KdeployError
+
+
+@dataclass(frozen=True)
+class Policy:
+    mode: str = "parallel"        # parallel | serial | batch
+    size: int = 0                 # batch: hosts per batch
+    percent: int = 0              # batch: this percentage of the step's hosts (rounded up, >= 1)
+
+    @classmethod
+    def parse(cls, text: str) -> "Policy":
+        """`N` (hosts per batch) or `P%` (of the hosts), as --batch takes them."""
+        m = re.fullmatch(r"\s*(\d+)\s*(%?)\s*", str(text))
+        if not m or int(m.group(1)) == 0 or (m.group(2) and int(m.group(1)) > 100):
+            raise KdeployError(f"batch {text!r} is not a count or a percentage",
+                               "write e.g. --batch 1, --batch 2 or --batch 25%")
+        n = int(m.group(1))
+        return cls("batch", percent=n) if m.group(2) else cls("batch", size=n)
+
+    def batches(self, hosts: list[str]) -> list[list[str]]:
+        if not hosts:
+            return []
+        if self.mode == "parallel":
+            return [list(hosts)]
+        if self.mode == "serial":
+            return [[h] for h in hosts]
+        size = self.size or max(1, math.ceil(len(hosts) * self.percent / 100))
+        return [hosts[i:i + size] for i in range(0, len(hosts), size)]
+
+    def describe(self) -> str:
+        if self.mode != "batch":
+            return self.mode
+        return f"batches of {self.size}" if self.size else f"batches of {self.percent}%"
+
+
+PARALLEL = Policy()
+SERIAL = Policy("serial")
+
+
+class Context(Protocol):
+    """What a hook sees: the engine's transports, its event sink and its cleanup stack."""
+    def api(self, argv: list[str], *, timeout: float = 60, check: bool = True): ...
+    def push_cleanup(self, key: str, what: str, fn: Callable[[], None]) -> None: ...
+    def pop_cleanup(self, key: str) -> None: ...
+    def emit(self, event: dict) -> None: ...
+
+
+@dataclass(frozen=True)
+class Hook:
+    name: str                                   # shown in events: "drain", "uncordon"
+    fn: Callable[[Context, str], None]          # (context, host being changed)
+
+    def __call__(self, ctx: Context, host: str) -> None:
+        self.fn(ctx, host)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    phases: tuple[str, ...]
+    policy: Policy = PARALLEL
+    hosts: tuple[str, ...] | None = None        # None: any host; else only these, in this order
+    before: tuple[Hook, ...] = ()
+    after: tuple[Hook, ...] = ()
+    # up's etcd/control-plane steps: parallel on a new cluster, one at a time (gated) as soon as
+    # a running member would restart
+    serial_when_restarting: bool = False
+    gates: tuple | None = None                   # None: the engine's gates of these phases
+
+
+def converge_steps(phases: tuple[str, ...]) -> tuple[Step, ...]:
+    """`kdeploy up`: one step per phase, hosts in parallel; a running etcd or control plane
+    rolls one host at a time."""
+    return tuple(Step(p, (p,), serial_when_restarting=p in ("etcd", "control-plane"))
+                 for p in phases)

@@ -1,0 +1,74 @@
+"""Steps, host policies, hooks and the cleanup stack of the engine (against in-memory hosts)."""
+import pytest
+
+from kdeploy.errors import ApplyError, KdeployError
+from kdeploy.execute.engine import Engine
+from kdeploy.execute.steps import Hook, Policy, Step
+from kdeploy.plan.planner import plan
+from kdeploy.transport.base import CommandResult
+from tests.unit.execute.test_engine import converged, inv, redeploy  # noqa: F401 (fixture)
+
+
+@pytest.mark.parametrize("text,hosts,want", [
+    ("1", "abcde", ["a", "b", "c", "d", "e"]),
+    ("2", "abcde", ["ab", "cd", "e"]),
+    ("40%", "abcde", ["ab", "cd", "e"]),
+    ("100%", "abcde", ["abcde"]),
+    ("1%", "abc", ["a", "b", "c"]),            # rounded up: never an empty batch
+])
+def test_batches(text, hosts, want):
+    assert ["".join(b) for b in Policy.parse(text).batches(list(hosts))] == want
+
+
+@pytest.mark.parametrize("bad", ["0", "0%", "101%", "x", "-1", "1.5"])
+def test_bad_batch_is_a_clear_error(bad):
+    with pytest.raises(KdeployError, match="not a count or a percentage"):
+        Policy.parse(bad)
+
+
+def _kubelet_change(inv):
+    """Converged fake hosts and a plan that changes the kubelet config on every host."""
+    dep, fakes = converged(inv)
+    dep2 = redeploy(inv, "maxPods: 110", "maxPods: 100") if "maxPods" in inv.read_text() else None
+    if dep2 is None:
+        inv.write_text(inv.read_text().replace("spec:\n", "spec:\n  kubelet:\n    maxPods: 100\n", 1))
+        from kdeploy.execute import run
+        from kdeploy.model import load_inventory
+        dep2 = run.prepare(load_inventory(inv)[0], need_artifacts=False)
+    from kdeploy.execute import run
+    _, observed = run.gather(dep2, fakes)
+    p = plan(dep2.desired, observed)
+    assert {c.host for c in p.changes if c.target == "kubelet"} == set(dep2.desired)
+    return dep2, fakes, p
+
+
+def test_batches_run_in_order_with_hooks_around_each_host(inv):
+    dep, fakes, p = _kubelet_change(inv)
+    log = []
+    before = Hook("drain", lambda ctx, h: log.append(("drain", h)))
+    after = Hook("uncordon", lambda ctx, h: log.append(("uncordon", h)))
+    hosts = tuple(dep.desired)
+    eng = Engine(dep.desired, fakes, roles={h: {"node"} for h in hosts})
+    eng.apply(p, (Step("nodes", ("node",), Policy("serial"), hosts=hosts[::-1],
+                       before=(before,), after=(after,)),))
+    # one host at a time, in the step's order, each drained before and uncordoned after
+    assert log == [x for h in hosts[::-1] for x in (("drain", h), ("uncordon", h))]
+    for h in hosts:
+        assert any("systemctl restart kubelet" in c for c in fakes[h].commands)
+
+
+def test_a_failed_host_stops_the_rollout_and_cleanups_run_in_reverse(inv):
+    dep, fakes, p = _kubelet_change(inv)
+    hosts = tuple(dep.desired)
+    undone = []
+
+    def cordon(ctx, h):
+        ctx.push_cleanup(f"cordon:{h}", f"uncordon {h}", lambda: undone.append(h))
+
+    fakes[hosts[1]].responses = {r"systemctl restart kubelet": CommandResult("x", 1, b"", b"boom\n")}
+    eng = Engine(dep.desired, fakes, roles={h: {"node"} for h in hosts})
+    with pytest.raises(ApplyError, match=rf"step nodes failed on 1 host\(s\):\n  {hosts[1]}"):
+        eng.apply(p, (Step("nodes", ("node",), Policy("batch", size=1), before=(Hook("cordon", cordon),),
+                           after=(Hook("uncordon", lambda ctx, h: ctx.pop_cleanup(f"cordon:{h}")),)),))
+    assert undone == [hosts[1]]                               # only what is still cordoned
+    assert not any("restart kubelet" in c for c in fakes[hosts[2]].commands)  # never reached
