@@ -23,6 +23,7 @@ _VERBS = [
     ("render", None),
     ("plan", None),
     ("up", None),
+    ("upgrade", None),
     ("verify", None),
     ("artifacts", "artifacts"),
     ("lab", "lab"),

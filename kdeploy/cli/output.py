@@ -112,7 +112,15 @@ def progress_printer(as_json: bool):
             return
         kind = e.get("event")
         if kind == "phase-start":
-            console.print(Text(f"▶ {e['phase']}: {', '.join(e['hosts'])}", style="bold"))
+            how = f" ({e['policy']})" if e.get("policy", "parallel") != "parallel" else ""
+            console.print(Text(f"▶ {e['phase']}{how}: {', '.join(e['hosts'])}", style="bold"))
+        elif kind == "hook":
+            console.print(Text(f"  {e['host']:<12} · {e['hook']}", style="cyan"))
+        elif kind == "cleanup":
+            console.print(Text(f"  cleanup: {e['what']}" + ("" if e["ok"] else f" failed: {e['error']}"),
+                               style="yellow"))
+        elif kind == "snapshot":
+            console.print(Text(f"  etcd snapshot from {e['host']}: {e['path']} ({e['bytes']} bytes)"))
         elif kind == "change":
             sym, style = _SYMBOL.get(e["action"], ("?", "white"))
             console.print(Text(f"  {e['host']:<12} {sym} {e['action']:<7} {e['target']}", style=style))

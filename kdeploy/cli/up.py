@@ -33,7 +33,10 @@ def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool
         raise UnreachableHosts(failed)
     timings["connect"] = time.monotonic() - t
     record = None
+    from kdeploy.execute.lock import RunLock
+    lock = RunLock(run.state_dir_for(cluster), "up")
     try:
+        lock.__enter__()
         t = time.monotonic()
         dep = run.prepare(cluster, artifacts_dir=artifacts, arch=arch)
         timings["prepare (pki, artifacts, render)"] = time.monotonic() - t
@@ -42,6 +45,8 @@ def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool
         facts, observed = run.gather(dep, transports)
         record.write("facts.json", {h: f.to_dict() for h, f in facts.items()})
         run.preflight(dep, facts, arch)
+        _refuse_version_change(cluster, facts, inventory)
+        _finish_cordons(dep, transports, emit)
         timings["facts + preflight"] = time.monotonic() - t
         p = make_plan(dep.desired, observed)
         record.write("plan.json", p.to_dict())
@@ -102,7 +107,30 @@ def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool
     finally:
         if record:
             record.close()
+        lock.__exit__(None, None, None)
         close_all(transports)
+
+
+def _refuse_version_change(cluster, facts, inventory) -> None:
+    """`up` never changes the version a cluster runs: that is `kdeploy upgrade`'s rollout."""
+    from kdeploy.errors import PreflightError
+    from kdeploy.verbs.upgrade import version_drift
+    drift = version_drift(cluster, facts)
+    if drift:
+        lines = "\n".join(f"  {h}: {', '.join(d)}" for h, d in drift.items())
+        raise PreflightError(
+            f"these hosts run other versions than the inventory's {cluster.version}; "
+            f"nothing was changed:\n{lines}",
+            f"upgrade the running cluster with: kdeploy upgrade -i {inventory} --to {cluster.version}")
+
+
+def _finish_cordons(dep, transports, emit) -> None:
+    """Uncordon the nodes an interrupted upgrade left cordoned."""
+    from kdeploy.execute.cordons import CordonLedger
+    from kdeploy.verbs.upgrade import api_runner, finish_cordons
+    ledger = CordonLedger(dep.state_dir)
+    if ledger.nodes():
+        finish_cordons(ledger, api_runner(dep.cluster, transports), emit)
 
 
 def _verify(dep, transports, as_json):

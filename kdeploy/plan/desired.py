@@ -23,7 +23,7 @@ BINARY_UNITS = {
 # binaries at that host's turn (never cluster-wide ahead of the rollout)
 COMPONENT_PHASES = {
     "etcd": "etcd", "kubernetes": "node", "containerd": "runtime", "runc": "runtime",
-    "cni-plugins": "runtime", "crictl": "runtime", "coredns": "node", "images": "node",
+    "cni-plugins": "runtime", "crictl": "runtime", "coredns": "node", "images": "images",
     "api-lb": "node",
 }
 CONTROL_PLANE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
@@ -50,7 +50,7 @@ def binaries_for(host, artifacts, *, api_lb: bool = True) -> tuple[Binary, ...]:
         if not host_gets(a.roles, host) or (a.component == "api-lb" and not api_lb):
             continue
         if a.install_path.endswith(".tar"):   # image archive: import into containerd once it runs
-            out.append(Binary(a.install_path, str(a.local_path), a.sha256, phase="node", mode=a.mode,
+            out.append(Binary(a.install_path, str(a.local_path), a.sha256, phase="images", mode=a.mode,
                               run_on_change=(("ctr", "-n", "k8s.io", "images", "import",
                                               "--all-platforms", a.install_path),)))
         else:

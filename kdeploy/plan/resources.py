@@ -10,7 +10,8 @@ PHASES = (
     "etcd",           # etcd members (their binaries too: placed at the host's turn)
     "control-plane",  # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
     "runtime",        # containerd, runc, CNI plugins and config, crictl
-    "node",           # API load balancer, kubelet, kube-proxy, pod routes, image archives
+    "images",         # image archives imported into containerd (before anything needs them)
+    "node",           # API load balancer, kubelet, kube-proxy, pod routes
     "addons",         # applied through the API: RBAC, CoreDNS, node labels/taints
 )
 

@@ -1,0 +1,94 @@
+"""kdeploy upgrade: roll a running cluster to the inventory's Kubernetes version."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from kdeploy.cli.common import InventoryOpt, JsonOpt, load
+from kdeploy.cli.plan import ArtifactsOpt, TransportOpt, factory_for
+
+
+def register(app: typer.Typer) -> None:
+    def upgrade(
+        inventory: InventoryOpt,
+        to: Annotated[str, typer.Option("--to", help="The target version; must match the "
+                                        "inventory's spec.kubernetes.version.")],
+        artifacts: ArtifactsOpt = None,
+        batch: Annotated[str, typer.Option(help="Workers per batch: a count (2) or a "
+                                           "percentage (25%).")] = "1",
+        yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing.")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the rollout; change nothing.")] = False,
+        force: Annotated[bool, typer.Option(help="Go on although etcd or a node is unhealthy.")] = False,
+        verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+        as_json: JsonOpt = False,
+        arch: Annotated[str, typer.Option(help="Host architecture.")] = "amd64",
+        transport: TransportOpt = "ssh",
+    ) -> None:
+        """Upgrade a running cluster: etcd and the control plane one host at a time, then the
+        nodes in batches (cordon, drain, upgrade, Ready, uncordon). Exit 2 with --dry-run
+        when there is something to do."""
+        from kdeploy.cli.output import console, progress_printer, show_plan
+        from kdeploy.cli.up import _verify
+        from kdeploy.errors import VerifyError
+        from kdeploy.execute.session import connect
+        from kdeploy.execute.steps import Policy
+        from kdeploy.transport.pool import UnreachableHosts, close_all
+        from kdeploy.verbs.upgrade import check_target, run_upgrade
+
+        policy = Policy.parse(batch)
+        cluster = load(inventory, quiet=as_json)
+        check_target(cluster, to)
+        emit = progress_printer(as_json)
+
+        def confirm(p, steps) -> bool:
+            if yes or as_json:
+                return True
+            if not console.is_terminal:
+                from kdeploy.errors import KdeployError
+                raise KdeployError("upgrade changes a running cluster: pass --yes to confirm "
+                                   "(no terminal to ask on)")
+            _show(p, steps)
+            return typer.confirm(f"Upgrade cluster {cluster.name} to {cluster.version}?")
+
+        def _show(p, steps):
+            show_plan(p)
+            console.print("Rollout:")
+            for s in steps:
+                hooks = f"  [{', '.join(s['hooks'])}]" if s["hooks"] else ""
+                console.print(f"  {s['step']:<20} {s['policy']:<14} {', '.join(s['hosts'])}{hooks}")
+
+        transports, failed = connect(cluster, factory=factory_for(transport))
+        if failed:
+            close_all(transports)
+            raise UnreachableHosts(failed)
+        try:
+            out = run_upgrade(cluster, to=to, transports=transports, artifacts_dir=artifacts,
+                              batch=policy, force=force, dry_run=dry_run, arch=arch, emit=emit,
+                              confirm=confirm)
+            if dry_run:
+                if as_json:
+                    import json
+                    typer.echo(json.dumps({**out.plan.to_dict(), "steps": out.steps}, indent=2))
+                elif out.plan.empty:
+                    console.print(f"Nothing to upgrade: every host runs {cluster.version}.")
+                else:
+                    _show(out.plan, out.steps)
+                raise typer.Exit(0 if out.plan.empty else 2)
+            if out.plan.empty:
+                emit({"event": "no-changes"}) if as_json else console.print(
+                    f"Nothing to upgrade: every host runs {cluster.version} as the inventory says.")
+                return
+            if verify:
+                results = _verify(out.deployment, transports, as_json)
+                if not all(r.ok for r in results):
+                    raise VerifyError("the cluster was upgraded but some checks failed (see the table)",
+                                      f"details: kdeploy verify -i {inventory}")
+            if not as_json:
+                console.print(f"Upgraded cluster {cluster.name} to {cluster.version}; etcd snapshot "
+                              f"taken before: {out.snapshot}")
+        finally:
+            close_all(transports)
+
+    app.command("upgrade")(upgrade)

@@ -1,0 +1,393 @@
+"""`kdeploy upgrade`: move a running cluster to the inventory's Kubernetes version.
+
+The inventory stays the one source of truth (it names the target version; --to confirms it).
+In order: preflight from facts (installed versions on every host, skew policy, etcd and node
+health) -> an etcd snapshot saved on the deployer and checked -> etcd members one at a time,
+each after the whole etcd cluster is healthy -> control-plane hosts one at a time, each gated
+on its /readyz and on the API through its load balancer -> image archives on every node ->
+addons -> control-plane nodes one at a time, then workers in batches: cordon, drain (PDBs
+respected), containerd/kubelet/kube-proxy, Ready at the new version, uncordon.
+
+A failure stops the rollout and uncordons what it cordoned; the nodes kdeploy cordoned are
+kept in the state dir (cordoned.json) so a run killed with SIGKILL is finished by the next run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Mapping
+
+from kdeploy.errors import ApplyError, KdeployError, PreflightError
+from kdeploy.execute.cordons import CordonLedger
+from kdeploy.execute.engine import Gate
+from kdeploy.execute.steps import PARALLEL, SERIAL, Hook, Policy, Step
+from kdeploy.model import Cluster, Role, defaults
+from kdeploy.pki import paths
+
+KUBECTL = f"{defaults.BIN_DIR}/kubectl"
+ETCDCTL = (f"{defaults.BIN_DIR}/etcdctl --endpoints=https://127.0.0.1:{defaults.ETCD_CLIENT_PORT} "
+           f"--cacert={paths.ETCD_CA_CRT} --cert={paths.ETCD_HEALTHCHECK_CLIENT_CRT} "
+           f"--key={paths.ETCD_HEALTHCHECK_CLIENT_KEY}")
+BACKUP_DIR = f"{defaults.KDEPLOY_DIR}/backups"
+DRAIN_TIMEOUT = 300
+READY_TIMEOUT = 300
+
+
+def _v(version: str) -> tuple[int, int, int]:
+    m = re.match(r"v?(\d+)\.(\d+)\.(\d+)", version)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else (0, 0, 0)
+
+
+def api_server(cluster: Cluster) -> str:
+    """Where kubectl on a control-plane host reaches the API: its node-local LB (any healthy
+    apiserver), the external endpoint, else its own apiserver."""
+    if cluster.node_local_lb:
+        return f"https://127.0.0.1:{defaults.API_LB_PORT}"
+    return f"https://127.0.0.1:{defaults.APISERVER_PORT}"
+
+
+def kubectl_argv(cluster: Cluster, *args: str) -> list[str]:
+    return [KUBECTL, f"--kubeconfig={paths.ADMIN_CONF}", f"--server={api_server(cluster)}", *args]
+
+
+# ---------------------------------------------------------------------------- versions (pure)
+
+def installed_versions(facts: Mapping) -> dict[str, dict[str, str]]:
+    """{host: {component: version}} of the binaries installed now (from facts)."""
+    return {h: dict(f.versions) for h, f in facts.items() if getattr(f, "versions", None)}
+
+
+def version_drift(cluster: Cluster, facts: Mapping) -> dict[str, list[str]]:
+    """Hosts whose installed Kubernetes/etcd versions differ from the inventory's: `up` never
+    changes them (that is `upgrade`'s job). {host: ["kube-apiserver 1.36.3", ...]}."""
+    from kdeploy.artifacts import versions_for
+    want = {"kube-apiserver": cluster.version, "kubelet": cluster.version,
+            "kube-proxy": cluster.version, "etcd": versions_for(cluster.version).etcd}
+    out: dict[str, list[str]] = {}
+    for h, vs in installed_versions(facts).items():
+        diff = [f"{c} {v}" for c, v in sorted(vs.items()) if c in want and v != want[c]]
+        if diff:
+            out[h] = diff
+    return out
+
+
+def skew_problems(cluster: Cluster, facts: Mapping, target: str) -> list[str]:
+    """What the upstream version-skew policy forbids for this upgrade, naming the hosts:
+    no downgrade, no skipped minor on the control plane, kubelet/kube-proxy at most 3 minors
+    older than the new apiserver."""
+    t = _v(target)
+    out: list[str] = []
+    vers = installed_versions(facts)
+    cp = {h: vs["kube-apiserver"] for h, vs in vers.items() if "kube-apiserver" in vs}
+    if not cp:
+        return ["no kube-apiserver is installed on the control-plane hosts: this is not a running "
+                "cluster; deploy it with `kdeploy up`"]
+    for comp in ("kube-apiserver", "kubelet", "kube-proxy"):
+        newer = sorted(h for h, vs in vers.items() if comp in vs and _v(vs[comp]) > t)
+        if newer:
+            out.append(f"{comp} on {', '.join(newer)} is newer than {target}: downgrades are not "
+                       "supported (restore an etcd snapshot taken before the upgrade instead)")
+    old = sorted(h for h, v in cp.items() if _v(v)[:2] < (t[0], t[1] - 1))
+    if old:
+        out.append(f"kube-apiserver on {', '.join(old)} runs {', '.join(sorted({cp[h] for h in old}))}: "
+                   f"an upgrade to {target} would skip a minor version; upgrade to "
+                   f"{t[0]}.{t[1] - 1} first")
+    for comp in ("kubelet", "kube-proxy"):
+        lag = sorted(h for h, vs in vers.items() if comp in vs and _v(vs[comp])[:2] < (t[0], t[1] - 3))
+        if lag:
+            out.append(f"{comp} on {', '.join(lag)} is more than 3 minor versions older than "
+                       f"{target} (version-skew policy): upgrade those nodes step by step")
+    return out
+
+
+# ---------------------------------------------------------------------------- steps
+
+@dataclass
+class NodeHooks:
+    """cordon + drain before a node's turn; Ready at the new version + uncordon after."""
+    cluster: Cluster
+    ledger: CordonLedger
+    version: str
+    drain_timeout: int = DRAIN_TIMEOUT
+    ready_timeout: int = READY_TIMEOUT
+    operator_cordoned: set[str] = field(default_factory=set)
+
+    def drain(self, ctx, node: str) -> None:
+        r = ctx.api(["get", "node", node, "-o", "jsonpath={.spec.unschedulable}"])
+        if r.out.strip() == "true" and node not in self.ledger.nodes():
+            self.operator_cordoned.add(node)   # cordoned by someone else: leave it cordoned
+        else:
+            self.ledger.add(node)              # recorded before the cordon: a killed run is finished
+            ctx.push_cleanup(f"cordon:{node}", f"uncordon {node}", lambda: self._uncordon(ctx, node))
+        r = ctx.api(["drain", node, "--ignore-daemonsets", "--delete-emptydir-data",
+                     "--grace-period=30", f"--timeout={self.drain_timeout}s"],
+                    timeout=self.drain_timeout + 60, check=False)
+        if not r.ok:
+            last = ((r.err or r.out).strip().splitlines() or ["?"])[-1]
+            raise ApplyError(f"drain of node {node} did not finish within {self.drain_timeout} s: {last}",
+                             "a PodDisruptionBudget may allow no eviction now (kubectl get pdb -A); "
+                             "the node was uncordoned; fix it and run `kdeploy upgrade` again")
+
+    def ready(self, ctx, node: str) -> None:
+        want = f"v{self.version} True"
+        jp = ('jsonpath={.status.nodeInfo.kubeletVersion} '
+              '{.status.conditions[?(@.type=="Ready")].status}')
+        deadline = time.monotonic() + self.ready_timeout
+        last = ""
+        while time.monotonic() < deadline:
+            r = ctx.api(["get", "node", node, "-o", jp], timeout=30, check=False)
+            last = r.out.strip() if r.ok else (r.err or r.out).strip()
+            if last == want:
+                return
+            time.sleep(2)
+        raise ApplyError(f"node {node} is not Ready at v{self.version} after {self.ready_timeout} s "
+                         f"(now: {last or '?'})",
+                         f"look at its kubelet: kdeploy lab ssh {node} -- journalctl -u kubelet")
+
+    def uncordon(self, ctx, node: str) -> None:
+        if node in self.operator_cordoned:
+            return
+        self._uncordon(ctx, node)
+        ctx.pop_cleanup(f"cordon:{node}")
+
+    def _uncordon(self, ctx, node: str) -> None:
+        ctx.api(["uncordon", node], timeout=60)
+        self.ledger.remove(node)
+
+
+def upgrade_gates(cluster: Cluster) -> tuple[Gate, ...]:
+    lb = api_server(cluster)
+    return (
+        Gate("etcd", "etcd", f"{ETCDCTL} endpoint health --cluster", 120,
+             "every etcd member healthy"),
+        Gate("control-plane", "control-plane",
+             f"{KUBECTL} --kubeconfig={paths.ADMIN_CONF} "
+             f"--server=https://127.0.0.1:{defaults.APISERVER_PORT} get --raw /readyz", 180,
+             "kube-apiserver /readyz"),
+        Gate("control-plane", "control-plane",
+             f"{KUBECTL} --kubeconfig={paths.ADMIN_CONF} --server={lb} get --raw /readyz", 60,
+             "the API through the load balancer"),
+        Gate("runtime", "node", f"{defaults.BIN_DIR}/ctr --address {defaults.CONTAINERD_SOCKET} version",
+             60, "containerd answers"),
+    )
+
+
+def upgrade_steps(cluster: Cluster, hooks: NodeHooks, batch: Policy) -> tuple[Step, ...]:
+    etcd = tuple(h.name for h in cluster.etcd)
+    cp = tuple(h.name for h in cluster.control_plane)
+    workers = tuple(h.name for h in cluster.hosts if not h.has(Role.control_plane))
+    gates = upgrade_gates(cluster)
+    node_hooks = dict(before=(Hook("drain", hooks.drain),),
+                      after=(Hook("ready", hooks.ready), Hook("uncordon", hooks.uncordon)))
+    return (
+        Step("os", ("os",), PARALLEL, gates=gates),
+        Step("etcd", ("etcd",), SERIAL, hosts=etcd, gates=gates),
+        Step("control-plane", ("control-plane",), SERIAL, hosts=cp, gates=gates),
+        Step("images", ("images",), PARALLEL, gates=gates),
+        Step("addons", ("addons",), PARALLEL, gates=gates),
+        Step("control-plane nodes", ("runtime", "node"), SERIAL, hosts=cp, gates=gates, **node_hooks),
+        Step("workers", ("runtime", "node"), batch, hosts=workers, gates=gates, **node_hooks),
+    )
+
+
+def describe_steps(steps: tuple[Step, ...], plan) -> list[dict]:
+    """The rollout as `upgrade --dry-run` shows it: each step, its policy and hosts."""
+    out = []
+    for s in steps:
+        order = s.hosts if s.hosts is not None else tuple(dict.fromkeys(c.host for c in plan.changes))
+        hosts = [h for h in order if any(plan.for_host_phase(h, p) for p in s.phases)]
+        if hosts:
+            out.append({"step": s.name, "policy": s.policy.describe(), "hosts": hosts,
+                        "hooks": [h.name for h in (*s.before, *s.after)]})
+    return out
+
+
+# ---------------------------------------------------------------------------- API and etcd
+
+def api_runner(cluster: Cluster, transports: Mapping) -> Callable:
+    """kubectl on the first reachable control-plane host, through its load balancer."""
+    host = next(h.name for h in cluster.control_plane if h.name in transports)
+    t = transports[host]
+
+    def run(argv, *, timeout: float = 60, check: bool = True):
+        return t.run(kubectl_argv(cluster, *argv), timeout=timeout, check=check)
+    return run
+
+
+def finish_cordons(ledger: CordonLedger, api: Callable, emit: Callable) -> list[str]:
+    """Uncordon the nodes a killed run left cordoned (kdeploy's own cordons only)."""
+    done = []
+    for node in ledger.nodes():
+        r = api(["uncordon", node], timeout=60, check=False)
+        if r.ok or "not found" in (r.err or ""):
+            ledger.remove(node)
+            done.append(node)
+            emit({"event": "cleanup", "what": f"uncordon {node} (left by an interrupted run)",
+                  "ok": True})
+    return done
+
+
+def health_problems(cluster: Cluster, transports: Mapping, api: Callable) -> list[str]:
+    out = []
+    etcd_host = next((h.name for h in cluster.etcd if h.name in transports), None)
+    if etcd_host:
+        r = transports[etcd_host].run(f"{ETCDCTL} endpoint health --cluster", timeout=60, check=False)
+        if not r.ok:
+            out.append(f"etcd is not healthy: {(r.err or r.out).strip().splitlines()[-1:] or ['?']}")
+    r = api(["get", "nodes", "-o", "json"], timeout=60, check=False)
+    if not r.ok:
+        out.append(f"the API does not answer: {(r.err or r.out).strip()[-200:]}")
+        return out
+    for n in json.loads(r.out).get("items", []):
+        ready = next((c["status"] for c in n.get("status", {}).get("conditions", [])
+                      if c.get("type") == "Ready"), "Unknown")
+        if ready != "True":
+            out.append(f"node {n['metadata']['name']} is not Ready ({ready})")
+    return out
+
+
+def snapshot(cluster: Cluster, transports: Mapping, state_dir: Path, emit: Callable) -> Path:
+    """An etcd snapshot from a healthy member, checked with etcdutl, saved 0600 on the deployer
+    (with its sha256) before the first change."""
+    from kdeploy.pki.crypto import write_atomic
+    host = next(h.name for h in cluster.etcd if h.name in transports)
+    t = transports[host]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    remote = f"{BACKUP_DIR}/etcd-{cluster.name}-{stamp}.db"
+    t.run(f"mkdir -p -m 0700 {BACKUP_DIR} && {ETCDCTL} snapshot save {shlex.quote(remote)} "
+          f"&& chmod 0600 {shlex.quote(remote)}", timeout=300)
+    st = t.run(f"{defaults.BIN_DIR}/etcdutl snapshot status {shlex.quote(remote)} -w json",
+               timeout=120, check=False)
+    if not st.ok:
+        raise ApplyError(f"the etcd snapshot on {host} does not check out: {(st.err or st.out).strip()}",
+                         "nothing was changed; look at etcd's health and run again")
+    data = t.get(remote)
+    if not data:
+        raise ApplyError(f"cannot read the etcd snapshot {remote} from {host}")
+    local = state_dir / "backups" / Path(remote).name
+    local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(local, data, 0o600)
+    sha = hashlib.sha256(data).hexdigest()
+    write_atomic(local.with_suffix(".db.sha256"), f"{sha}  {local.name}\n".encode(), 0o600)
+    emit({"event": "snapshot", "host": host, "path": str(local), "bytes": len(data),
+          "status": st.out.strip()})
+    return local
+
+
+def check_target(cluster: Cluster, to: str) -> None:
+    if to.lstrip("v") != cluster.version:
+        raise KdeployError(
+            f"--to {to} does not match the inventory's spec.kubernetes.version {cluster.version}",
+            "the inventory is the source of truth: set spec.kubernetes.version to the target "
+            "version, then confirm it with --to")
+
+
+def preflight(cluster: Cluster, facts: Mapping, transports: Mapping, api: Callable,
+              *, force: bool = False) -> None:
+    problems = skew_problems(cluster, facts, cluster.version)
+    if problems:
+        raise PreflightError("the upgrade is refused; nothing was changed:\n"
+                             + "\n".join(f"  {p}" for p in problems),
+                             "see https://kubernetes.io/releases/version-skew-policy/")
+    unhealthy = health_problems(cluster, transports, api)
+    if unhealthy and not force:
+        raise PreflightError("the cluster is not healthy; nothing was changed:\n"
+                             + "\n".join(f"  {p}" for p in unhealthy),
+                             "fix it first, or pass --force to upgrade anyway")
+
+
+# ---------------------------------------------------------------------------- the verb
+
+@dataclass
+class UpgradeOutcome:
+    plan: object
+    steps: list[dict]
+    applied: bool = False
+    snapshot: Path | None = None
+    result: object = None
+    uncordoned: list[str] = field(default_factory=list)
+    deployment: object = None
+    transports: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def run_upgrade(cluster: Cluster, *, to: str, transports: Mapping, artifacts_dir: Path | None,
+                batch: Policy, force: bool = False, dry_run: bool = False, arch: str = "amd64",
+                emit: Callable[[dict], None] = lambda e: None,
+                confirm: Callable[[object, list[dict]], bool] = lambda p, s: True) -> UpgradeOutcome:
+    """Everything `kdeploy upgrade` does, given connected transports (the CLI connects, prints
+    and verifies). Holds the cluster's run lock."""
+    from kdeploy.execute import run
+    from kdeploy.execute.engine import Engine
+    from kdeploy.execute.lock import RunLock
+    from kdeploy.plan.desired import roles_of
+    from kdeploy.plan.planner import plan as make_plan
+
+    check_target(cluster, to)
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    with RunLock(run.state_dir_for(cluster), "upgrade"):
+        dep = run.prepare(cluster, artifacts_dir=artifacts_dir, arch=arch)
+        record = run.RunRecord(dep.state_dir, "upgrade")
+        try:
+            facts, observed = run.gather(dep, transports)
+            record.write("facts.json", {h: f.to_dict() for h, f in facts.items()})
+            run.preflight(dep, facts, arch)
+            problems = skew_problems(cluster, facts, cluster.version)
+            if problems:
+                raise PreflightError("the upgrade is refused; nothing was changed:\n"
+                                     + "\n".join(f"  {p}" for p in problems),
+                                     "see https://kubernetes.io/releases/version-skew-policy/")
+            p = make_plan(dep.desired, observed)
+            hooks = NodeHooks(cluster, CordonLedger(dep.state_dir), cluster.version)
+            steps = upgrade_steps(cluster, hooks, batch)
+            shown = describe_steps(steps, p)
+            record.write("plan.json", {**p.to_dict(), "steps": shown})
+            out = UpgradeOutcome(p, shown, deployment=dep, transports=dict(transports))
+            timings["facts + preflight"] = time.monotonic() - t0
+            if dry_run:
+                return out
+            api = api_runner(cluster, transports)
+            out.uncordoned = finish_cordons(hooks.ledger, api, emit)
+            if p.empty:
+                return out
+            unhealthy = health_problems(cluster, transports, api)
+            if unhealthy and not force:
+                raise PreflightError("the cluster is not healthy; nothing was changed:\n"
+                                     + "\n".join(f"  {u}" for u in unhealthy),
+                                     "fix it first, or pass --force to upgrade anyway")
+            if not confirm(p, shown):
+                raise KdeployError("upgrade cancelled; nothing was changed")
+            t = time.monotonic()
+            out.snapshot = snapshot(cluster, transports, dep.state_dir, emit)
+            timings["etcd snapshot"] = time.monotonic() - t
+
+            def both(e):
+                record.event(e)
+                emit(e)
+            engine = Engine(dep.desired, transports, roles=roles_of(cluster), gates=(),
+                            emit=both, api_runner=api)
+            t = time.monotonic()
+            try:
+                out.result = engine.apply(p, steps)
+            except ApplyError as e:
+                out.result = getattr(e, "result", None)
+                raise
+            finally:
+                timings["rollout"] = time.monotonic() - t
+                if out.result is not None:
+                    record.write("results.json",
+                                 {"phases": [ph.__dict__ for ph in out.result.phases]})
+            out.applied = True
+            run.write_admin_kubeconfig(dep)
+            return out
+        finally:
+            timings["total"] = time.monotonic() - t0
+            record.write("timings.json", timings)
+            record.close()
