@@ -21,6 +21,9 @@ def register(app: typer.Typer) -> None:
         yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing.")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the rollout; change nothing.")] = False,
         force: Annotated[bool, typer.Option(help="Go on although etcd or a node is unhealthy.")] = False,
+        drain_timeout: Annotated[int, typer.Option(help="Seconds a node's drain may take (PodDisruption"
+                                                   "Budgets respected) before the rollout stops.",
+                                                   min=1)] = 300,
         verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
         as_json: JsonOpt = False,
         arch: Annotated[str, typer.Option(help="Host architecture.")] = "amd64",
@@ -66,7 +69,7 @@ def register(app: typer.Typer) -> None:
         try:
             out = run_upgrade(cluster, to=to, transports=transports, artifacts_dir=artifacts,
                               batch=policy, force=force, dry_run=dry_run, arch=arch, emit=emit,
-                              confirm=confirm)
+                              confirm=confirm, drain_timeout=drain_timeout)
             if dry_run:
                 if as_json:
                     import json

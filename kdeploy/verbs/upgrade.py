@@ -319,6 +319,7 @@ class UpgradeOutcome:
 
 def run_upgrade(cluster: Cluster, *, to: str, transports: Mapping, artifacts_dir: Path | None,
                 batch: Policy, force: bool = False, dry_run: bool = False, arch: str = "amd64",
+                drain_timeout: int = DRAIN_TIMEOUT,
                 emit: Callable[[dict], None] = lambda e: None,
                 confirm: Callable[[object, list[dict]], bool] = lambda p, s: True) -> UpgradeOutcome:
     """Everything `kdeploy upgrade` does, given connected transports (the CLI connects, prints
@@ -345,7 +346,8 @@ def run_upgrade(cluster: Cluster, *, to: str, transports: Mapping, artifacts_dir
                                      + "\n".join(f"  {p}" for p in problems),
                                      "see https://kubernetes.io/releases/version-skew-policy/")
             p = make_plan(dep.desired, observed)
-            hooks = NodeHooks(cluster, CordonLedger(dep.state_dir), cluster.version)
+            hooks = NodeHooks(cluster, CordonLedger(dep.state_dir), cluster.version,
+                              drain_timeout=drain_timeout)
             steps = upgrade_steps(cluster, hooks, batch)
             shown = describe_steps(steps, p)
             record.write("plan.json", {**p.to_dict(), "steps": shown})

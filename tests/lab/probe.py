@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Availability probe, run on a lab node while a lifecycle verb acts (stdlib only).
+
+    probe.py OUTDIR SERVICE_IP [MAX_SECONDS]
+
+Every 100 ms, on fresh connections: GET /readyz on the API through this node's load balancer
+(https://127.0.0.1:7443, as the kubelet: its client certificate from kubelet.conf), and GET
+/hostname from the Service at SERVICE_IP:80. Each result is a line in OUTDIR/api.log and
+OUTDIR/service.log: "<epoch seconds> <1|0> <detail>". Stops when OUTDIR/stop exists or after
+MAX_SECONDS (default 1800): its loops are bounded.
+"""
+import base64
+import http.client
+import os
+import re
+import ssl
+import sys
+import threading
+import time
+
+out, svc = sys.argv[1], sys.argv[2]
+limit = float(sys.argv[3]) if len(sys.argv) > 3 else 1800.0
+os.makedirs(out, exist_ok=True)
+conf = open("/etc/kubernetes/kubelet.conf").read()
+
+
+def field(name):
+    return base64.b64decode(re.search(rf"{name}: (\S+)", conf).group(1))
+
+
+for name, fname in (("certificate-authority-data", "ca.pem"), ("client-certificate-data", "crt.pem"),
+                    ("client-key-data", "key.pem")):
+    fd = os.open(os.path.join(out, fname), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, field(name))
+    os.close(fd)
+ctx = ssl.create_default_context(cafile=os.path.join(out, "ca.pem"))
+ctx.load_cert_chain(os.path.join(out, "crt.pem"), os.path.join(out, "key.pem"))
+deadline = time.time() + limit
+stop = os.path.join(out, "stop")
+
+
+def loop(name, make, path):
+    with open(os.path.join(out, f"{name}.log"), "a", buffering=1) as log:
+        while time.time() < deadline and not os.path.exists(stop):
+            t = time.time()
+            try:
+                c = make()
+                c.request("GET", path)
+                r = c.getresponse()
+                body = r.read()[:60].decode(errors="replace").replace("\n", " ")
+                c.close()
+                ok = r.status == 200
+                detail = f"{r.status} {body}"
+            except Exception as e:  # noqa: BLE001 - every failure is a data point
+                ok, detail = False, f"{type(e).__name__}: {e}"
+            log.write(f"{t:.3f} {int(ok)} {detail}\n")
+            time.sleep(max(0.0, 0.1 - (time.time() - t)))
+
+
+threads = [
+    threading.Thread(target=loop, args=("api", lambda: http.client.HTTPSConnection(
+        "127.0.0.1", 7443, context=ctx, timeout=2), "/readyz")),
+    threading.Thread(target=loop, args=("service", lambda: http.client.HTTPConnection(
+        svc, 80, timeout=2), "/hostname")),
+]
+for th in threads:
+    th.start()
+for th in threads:
+    th.join()
