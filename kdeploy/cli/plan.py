@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         from kdeploy.transport.pool import UnreachableHosts, close_all
 
         cluster = load(inventory)
-        dep = prepare(cluster, artifacts_dir=artifacts, need_artifacts=False)
+        dep = prepare(cluster, artifacts_dir=artifacts, need_artifacts=False, write_state=False)
         observed: dict = {}
         if not offline:
             transports, failed = connect(cluster, factory=factory_for(transport))

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         from kdeploy.transport.pool import UnreachableHosts, close_all
 
         cluster = load(inventory, quiet=as_json)
-        dep = run.prepare(cluster, need_artifacts=False)
+        dep = run.prepare(cluster, need_artifacts=False, write_state=False)
         transports, failed = connect(cluster, factory=factory_for(transport))
         if failed:
             close_all(transports)

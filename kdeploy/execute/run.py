@@ -51,12 +51,14 @@ class Deployment:
 
 
 def prepare(cluster: Cluster, *, artifacts_dir: Path | None = None, need_artifacts: bool = True,
-            arch: str = "amd64") -> Deployment:
-    """Everything that happens on this machine only: PKI, artifacts, rendering."""
+            arch: str = "amd64", write_state: bool = True) -> Deployment:
+    """Everything that happens on this machine only: PKI, artifacts, rendering.
+    write_state=False (plan, verify): the state dir is left as it is; what `up` would issue
+    (missing or expiring certificates, new pod CIDRs) is computed in a private scratch copy."""
     from kdeploy.pki import ensure_pki
     state = state_dir_for(cluster)
-    cluster = pin_pod_cidrs(cluster, state)
-    pki = ensure_pki(cluster, state)
+    cluster = pin_pod_cidrs(cluster, state, write=write_state)
+    pki = ensure_pki(cluster, state if write_state else _scratch_state(state))
     arts: list = []
     a_dir = artifacts_dir
     if a_dir is None and cluster.spec.artifacts.dir:  # relative to the inventory, like key files
@@ -68,7 +70,19 @@ def prepare(cluster: Cluster, *, artifacts_dir: Path | None = None, need_artifac
     return Deployment(cluster, state, pki, arts, desired)
 
 
-def pin_pod_cidrs(cluster: Cluster, state: Path) -> Cluster:
+def _scratch_state(state: Path) -> Path:
+    """A private (0700) copy of the state dir's PKI, removed when this process exits."""
+    import atexit
+    import shutil
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(prefix="kdeploy-plan-"))
+    atexit.register(shutil.rmtree, tmp, True)
+    if (state / "pki").is_dir():
+        shutil.copytree(state / "pki", tmp / "pki", symlinks=True)
+    return tmp
+
+
+def pin_pod_cidrs(cluster: Cluster, state: Path, *, write: bool = True) -> Cluster:
     """Per-node pod CIDRs stay where they were first allocated: kept in the state dir
     (pod-cidrs.json), so removing or reordering hosts never moves a running node's pods.
     Hosts with an explicit podCIDR keep it; new hosts get free subnets."""
@@ -96,7 +110,7 @@ def pin_pod_cidrs(cluster: Cluster, state: Path) -> Cluster:
             keep[name] = str(net)
     pinned = cluster.with_pod_cidrs(keep) if keep else cluster
     current = pinned.node_pod_cidrs
-    if current != saved:
+    if current != saved and write:
         write_atomic(path, (json.dumps(current, indent=1, sort_keys=True) + "\n").encode(), 0o600)
     return pinned
 

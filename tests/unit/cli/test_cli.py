@@ -48,9 +48,8 @@ def test_offline_plan_exits_2_and_json_round_trips(sample):
     plan = json.loads(p.stdout)
     assert not plan["empty"] and {c["host"] for c in plan["changes"]} == {"cp1", "worker1", "worker2"}
     assert all(c["diff"] is None for c in plan["changes"] if c["secret"])
-    # the PKI was created beside the inventory, private
-    state = sample.parent / ".kdeploy" / "demo"
-    assert state.stat().st_mode & 0o077 == 0
+    # a plan writes nothing beside the inventory (the PKI it shows lives in a scratch copy)
+    assert not (sample.parent / ".kdeploy").exists()
 
 
 def test_plan_with_only_documentation_addresses_dials_nothing(sample):
@@ -61,3 +60,25 @@ def test_plan_with_only_documentation_addresses_dials_nothing(sample):
 def test_up_against_documentation_addresses_is_refused(sample):
     p = kdeploy("up", "-i", str(sample))
     assert p.returncode == 6 and "documentation address" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_plan_and_verify_write_no_local_state(sample):
+    """plan (and verify) compute what `up` would issue in a scratch copy: the state dir beside
+    the inventory is neither created nor changed."""
+    state = sample.parent / ".kdeploy"
+    assert kdeploy("plan", "--offline", "-i", str(sample)).returncode == 2
+    assert not state.exists()
+    assert kdeploy("certs", "-i", str(sample)).returncode == 0
+    before = {p: p.read_bytes() for p in state.rglob("*") if p.is_file()}
+    assert kdeploy("plan", "--offline", "-i", str(sample)).returncode == 2
+    assert {p: p.read_bytes() for p in state.rglob("*") if p.is_file()} == before
+    assert kdeploy("verify", "-i", str(sample)).returncode != 0   # documentation addresses
+    assert {p: p.read_bytes() for p in state.rglob("*") if p.is_file()} == before
+
+
+def test_upgrade_refuses_a_target_the_inventory_does_not_name(sample):
+    p = kdeploy("upgrade", "-i", str(sample), "--to", "1.36.3")
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "does not match the inventory's spec.kubernetes.version 1.37.2" in p.stderr
+    p = kdeploy("upgrade", "-i", str(sample), "--to", "1.37.2", "--batch", "0")
+    assert p.returncode != 0 and "not a count or a percentage" in p.stderr
