@@ -146,7 +146,7 @@ KUBE_BINARIES = {
     "kube-apiserver": _CP, "kube-controller-manager": _CP, "kube-scheduler": _CP,
     "kubectl": _CP, "kubelet": _NODE, "kube-proxy": _NODE,
 }
-ETCD_BINARIES = ("etcd", "etcdctl")
+ETCD_BINARIES = ("etcd", "etcdctl", "etcdutl")
 CONTAINERD_BINARIES = ("containerd", "ctr", "containerd-shim-runc-v2")
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 IMAGES = {  # name -> (file, component, versions attribute holding the ref)

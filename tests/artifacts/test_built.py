@@ -111,6 +111,7 @@ VERSION_CASES = [
     (["kubectl", "version", "--client"], f"Client Version: v{K8S}"),
     (["etcd", "--version"], f"etcd Version: {V.get('etcd')}"),
     (["etcdctl", "version"], f"etcdctl version: {V.get('etcd')}"),
+    (["etcdutl", "version"], f"etcdutl version: {V.get('etcd')}"),
     (["containerd", "--version"], f"v{V.get('containerd')}"),
     (["ctr", "--version"], f"v{V.get('containerd')}"),
     (["containerd-shim-runc-v2", "-v"], f"v{V.get('containerd')}"),
@@ -259,6 +260,14 @@ def test_etcd_tls_endpoint_health(etcd):
     p = _run(_bin("etcdctl"), "--endpoints", etcd["url"], "--cacert", str(etcd["ctl"][4]),
              "--command-timeout", "3s", "endpoint", "health", check=False, timeout=30)
     assert p.returncode != 0
+
+
+def test_etcdutl_snapshot_status(etcd, workdir):
+    """etcdctl saves a snapshot of the live etcd, etcdutl (offline) checks it."""
+    snap = workdir / "etcd.snapshot"
+    _run(*etcd["ctl"], "snapshot", "save", str(snap), timeout=60)
+    st = json.loads(_run(_bin("etcdutl"), "snapshot", "status", str(snap), "-w", "json").stdout)
+    assert st["revision"] > 0 and st["totalKey"] > 0 and st["totalSize"] > 0
 
 
 # ---------------------------------------------------------------------------- containerd

@@ -90,6 +90,15 @@ def test_every_pinned_download_has_a_checksum_entry_and_known_ones_are_hex():
         assert sha is None or (len(sha) == 64 and int(sha, 16) >= 0), k
 
 
+def test_etcdutl_ships_with_etcd():
+    specs = {s.name: s for s in catalog.file_specs()}
+    assert specs["etcdutl"].relpath == "bin/etcdutl"
+    assert specs["etcdutl"].install_path == "/usr/local/bin/etcdutl"
+    assert specs["etcdutl"].roles == {"etcd"} and specs["etcdutl"].component == "etcd"
+    etcd = next(r for r in catalog.releases(versions_for("1.36.3"), "arm64") if r.component == "etcd")
+    assert etcd.members["bin/etcdutl"] == "etcd-v3.6.14-linux-arm64/etcdutl"
+
+
 def test_file_specs_install_paths_modes_roles():
     specs = {s.name: s for s in catalog.file_specs()}
     assert specs["kube-apiserver"].install_path == "/usr/local/bin/kube-apiserver"
