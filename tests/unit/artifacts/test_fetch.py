@@ -80,7 +80,7 @@ def test_fetch_to_dir_writes_offline_layout_then_resolve_offline(upstream, tmp_p
     assert (out / "bin" / "kube-apiserver").is_file() and (out / "cni" / "bridge").is_file()
     assert os.stat(out / "bin" / "kubelet").st_mode & 0o111
     files = resolve("1.37.2", offline_dir=out)
-    assert {f.local_path.parent.name for f in files} == {"bin", "cni"}
+    assert {f.local_path.parent.name for f in files} == {"bin", "cni", "lib"}
     assert all(str(f.local_path).startswith(str(out)) for f in files)
 
 
@@ -156,6 +156,7 @@ def test_unsupported_version_and_arch():
         resolve("1.30.1")
     with pytest.raises(ArtifactError.__mro__[1], match="architecture"):
         resolve("1.37.2", "s390x")
+
 
 # ---------------------------------------------------------------------------- .deb archives
 
@@ -255,3 +256,42 @@ def test_deb_zstd_data_tar(tmp_path):
         with pytest.raises(ArtifactError, match="zstd"):
             _extract_deb(tmp_path, deb, {"bin/nginx": "usr/sbin/nginx"})
 
+
+def test_official_api_lb_debs_resolve_to_nginx_and_module(upstream):
+    by = {f.name: f for f in resolve("1.37.2", "amd64", fetcher=upstream)}
+    ng, mod = by["nginx"], by["ngx_stream_module"]
+    assert ng.component == mod.component == "api-lb" and ng.version == "1.22.1-9+deb12u11"
+    assert ng.install_path == catalog.NGINX_BIN and ng.mode == 0o755
+    assert mod.install_path == catalog.NGINX_STREAM_MODULE and mod.mode == 0o644
+    assert ng.roles == mod.roles == catalog.ALL_ROLES
+    assert ng.local_path.read_bytes() == upstream.expected["bin/nginx"]
+    assert any(u.endswith("/nginx_1.22.1-9+deb12u11_amd64.deb") for u in upstream.calls)
+
+
+def test_fetch_to_dir_writes_lib_with_module_mode(upstream, tmp_path):
+    out = tmp_path / "offline"
+    doc = fetch_to_dir(out, "1.37.2", "amd64", fetcher=upstream)
+    assert "lib/ngx_stream_module.so" in doc["files"] and "bin/etcdutl" in doc["files"]
+    assert os.stat(out / "lib" / "ngx_stream_module.so").st_mode & 0o777 == 0o644
+    assert os.stat(out / "bin" / "nginx").st_mode & 0o777 == 0o755
+
+
+def test_unknown_deb_sum_hints_pinning_by_hand(upstream, monkeypatch):
+    key = "api-lb/1.22.1-9+deb12u11/amd64/nginx_1.22.1-9+deb12u11_amd64.deb"
+    monkeypatch.setitem(CHECKSUMS, key, None)
+    with pytest.raises(ArtifactError) as e:
+        resolve("1.37.2", fetcher=upstream)
+    assert "nginx_1.22.1-9+deb12u11_amd64.deb" in e.value.message
+    assert "apt-get download" in e.value.hint and "update-checksums" not in e.value.hint
+    assert upstream.calls == []
+
+
+def test_mirror_sets_modes_from_catalog(tmp_path):
+    d = _offline_dir(tmp_path, with_images=False)
+
+    def fetcher(url, dest):
+        dest.write_bytes((d / url.removeprefix("https://m/")).read_bytes())
+
+    by = {f.name: f for f in resolve("1.37.2", mirror="https://m", fetcher=fetcher)}
+    assert os.stat(by["ngx_stream_module"].local_path).st_mode & 0o777 == 0o644
+    assert os.stat(by["nginx"].local_path).st_mode & 0o777 == 0o755
