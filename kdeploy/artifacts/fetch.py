@@ -128,9 +128,6 @@ def _ar_members(data: bytes, where: str) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     pos = len(AR_MAGIC)
     while pos < len(data):
-        if data[pos:pos + 1] == b"\n":  # padding to an even offset
-            pos += 1
-            continue
         hdr = data[pos:pos + _AR_HEADER]
         if len(hdr) < _AR_HEADER or hdr[58:60] != b"`\n":
             raise bad(f"truncated or bad member header at offset {pos}")
@@ -145,7 +142,7 @@ def _ar_members(data: bytes, where: str) -> dict[str, bytes]:
         if name in out:
             raise bad(f"member {name!r} appears twice")
         out[name] = data[start:start + size]
-        pos = start + size + (size & 1)
+        pos = start + size + (size & 1)  # members start at even offsets ("\n" padding)
     return out
 
 
@@ -176,15 +173,20 @@ def _deb_data_tar(archive: Path) -> tarfile.TarFile:
 def _unzstd(raw: bytes, where: str) -> bytes:
     try:
         from compression import zstd  # Python >= 3.14
-        return zstd.decompress(raw)
+        decompress = zstd.decompress
     except ImportError:
-        pass
+        try:
+            import zstandard  # type: ignore[import-not-found]
+        except ImportError:
+            raise ArtifactError(f"{where} holds a zstd-compressed data.tar and this Python cannot "
+                                "decompress zstd",
+                                "use Python >= 3.14 or pip install zstandard") from None
+        decompress = zstandard.ZstdDecompressor().decompressobj().decompress
     try:
-        import zstandard  # type: ignore[import-not-found]
-    except ImportError:
-        raise ArtifactError(f"{where} holds a zstd-compressed data.tar and this Python cannot "
-                            "decompress zstd", "use Python >= 3.14 or pip install zstandard") from None
-    return zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+        return decompress(raw)
+    except Exception as e:  # noqa: BLE001 - zstd's error types differ between the two modules
+        raise ArtifactError(f"cannot read the data.tar.zst of {where}: {e}",
+                            "delete it and fetch again") from None
 
 
 def _open_archive(archive: Path) -> tarfile.TarFile:
