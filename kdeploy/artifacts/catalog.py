@@ -14,6 +14,12 @@ SUPPORTED_MINORS: tuple[str, ...] = ("1.35", "1.36", "1.37")
 ARCHES: tuple[str, ...] = ("amd64", "arm64")
 DEFAULT_KUBERNETES_VERSION = "1.37.2"
 
+# The node-local API load balancer (component api-lb): nginx and its stream module from
+# Debian 12's packages (nginx, libnginx-mod-stream), installed outside the package manager's paths.
+NGINX_DEB_VERSION = "1.22.1-9+deb12u11"
+NGINX_BIN = "/usr/local/lib/kdeploy/nginx/nginx"
+NGINX_STREAM_MODULE = "/usr/local/lib/kdeploy/nginx/ngx_stream_module.so"
+
 
 @dataclass(frozen=True)
 class ComponentVersions:
@@ -27,6 +33,7 @@ class ComponentVersions:
     coredns: str
     pause: str
     agnhost: str
+    nginx: str = NGINX_DEB_VERSION  # Debian 12 package version (api-lb), the same for every minor
 
     @property
     def pause_image(self) -> str:
@@ -56,13 +63,13 @@ class ComponentVersions:
 _PINS: dict[str, ComponentVersions] = {
     "1.35": ComponentVersions(kubernetes="1.35.4", etcd="3.6.14", containerd="2.3.4", runc="1.4.3",
                               cni_plugins="1.9.1", crictl="1.35.0", coredns="1.13.1",
-                              pause="3.10.1", agnhost="2.59"),
+                              pause="3.10.1", agnhost="2.59", nginx=NGINX_DEB_VERSION),
     "1.36": ComponentVersions(kubernetes="1.36.3", etcd="3.6.14", containerd="2.3.4", runc="1.4.3",
                               cni_plugins="1.9.1", crictl="1.36.0", coredns="1.14.2",
-                              pause="3.10.2", agnhost="2.63.0"),
+                              pause="3.10.2", agnhost="2.63.0", nginx=NGINX_DEB_VERSION),
     "1.37": ComponentVersions(kubernetes="1.37.2", etcd="3.7.0", containerd="2.3.7", runc="1.4.3",
                               cni_plugins="1.9.1", crictl="1.37.0", coredns="1.14.6",
-                              pause="3.10.2", agnhost="2.66.1"),
+                              pause="3.10.2", agnhost="2.66.1", nginx=NGINX_DEB_VERSION),
 }
 
 # The Go-module build (tests/artifacts/build) can only use versions the Go module proxy serves;
@@ -130,8 +137,8 @@ def build_versions_for(kubernetes_version: str) -> ComponentVersions:
 class FileSpec:
     """One file of the artifact set."""
     name: str                 # kube-apiserver, bridge, pause-image
-    component: str            # kubernetes, etcd, containerd, runc, cni-plugins, crictl, coredns, images
-    relpath: str              # path in the offline layout: bin/kube-apiserver, cni/bridge, images/pause.tar
+    component: str            # kubernetes, etcd, containerd, runc, cni-plugins, crictl, api-lb, images
+    relpath: str              # path in the offline layout: bin/kube-apiserver, cni/bridge, lib/ngx_stream_module.so, images/pause.tar
     install_path: str         # absolute path on a host
     mode: int
     roles: frozenset[str]
@@ -150,7 +157,7 @@ KUBE_BINARIES = {
     "kube-apiserver": _CP, "kube-controller-manager": _CP, "kube-scheduler": _CP,
     "kubectl": _CP, "kubelet": _NODE, "kube-proxy": _NODE,
 }
-ETCD_BINARIES = ("etcd", "etcdctl")
+ETCD_BINARIES = ("etcd", "etcdctl", "etcdutl")
 CONTAINERD_BINARIES = ("containerd", "ctr", "containerd-shim-runc-v2")
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
 IMAGES = {  # name -> (file, component, versions attribute holding the ref)
@@ -173,6 +180,10 @@ def file_specs(*, images: bool = True) -> list[FileSpec]:
     for n in CNI_PLUGINS:
         out.append(FileSpec(n, "cni-plugins", f"cni/{n}", f"/opt/cni/bin/{n}", 0o755, _NODE))
     out.append(FileSpec("crictl", "crictl", "bin/crictl", "/usr/local/bin/crictl", 0o755, _NODE))
+    # every node runs the API load balancer (node-local nginx stream proxy to the apiservers)
+    out.append(FileSpec("nginx", "api-lb", "bin/nginx", NGINX_BIN, 0o755, ALL_ROLES))
+    out.append(FileSpec("ngx_stream_module", "api-lb", "lib/ngx_stream_module.so",
+                        NGINX_STREAM_MODULE, 0o644, ALL_ROLES))
     if images:
         for n, (fname, comp, _) in IMAGES.items():
             out.append(FileSpec(n, comp, f"images/{fname}", f"/var/lib/kdeploy/images/{fname}",
@@ -183,7 +194,7 @@ def file_specs(*, images: bool = True) -> list[FileSpec]:
 def component_version(v: ComponentVersions, component: str, name: str = "") -> str:
     if component == "images":
         return getattr(v, IMAGES[name][2]).rsplit(":", 1)[1]
-    attr = {"cni-plugins": "cni_plugins"}.get(component, component)
+    attr = {"cni-plugins": "cni_plugins", "api-lb": "nginx"}.get(component, component)
     return getattr(v, attr)
 
 
@@ -194,13 +205,16 @@ class Release:
     version: str
     arch: str
     url: str                     # the download
-    sha256_url: str              # upstream's published checksum file for it
+    sha256_url: str              # upstream's published checksum file for it ("" = none published:
+                                 # the sum is pinned by hand, update-checksums keeps it)
     asset: str                   # the file name the checksum table is keyed by
-    members: dict[str, str]      # relpath in the layout -> path inside the archive ("" = the download itself)
+    members: dict[str, str]      # relpath in the layout -> path inside the archive (tar or .deb;
+                                 # "" = the download itself)
 
 
 GITHUB = "https://github.com"
 DL_K8S = "https://dl.k8s.io/release"
+DEBIAN_SECURITY_POOL = "https://deb.debian.org/debian-security/pool/updates/main"
 
 
 def releases(v: ComponentVersions, arch: str) -> list[Release]:
@@ -229,6 +243,14 @@ def releases(v: ComponentVersions, arch: str) -> list[Release]:
     base = f"{GITHUB}/kubernetes-sigs/cri-tools/releases/download/v{v.crictl}"
     rs.append(Release("crictl", v.crictl, arch, f"{base}/{n}", f"{base}/{n}.sha256", n,
                       {"bin/crictl": "crictl"}))
+    # Debian publishes no per-file checksum (the sums are in its signed Packages index, which
+    # apt checks): these are pinned in _checksums.py from `apt-get download`.
+    base = f"{DEBIAN_SECURITY_POOL}/n/nginx"
+    for pkg, members in (("nginx", {"bin/nginx": "usr/sbin/nginx"}),
+                         ("libnginx-mod-stream",
+                          {"lib/ngx_stream_module.so": "usr/lib/nginx/modules/ngx_stream_module.so"})):
+        n = f"{pkg}_{v.nginx}_{arch}.deb"
+        rs.append(Release("api-lb", v.nginx, arch, f"{base}/{n}", "", n, members))
     return rs
 
 
@@ -256,4 +278,5 @@ def shell_pins(kubernetes_version: str) -> str:
     return "\n".join([
         f"ETCD={v.etcd}", f"CONTAINERD={v.containerd}", f"RUNC={v.runc}", f"CNI={v.cni_plugins}",
         f"CRICTL={v.crictl}", f"COREDNS={v.coredns}", f"PAUSE={v.pause}", f"AGNHOST={v.agnhost}",
+        f"NGINX={v.nginx}",
     ])

@@ -3,11 +3,16 @@ the artifact set the deployer installs.
 
 Download cache: ${XDG_CACHE_HOME:-~/.cache}/kdeploy/downloads/<component>/<version>/<arch>/<asset>
 Extracted files: ${XDG_CACHE_HOME:-~/.cache}/kdeploy/downloads/<component>/<version>/<arch>/<asset>.d/<relpath>
+
+Archives are tarballs or Debian .deb packages (an `ar` archive whose data.tar.* is read with
+Python alone); only regular files named in the catalog are extracted from either.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import lzma
 import os
 import shutil
 import tarfile
@@ -15,6 +20,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,11 +83,23 @@ def expected_sha256(r: Release) -> str:
     if not sha:
         raise ArtifactError(
             f"the sha256 of {r.asset} ({r.component} {r.version}, {r.arch}) is not known, "
-            f"so kdeploy refuses to download {r.url}",
-            "run `kdeploy artifacts update-checksums` on a machine with internet access and "
-            "commit kdeploy/artifacts/_checksums.py, or use an offline directory built with "
-            "tests/artifacts/build (spec.artifacts.dir)")
+            f"so kdeploy refuses to download {r.url}", _unknown_hint([r]))
     return sha.lower()
+
+
+def _unknown_hint(rels: list[Release]) -> str:
+    hints = []
+    if any(r.sha256_url for r in rels):
+        hints.append("run `kdeploy artifacts update-checksums` on a machine with internet access "
+                     "and commit kdeploy/artifacts/_checksums.py")
+    debs = sorted({r.asset for r in rels if not r.sha256_url})
+    if debs:
+        hints.append(f"pin the sha256 of {', '.join(debs)} in kdeploy/artifacts/_checksums.py by "
+                     "hand (Debian publishes no checksum file: `apt-get download PACKAGE=VERSION` "
+                     "on a Debian 12 host of that architecture checks it against Debian's signed "
+                     "index; then sha256sum it)")
+    hints.append("or use an offline directory built with tests/artifacts/build (spec.artifacts.dir)")
+    return "; ".join(hints)
 
 
 def _safe_member(tf: tarfile.TarFile, name: str) -> tarfile.TarInfo | None:
@@ -93,6 +111,91 @@ def _safe_member(tf: tarfile.TarFile, name: str) -> tarfile.TarInfo | None:
         if m.isfile():
             return m
     return None
+
+
+AR_MAGIC = b"!<arch>\n"
+_AR_HEADER = 60
+
+
+def _ar_members(data: bytes, where: str) -> dict[str, bytes]:
+    """The members of an `ar` archive (a .deb): name -> content. Raises ArtifactError on
+    anything malformed (bad magic or header, a member running past the end)."""
+    def bad(why: str) -> ArtifactError:
+        return ArtifactError(f"{where} is not a valid .deb (ar archive): {why}",
+                             "delete it and fetch again")
+    if not data.startswith(AR_MAGIC):
+        raise bad("no !<arch> magic")
+    out: dict[str, bytes] = {}
+    pos = len(AR_MAGIC)
+    while pos < len(data):
+        hdr = data[pos:pos + _AR_HEADER]
+        if len(hdr) < _AR_HEADER or hdr[58:60] != b"`\n":
+            raise bad(f"truncated or bad member header at offset {pos}")
+        name = hdr[0:16].decode("ascii", "replace").rstrip(" ").rstrip("/")
+        size_field = hdr[48:58].decode("ascii", "replace").strip()
+        if not size_field.isdigit():
+            raise bad(f"bad size {size_field!r} of member {name!r}")
+        size = int(size_field)
+        start = pos + _AR_HEADER
+        if start + size > len(data):
+            raise bad(f"member {name!r} runs past the end of the file")
+        if name in out:
+            raise bad(f"member {name!r} appears twice")
+        out[name] = data[start:start + size]
+        pos = start + size + (size & 1)  # members start at even offsets ("\n" padding)
+    return out
+
+
+def _deb_data_tar(archive: Path) -> tarfile.TarFile:
+    """The data.tar.{xz,gz,zst} (or plain data.tar) of a .deb, opened for reading."""
+    members = _ar_members(archive.read_bytes(), archive.name)
+    if not members.get("debian-binary", b"").startswith(b"2."):
+        raise ArtifactError(f"{archive.name} is not a Debian binary package (no debian-binary 2.x)",
+                            "delete it and fetch again")
+    data_names = [n for n in members if n == "data.tar" or n.startswith("data.tar.")]
+    if len(data_names) != 1:
+        raise ArtifactError(f"{archive.name} has {len(data_names)} data.tar members, not one",
+                            "delete it and fetch again")
+    name = data_names[0]
+    raw = members[name]
+    if name == "data.tar.zst":
+        raw = _unzstd(raw, archive.name)
+        mode = "r:"
+    else:
+        mode = {"data.tar": "r:", "data.tar.xz": "r:xz", "data.tar.gz": "r:gz",
+                "data.tar.bz2": "r:bz2"}.get(name, "")
+        if not mode:
+            raise ArtifactError(f"{archive.name}: unsupported {name}", "use a .deb with an xz, "
+                                "gzip, zstd or uncompressed data.tar")
+    return tarfile.open(fileobj=io.BytesIO(raw), mode=mode)
+
+
+def _unzstd(raw: bytes, where: str) -> bytes:
+    try:
+        from compression import zstd  # Python >= 3.14
+        decompress = zstd.decompress
+    except ImportError:
+        try:
+            import zstandard  # type: ignore[import-not-found]
+        except ImportError:
+            raise ArtifactError(f"{where} holds a zstd-compressed data.tar and this Python cannot "
+                                "decompress zstd",
+                                "use Python >= 3.14 or pip install zstandard") from None
+        decompress = zstandard.ZstdDecompressor().decompressobj().decompress
+    try:
+        return decompress(raw)
+    except Exception as e:  # noqa: BLE001 - zstd's error types differ between the two modules
+        raise ArtifactError(f"cannot read the data.tar.zst of {where}: {e}",
+                            "delete it and fetch again") from None
+
+
+def _open_archive(archive: Path) -> tarfile.TarFile:
+    """A tar archive (any compression tarfile reads) or a .deb's data.tar."""
+    with open(archive, "rb") as f:
+        head = f.read(len(AR_MAGIC))
+    if head == AR_MAGIC:
+        return _deb_data_tar(archive)
+    return tarfile.open(archive)
 
 
 def _download_release(r: Release, fetcher: Fetcher, cache: VerifyCache) -> Path:
@@ -145,7 +248,7 @@ def _extract(r: Release, archive: Path, cache: VerifyCache) -> dict[str, Path]:
             files[rel] = archive_sha
     else:
         try:
-            with tarfile.open(archive) as tf:
+            with _open_archive(archive) as tf:
                 for rel, member in r.members.items():
                     m = _safe_member(tf, member)
                     if m is None:
@@ -160,7 +263,7 @@ def _extract(r: Release, archive: Path, cache: VerifyCache) -> dict[str, Path]:
                         shutil.copyfileobj(src, f, 1 << 20)
                     os.chmod(p, 0o755)
                     files[rel] = sha256_file(p)
-        except tarfile.TarError as e:
+        except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as e:
             raise ArtifactError(f"cannot read {archive}: {e}", "delete it and fetch again") from None
     stamp.write_text(json.dumps({"archive": archive_sha, "files": files}))
     return out
@@ -185,19 +288,18 @@ def _from_official(v: ComponentVersions, arch: str, fetcher: Fetcher,
                    cache: VerifyCache) -> list[ArtifactFile]:
     rels = catalog.releases(v, arch)
     # refuse before downloading anything when a checksum is unknown
-    unknown = []
+    unknown, unknown_rels = [], []
     for r in rels:
         try:
             expected_sha256(r)
         except ArtifactError:
             unknown.append(f"{r.asset} ({r.component} {r.version})")
+            unknown_rels.append(r)
     if unknown:
         raise ArtifactError(
             f"the sha256 of {len(unknown)} official download(s) for Kubernetes {v.kubernetes} "
             f"{arch} is not known, so kdeploy refuses to download them: {', '.join(unknown)}",
-            "run `kdeploy artifacts update-checksums` on a machine with internet access and "
-            "commit kdeploy/artifacts/_checksums.py, or use an offline directory built with "
-            "tests/artifacts/build (spec.artifacts.dir)")
+            _unknown_hint(unknown_rels))
     paths: dict[str, Path] = {}
     for r in rels:
         archive = _download_release(r, fetcher, cache)
@@ -207,6 +309,13 @@ def _from_official(v: ComponentVersions, arch: str, fetcher: Fetcher,
         p = paths[s.relpath]
         out.append(_artifact(s, v, p, cache.sha256(p)))
     return out
+
+
+def _layout_mode(rel: str) -> int:
+    """The mode of a file of the offline layout: the catalog's, else 0644 for images/ and lib/
+    (data, shared objects) and 0755 for bin/ and cni/ (executables)."""
+    modes = {s.relpath: s.mode for s in catalog.file_specs()}
+    return modes.get(rel, 0o644 if rel.startswith(("images/", "lib/")) else 0o755)
 
 
 def _from_mirror(mirror: str, v: ComponentVersions, arch: str, fetcher: Fetcher,
@@ -231,7 +340,7 @@ def _from_mirror(mirror: str, v: ComponentVersions, arch: str, fetcher: Fetcher,
             part.unlink(missing_ok=True)
             raise ChecksumMismatch(f"{base}/{rel}", ent["sha256"], actual)
         part.replace(p)
-        os.chmod(p, 0o644 if rel.startswith("images/") else 0o755)
+        os.chmod(p, _layout_mode(rel))
     return _from_dir(root, v, arch, cache)
 
 

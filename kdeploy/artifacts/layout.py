@@ -2,7 +2,7 @@
 
     DIR/manifest.json   {"kubernetesVersion", "arch", "source", "components", "images",
                          "files": {relpath: {"sha256", "size"}}}
-    DIR/bin/<binary>    DIR/cni/<plugin>    DIR/images/<name>.tar
+    DIR/bin/<binary>    DIR/cni/<plugin>    DIR/lib/<shared object>    DIR/images/<name>.tar
 
 Verification results are cached by (absolute path, size, mtime_ns) in
 ${XDG_CACHE_HOME:-~/.cache}/kdeploy/verified.json so a re-run does not hash gigabytes again.
@@ -18,7 +18,7 @@ from pathlib import Path
 from kdeploy.errors import ArtifactError, ChecksumMismatch
 
 MANIFEST = "manifest.json"
-LAYOUT_DIRS = ("bin", "cni", "images")
+LAYOUT_DIRS = ("bin", "cni", "lib", "images")
 _IGNORED = {MANIFEST, ".stamps", ".build-times.tsv"}
 
 

@@ -2,7 +2,8 @@
 """Write or check manifest.json of a built artifact directory (the layout of docs/artifacts.md).
 
     mkmanifest.py --write DIR --k8s-version 1.37.2 --arch amd64
-    mkmanifest.py --check DIR        # exit 0 when every file matches the manifest
+    mkmanifest.py --check DIR        # exit 0 when every file matches the manifest and every
+                                     # file of the catalog (bin/, cni/, lib/, images/) is listed
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kdeploy.artifacts.catalog import IMAGES, build_versions_for
+from kdeploy.artifacts.catalog import IMAGES, build_versions_for, file_specs
 from kdeploy.artifacts.layout import read_manifest, verify_dir, write_manifest
 from kdeploy.errors import KdeployError
 
@@ -26,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.check:
             doc = read_manifest(Path(a.check))
-            verify_dir(Path(a.check), kubernetes_version=doc.get("kubernetesVersion"))
+            # a set built before the catalog gained a file is not complete (the build then
+            # rebuilds only the components whose stamps miss it)
+            verify_dir(Path(a.check), kubernetes_version=doc.get("kubernetesVersion"),
+                       required=[s.relpath for s in file_specs()])
             print(f"{a.check}: {len(doc['files'])} files match manifest.json")
             return 0
         if not a.k8s_version:

@@ -111,6 +111,8 @@ VERSION_CASES = [
     (["kubectl", "version", "--client"], f"Client Version: v{K8S}"),
     (["etcd", "--version"], f"etcd Version: {V.get('etcd')}"),
     (["etcdctl", "version"], f"etcdctl version: {V.get('etcd')}"),
+    (["etcdutl", "version"], f"etcdutl version: {V.get('etcd')}"),
+    (["nginx", "-v"], f"nginx/{V.get('nginx', '').split('-')[0]}"),
     (["containerd", "--version"], f"v{V.get('containerd')}"),
     (["ctr", "--version"], f"v{V.get('containerd')}"),
     (["containerd-shim-runc-v2", "-v"], f"v{V.get('containerd')}"),
@@ -261,6 +263,45 @@ def test_etcd_tls_endpoint_health(etcd):
     assert p.returncode != 0
 
 
+def test_etcdutl_snapshot_status(etcd, workdir):
+    """etcdctl saves a snapshot of the live etcd, etcdutl (offline) checks it."""
+    snap = workdir / "etcd.snapshot"
+    _run(*etcd["ctl"], "snapshot", "save", str(snap), timeout=60)
+    st = json.loads(_run(_bin("etcdutl"), "snapshot", "status", str(snap), "-w", "json").stdout)
+    assert st["revision"] > 0 and st["totalKey"] > 0 and st["totalSize"] > 0
+
+
+# ---------------------------------------------------------------------------- API load balancer
+
+def _nginx_conf(d: Path, listen: int, upstream: str, extra: str = "") -> Path:
+    """A stream-only config that needs none of Debian's paths (/etc/nginx, /var/log/nginx,
+    /var/lib/nginx, /run/nginx.pid): the module by absolute path, pid in d, errors to stderr."""
+    d.mkdir(parents=True, exist_ok=True)
+    conf = d / "nginx.conf"
+    conf.write_text(f"""load_module {ART / 'lib' / 'ngx_stream_module.so'};
+pid {d / 'nginx.pid'};
+error_log stderr notice;
+{extra}
+events {{}}
+stream {{
+  server {{ listen 127.0.0.1:{listen}; proxy_pass {upstream}; }}
+}}
+""")
+    return conf
+
+
+def test_nginx_loads_stream_module_and_config_tests_ok(workdir):
+    d = workdir / "nginx-t"
+    conf = _nginx_conf(d, _free_port(), "127.0.0.1:1")
+    p = _run(_bin("nginx"), "-t", "-c", str(conf), "-p", f"{d}/", "-e", "stderr")
+    assert "test is successful" in p.stderr, p.stderr
+    assert "/var/log/nginx" not in p.stderr and "/var/lib/nginx" not in p.stderr
+    # without the module the stream block is unknown: the module is what provides it
+    conf.write_text("\n".join(conf.read_text().splitlines()[1:]))
+    p = _run(_bin("nginx"), "-t", "-c", str(conf), "-p", f"{d}/", "-e", "stderr", check=False)
+    assert p.returncode != 0 and 'unknown directive "stream"' in p.stderr
+
+
 # ---------------------------------------------------------------------------- containerd
 
 @pytest.fixture(scope="module")
@@ -386,6 +427,25 @@ def test_apiserver_stores_objects_in_etcd(apiserver):
     assert out == "Active"
 
 
+def test_kubectl_through_nginx_stream_proxy(apiserver, workdir):
+    """The node-local API load balancer: nginx (stream) in front of kube-apiserver, TLS passed
+    through; kubectl reaches the apiserver via 127.0.0.1:<lb port>."""
+    kubeconfig = json.loads((workdir / "admin.kubeconfig").read_text())
+    api = kubeconfig["clusters"][0]["cluster"]["server"].removeprefix("https://")
+    port = _free_port()
+    d = workdir / "nginx-lb"
+    conf = _nginx_conf(d, port, api, extra="daemon off;\nworker_processes 1;")
+    proc = Proc([_bin("nginx"), "-c", str(conf), "-p", f"{d}/", "-e", "stderr"], workdir / "nginx.log")
+    try:
+        k = [*apiserver["kubectl"], "--server", f"https://127.0.0.1:{port}"]
+        out = _wait(lambda: _run(*k, "get", "--raw", "/readyz", check=False, timeout=20).stdout.strip() == "ok",
+                    "kubectl via nginx", proc, timeout=30)
+        assert out
+        assert json.loads(_run(*k, "get", "--raw", "/version").stdout)["gitVersion"] == f"v{K8S}"
+    finally:
+        proc.stop()
+
+
 def test_resolve_offline_returns_every_file_with_install_paths():
     from kdeploy.artifacts import catalog, resolve
     files = {f.name: f for f in resolve(K8S, MANIFEST["arch"], offline_dir=ART)}
@@ -393,3 +453,6 @@ def test_resolve_offline_returns_every_file_with_install_paths():
     assert files["kube-apiserver"].local_path == ART / "bin" / "kube-apiserver"
     assert files["pause-image"].install_path == "/var/lib/kdeploy/images/pause.tar"
     assert files["etcd"].version == V.get("etcd")
+    assert files["nginx"].local_path == ART / "bin" / "nginx"
+    assert files["ngx_stream_module"].local_path == ART / "lib" / "ngx_stream_module.so"
+    assert files["ngx_stream_module"].mode == 0o644 and files["nginx"].version == V.get("nginx")

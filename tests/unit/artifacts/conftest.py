@@ -25,6 +25,41 @@ def _tar(members: dict[str, bytes], gz: bool = True) -> bytes:
     return buf.getvalue()
 
 
+def _ar(members: dict[str, bytes]) -> bytes:
+    """An `ar` archive (the container of a .deb) in the common (GNU/BSD) format."""
+    out = bytearray(b"!<arch>\n")
+    for name, data in members.items():
+        hdr = (f"{name + '/':<16}" f"{0:<12}" f"{0:<6}" f"{0:<6}" f"{'100644':<8}" f"{len(data):<10}")
+        out += hdr.encode() + b"`\n" + data
+        if len(data) % 2:
+            out += b"\n"
+    return bytes(out)
+
+
+def make_deb(files: dict[str, bytes], compression: str = "xz", modes: dict[str, int] | None = None,
+             extra: dict[str, tarfile.TarInfo] | None = None) -> bytes:
+    """A tiny Debian binary package: debian-binary, control.tar.xz, data.tar.<compression>.
+    files are paths without a leading ./ (they are stored as ./path like dpkg-deb does)."""
+    def tar(entries: dict[str, bytes], comp: str) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode=f"w:{comp}" if comp else "w") as tf:
+            dirs = sorted({"/".join(p.split("/")[:i]) for p in entries for i in range(1, p.count("/") + 1)})
+            for d in dirs:
+                ti = tarfile.TarInfo(f"./{d}")
+                ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(ti)
+            for name, data in entries.items():
+                ti = tarfile.TarInfo(f"./{name}")
+                ti.size, ti.mode = len(data), (modes or {}).get(name, 0o755)
+                tf.addfile(ti, io.BytesIO(data))
+            for ti in (extra or {}).values():
+                tf.addfile(ti)
+        return buf.getvalue()
+    control = tar({"control": b"Package: fake\nVersion: 1\nArchitecture: amd64\n"}, "xz")
+    return _ar({"debian-binary": b"2.0\n", "control.tar.xz": control,
+                f"data.tar.{compression}" if compression else "data.tar": tar(files, compression)})
+
+
 def fake_content(rel: str, version: str) -> bytes:
     return f"#!fake {rel} {version}\n".encode() * 50
 
@@ -48,12 +83,15 @@ class FakeUpstream:
                 for rel, member in r.members.items():
                     members[member] = fake_content(rel, r.version)
                     self.expected[rel] = members[member]
-                members["README.md"] = b"not extracted"
-                data = _tar(members)
+                members["README.md" if not r.asset.endswith(".deb") else "usr/share/doc/x"] = \
+                    b"not extracted"
+                data = make_deb(members) if r.asset.endswith(".deb") else _tar(members)
             self.files[r.url] = data
             sha = hashlib.sha256(data).hexdigest()
             self.sums[release_key(r)] = sha
-            self.files[r.sha256_url] = self.files.get(r.sha256_url, b"") + f"{sha}  {r.asset}\n".encode()
+            if r.sha256_url:  # Debian publishes none (the sum is pinned by hand)
+                self.files[r.sha256_url] = (self.files.get(r.sha256_url, b"")
+                                            + f"{sha}  {r.asset}\n".encode())
         self.calls: list[str] = []
 
     def __call__(self, url: str, dest: Path) -> None:

@@ -14,7 +14,8 @@ def test_shell_pins_match_catalog():
     pins = dict(line.split("=", 1) for line in out.split())
     v = catalog.versions_for("1.37.2")
     assert pins == {"ETCD": v.etcd, "CONTAINERD": v.containerd, "RUNC": v.runc, "CNI": v.cni_plugins,
-                    "CRICTL": v.crictl, "COREDNS": v.coredns, "PAUSE": v.pause, "AGNHOST": v.agnhost}
+                    "CRICTL": v.crictl, "COREDNS": v.coredns, "PAUSE": v.pause, "AGNHOST": v.agnhost,
+                    "NGINX": v.nginx}
 
 
 def test_shell_pins_reject_unsupported():
@@ -29,3 +30,32 @@ def test_build_script_reads_catalog_and_is_executable():
     text = script.read_text()
     assert "kdeploy.artifacts --shell" in text
     assert "GOTOOLCHAIN" in text and "-trimpath" in text
+
+
+def test_build_script_builds_etcdutl_and_api_lb():
+    text = (REPO / "tests" / "artifacts" / "build").read_text()
+    assert "require go.etcd.io/etcd/etcdutl/v3 $v" in text and "bin/etcdutl" in text
+    assert "run_component api-lb" in text and 'nginx="$NGINX"' in text and "dpkg-deb -x" in text
+    assert "libnginx-mod-stream=\"$NGINX\"" in text and "lib/ngx_stream_module.so" in text
+
+
+def test_mkmanifest_check_requires_every_catalog_file(tmp_path):
+    """A cached build from before a file joined the catalog (etcdutl, lib/) is not 'valid'."""
+    mk = REPO / "tests" / "artifacts" / "mkmanifest.py"
+    d = tmp_path / "set"
+    for s in catalog.file_specs():
+        p = d / s.relpath
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(s.name.encode())
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    run = lambda *a: subprocess.run([sys.executable, str(mk), *a], capture_output=True, text=True,  # noqa: E731
+                                    env=env)
+    assert run("--write", str(d), "--k8s-version", "1.37.2").returncode == 0
+    doc = __import__("json").loads((d / "manifest.json").read_text())
+    assert doc["components"]["nginx"] == "1.22.1-9+deb12u11"
+    assert "lib/ngx_stream_module.so" in doc["files"]
+    assert run("--check", str(d)).returncode == 0
+    (d / "bin" / "etcdutl").unlink()
+    assert run("--write", str(d), "--k8s-version", "1.37.2").returncode == 0
+    p = run("--check", str(d))
+    assert p.returncode == 1 and "bin/etcdutl" in p.stderr

@@ -90,6 +90,54 @@ def test_every_pinned_download_has_a_checksum_entry_and_known_ones_are_hex():
         assert sha is None or (len(sha) == 64 and int(sha, 16) >= 0), k
 
 
+def test_etcdutl_ships_with_etcd():
+    specs = {s.name: s for s in catalog.file_specs()}
+    assert specs["etcdutl"].relpath == "bin/etcdutl"
+    assert specs["etcdutl"].install_path == "/usr/local/bin/etcdutl"
+    assert specs["etcdutl"].roles == {"etcd"} and specs["etcdutl"].component == "etcd"
+    etcd = next(r for r in catalog.releases(versions_for("1.36.3"), "arm64") if r.component == "etcd")
+    assert etcd.members["bin/etcdutl"] == "etcd-v3.6.14-linux-arm64/etcdutl"
+
+
+@pytest.mark.parametrize("minor", SUPPORTED_MINORS)
+def test_nginx_pinned_for_every_minor(minor):
+    v = versions_for(minor)
+    assert v.nginx == "1.22.1-9+deb12u11" and v.as_dict()["nginx"] == v.nginx
+    assert catalog.build_versions_for(minor).nginx == v.nginx
+
+
+def test_api_lb_file_specs_and_constants():
+    assert catalog.NGINX_BIN == "/usr/local/lib/kdeploy/nginx/nginx"
+    assert catalog.NGINX_STREAM_MODULE == "/usr/local/lib/kdeploy/nginx/ngx_stream_module.so"
+    specs = {s.name: s for s in catalog.file_specs()}
+    ng, mod = specs["nginx"], specs["ngx_stream_module"]
+    assert (ng.component, ng.relpath, ng.install_path, ng.mode) == \
+        ("api-lb", "bin/nginx", catalog.NGINX_BIN, 0o755)
+    assert (mod.component, mod.relpath, mod.install_path, mod.mode) == \
+        ("api-lb", "lib/ngx_stream_module.so", catalog.NGINX_STREAM_MODULE, 0o644)
+    assert ng.roles == mod.roles == catalog.ALL_ROLES
+    assert catalog.component_version(versions_for("1.35"), "api-lb") == "1.22.1-9+deb12u11"
+
+
+@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+def test_api_lb_debs_from_debian_security_pool(arch):
+    rs = [r for r in catalog.releases(versions_for("1.37.2"), arch) if r.component == "api-lb"]
+    pool = "https://deb.debian.org/debian-security/pool/updates/main/n/nginx"
+    assert {r.url: r.members for r in rs} == {
+        f"{pool}/nginx_1.22.1-9+deb12u11_{arch}.deb": {"bin/nginx": "usr/sbin/nginx"},
+        f"{pool}/libnginx-mod-stream_1.22.1-9+deb12u11_{arch}.deb":
+            {"lib/ngx_stream_module.so": "usr/lib/nginx/modules/ngx_stream_module.so"},
+    }
+    assert all(r.sha256_url == "" and r.url.endswith("/" + r.asset) for r in rs)
+
+
+def test_api_lb_amd64_sums_pinned():
+    assert CHECKSUMS["api-lb/1.22.1-9+deb12u11/amd64/nginx_1.22.1-9+deb12u11_amd64.deb"] == \
+        "4e2778e675c07d0f2d8d3b6f5ff84f6483ade1d82c21c910eb9a2787e1cf1b1a"
+    assert CHECKSUMS["api-lb/1.22.1-9+deb12u11/amd64/libnginx-mod-stream_1.22.1-9+deb12u11_amd64.deb"] == \
+        "952570771815046276e19fc1e062ae82b4498cede0e87a7f53915a6b52705d9e"
+
+
 def test_file_specs_install_paths_modes_roles():
     specs = {s.name: s for s in catalog.file_specs()}
     assert specs["kube-apiserver"].install_path == "/usr/local/bin/kube-apiserver"

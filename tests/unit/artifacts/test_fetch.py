@@ -80,7 +80,7 @@ def test_fetch_to_dir_writes_offline_layout_then_resolve_offline(upstream, tmp_p
     assert (out / "bin" / "kube-apiserver").is_file() and (out / "cni" / "bridge").is_file()
     assert os.stat(out / "bin" / "kubelet").st_mode & 0o111
     files = resolve("1.37.2", offline_dir=out)
-    assert {f.local_path.parent.name for f in files} == {"bin", "cni"}
+    assert {f.local_path.parent.name for f in files} == {"bin", "cni", "lib"}
     assert all(str(f.local_path).startswith(str(out)) for f in files)
 
 
@@ -156,3 +156,142 @@ def test_unsupported_version_and_arch():
         resolve("1.30.1")
     with pytest.raises(ArtifactError.__mro__[1], match="architecture"):
         resolve("1.37.2", "s390x")
+
+
+# ---------------------------------------------------------------------------- .deb archives
+
+from kdeploy.artifacts import fetch as fetch_mod  # noqa: E402
+from kdeploy.artifacts.catalog import Release  # noqa: E402
+from kdeploy.artifacts.layout import VerifyCache  # noqa: E402
+
+from .conftest import _ar, make_deb  # noqa: E402
+
+NGINX = b"\x7fELF fake nginx" * 30
+MOD = b"\x7fELF fake module" * 7  # odd size: the ar member gets a padding byte
+
+
+def _deb_release(members):
+    return Release("api-lb", "1", "amd64", "https://example.invalid/x.deb", "", "x.deb", members)
+
+
+def _extract_deb(tmp_path, data: bytes, members: dict[str, str]):
+    p = tmp_path / "dl" / "x.deb"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return fetch_mod._extract(_deb_release(members), p, VerifyCache(tmp_path / "v.json"))
+
+
+@pytest.mark.parametrize("compression", ["xz", "gz", ""])
+def test_deb_members_extracted_with_python_only(tmp_path, compression):
+    deb = make_deb({"usr/sbin/nginx": NGINX, "usr/lib/nginx/modules/ngx_stream_module.so": MOD,
+                    "usr/share/doc/nginx/copyright": b"c"}, compression=compression)
+    out = _extract_deb(tmp_path, deb, {"bin/nginx": "usr/sbin/nginx",
+                                       "lib/ngx_stream_module.so": "./usr/lib/nginx/modules/ngx_stream_module.so"})
+    assert out["bin/nginx"].read_bytes() == NGINX
+    assert out["lib/ngx_stream_module.so"].read_bytes() == MOD
+    assert sorted(p.name for p in out["bin/nginx"].parent.parent.rglob("*") if p.is_file()) == \
+        [".extracted.json", "nginx", "ngx_stream_module.so"]  # nothing else extracted
+
+
+def test_deb_member_must_be_a_regular_file(tmp_path):
+    import tarfile
+    link = tarfile.TarInfo("./usr/sbin/nginx")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
+    deb = make_deb({"usr/lib/x.so": MOD}, extra={"l": link})
+    with pytest.raises(ArtifactError, match="has no file usr/sbin/nginx"):
+        _extract_deb(tmp_path, deb, {"bin/nginx": "usr/sbin/nginx"})
+    deb = make_deb({"usr/lib/x.so": MOD})
+    with pytest.raises(ArtifactError, match="has no file usr/sbin/nginx"):
+        _extract_deb(tmp_path, deb, {"bin/nginx": "usr/sbin/nginx"})
+
+
+@pytest.mark.parametrize("mangle,msg", [
+    (lambda d: d[:-5], "runs past the end"),                       # truncated member
+    (lambda d: d[:8] + b"X" * 60 + d[68:], "bad member header"),    # broken header
+    (lambda d: b"!<arch>\n" + b"debian-binary/".ljust(48) + b"12x".ljust(10) + b"`\n", "bad size"),
+])
+def test_malformed_ar_is_refused(tmp_path, mangle, msg):
+    deb = make_deb({"usr/sbin/nginx": NGINX})
+    with pytest.raises(ArtifactError, match=msg):
+        _extract_deb(tmp_path, mangle(deb), {"bin/nginx": "usr/sbin/nginx"})
+
+
+def test_deb_without_data_tar_or_debian_binary_is_refused(tmp_path):
+    with pytest.raises(ArtifactError, match="0 data.tar members"):
+        _extract_deb(tmp_path, _ar({"debian-binary": b"2.0\n", "control.tar.xz": b""}),
+                     {"bin/nginx": "usr/sbin/nginx"})
+    with pytest.raises(ArtifactError, match="not a Debian binary package"):
+        _extract_deb(tmp_path, _ar({"data.tar": b""}), {"bin/nginx": "usr/sbin/nginx"})
+
+
+def test_deb_with_corrupt_data_tar_is_an_artifact_error(tmp_path):
+    deb = _ar({"debian-binary": b"2.0\n", "data.tar.xz": b"\xfd7zXZ\x00garbage" * 20})
+    with pytest.raises(ArtifactError, match="cannot read"):
+        _extract_deb(tmp_path, deb, {"bin/nginx": "usr/sbin/nginx"})
+
+
+def test_deb_zstd_data_tar(tmp_path):
+    import io
+    import tarfile
+    try:
+        import zstandard
+    except ImportError:
+        zstandard = None
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        ti = tarfile.TarInfo("./usr/sbin/nginx")
+        ti.size = len(NGINX)
+        tf.addfile(ti, io.BytesIO(NGINX))
+    raw = buf.getvalue()
+    packed = zstandard.ZstdCompressor().compress(raw) if zstandard else b"(\xb5/\xfd" + raw
+    deb = _ar({"debian-binary": b"2.0\n", "data.tar.zst": packed})
+    try:
+        from compression import zstd  # noqa: F401
+        have = True
+    except ImportError:
+        have = zstandard is not None
+    if have and zstandard:
+        assert _extract_deb(tmp_path, deb, {"bin/nginx": "usr/sbin/nginx"})["bin/nginx"].read_bytes() == NGINX
+    elif not have:
+        with pytest.raises(ArtifactError, match="zstd"):
+            _extract_deb(tmp_path, deb, {"bin/nginx": "usr/sbin/nginx"})
+
+
+def test_official_api_lb_debs_resolve_to_nginx_and_module(upstream):
+    by = {f.name: f for f in resolve("1.37.2", "amd64", fetcher=upstream)}
+    ng, mod = by["nginx"], by["ngx_stream_module"]
+    assert ng.component == mod.component == "api-lb" and ng.version == "1.22.1-9+deb12u11"
+    assert ng.install_path == catalog.NGINX_BIN and ng.mode == 0o755
+    assert mod.install_path == catalog.NGINX_STREAM_MODULE and mod.mode == 0o644
+    assert ng.roles == mod.roles == catalog.ALL_ROLES
+    assert ng.local_path.read_bytes() == upstream.expected["bin/nginx"]
+    assert any(u.endswith("/nginx_1.22.1-9+deb12u11_amd64.deb") for u in upstream.calls)
+
+
+def test_fetch_to_dir_writes_lib_with_module_mode(upstream, tmp_path):
+    out = tmp_path / "offline"
+    doc = fetch_to_dir(out, "1.37.2", "amd64", fetcher=upstream)
+    assert "lib/ngx_stream_module.so" in doc["files"] and "bin/etcdutl" in doc["files"]
+    assert os.stat(out / "lib" / "ngx_stream_module.so").st_mode & 0o777 == 0o644
+    assert os.stat(out / "bin" / "nginx").st_mode & 0o777 == 0o755
+
+
+def test_unknown_deb_sum_hints_pinning_by_hand(upstream, monkeypatch):
+    key = "api-lb/1.22.1-9+deb12u11/amd64/nginx_1.22.1-9+deb12u11_amd64.deb"
+    monkeypatch.setitem(CHECKSUMS, key, None)
+    with pytest.raises(ArtifactError) as e:
+        resolve("1.37.2", fetcher=upstream)
+    assert "nginx_1.22.1-9+deb12u11_amd64.deb" in e.value.message
+    assert "apt-get download" in e.value.hint and "update-checksums" not in e.value.hint
+    assert upstream.calls == []
+
+
+def test_mirror_sets_modes_from_catalog(tmp_path):
+    d = _offline_dir(tmp_path, with_images=False)
+
+    def fetcher(url, dest):
+        dest.write_bytes((d / url.removeprefix("https://m/")).read_bytes())
+
+    by = {f.name: f for f in resolve("1.37.2", mirror="https://m", fetcher=fetcher)}
+    assert os.stat(by["ngx_stream_module"].local_path).st_mode & 0o777 == 0o644
+    assert os.stat(by["nginx"].local_path).st_mode & 0o777 == 0o755

@@ -32,7 +32,8 @@ def test_update_with_fake_fetcher_fills_every_entry():
     res = update_checksums(fetch_text, dict(CHECKSUMS))
     assert res.failed == []
     assert set(res.table) == {release_key(r) for r in catalog.all_releases()}
-    assert all(v and len(v) == 64 for v in res.table.values())
+    published = {release_key(r) for r in catalog.all_releases() if r.sha256_url}
+    assert all(v and len(v) == 64 for k, v in res.table.items() if k in published)
     import hashlib
     r = catalog.releases(catalog.versions_for("1.36.3"), "arm64")[0]
     assert res.table[release_key(r)] == hashlib.sha256(r.url.encode()).hexdigest()
@@ -48,8 +49,24 @@ def test_update_failure_keeps_old_value_and_reports():
     res = update_checksums(fetch_text, current)
     assert res.table == current          # nothing invented, nothing lost
     assert res.table[known] == current[known]
-    assert res.changed == [] and len(res.failed) == len(current)
+    assert res.changed == [] and len(res.failed) + len(res.skipped) == len(current)
     assert "no network" in res.failed[0]
+
+
+def test_releases_without_checksum_file_are_skipped_and_kept():
+    """Debian's .debs (api-lb) have no checksum file: never fetched, the pinned sum stays."""
+    urls = []
+
+    def fetch_text(url):
+        urls.append(url)
+        return ""
+
+    current = dict(CHECKSUMS)
+    res = update_checksums(fetch_text, current)
+    debs = {release_key(r) for r in catalog.all_releases() if r.asset.endswith(".deb")}
+    assert debs and set(res.skipped) == debs and "" not in urls
+    assert all(res.table[k] == current[k] for k in debs)
+    assert not any(k in debs for k in res.changed) and not any(f.split(":")[0] in debs for f in res.failed)
 
 
 def test_render_roundtrip_and_committed_module_is_generated_format():
