@@ -144,10 +144,6 @@ class FileSpec:
     roles: frozenset[str]
 
 
-# the node-local API load balancer (component api-lb): nginx and its stream module
-NGINX_BIN = "/usr/local/lib/kdeploy/nginx/nginx"
-NGINX_STREAM_MODULE = "/usr/local/lib/kdeploy/nginx/ngx_stream_module.so"
-
 ALL_ROLES = frozenset({"control-plane", "etcd", "worker"})
 _CP = frozenset({"control-plane"})
 _ETCD = frozenset({"etcd"})
