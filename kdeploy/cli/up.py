@@ -34,9 +34,9 @@ def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool
     timings["connect"] = time.monotonic() - t
     record = None
     from kdeploy.execute.lock import RunLock
-    lock = RunLock(run.state_dir_for(cluster), "up")
+    run_lock = RunLock(run.state_dir_for(cluster), "up")
     try:
-        lock.__enter__()
+        run_lock.__enter__()
         t = time.monotonic()
         dep = run.prepare(cluster, artifacts_dir=artifacts, arch=arch)
         timings["prepare (pki, artifacts, render)"] = time.monotonic() - t
@@ -107,7 +107,7 @@ def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool
     finally:
         if record:
             record.close()
-        lock.__exit__(None, None, None)
+        run_lock.__exit__(None, None, None)
         close_all(transports)
 
 

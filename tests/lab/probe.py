@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Availability probe, run on a lab node while a lifecycle verb acts (stdlib only).
 
-    probe.py OUTDIR SERVICE_IP [MAX_SECONDS]
+    probe.py OUTDIR SERVICE_IP NODE [MAX_SECONDS]
 
-Every 100 ms, on fresh connections: GET /readyz on the API through this node's load balancer
-(https://127.0.0.1:7443, as the kubelet: its client certificate from kubelet.conf), and GET
+Every 100 ms, on fresh connections: GET this node's Node object from the API through the
+node's load balancer (https://127.0.0.1:7443, as the kubelet: the client certificate of
+kubelet.conf; the Node authorizer allows exactly that read), and GET
 /hostname from the Service at SERVICE_IP:80. Each result is a line in OUTDIR/api.log and
 OUTDIR/service.log: "<epoch seconds> <1|0> <detail>". Stops when OUTDIR/stop exists or after
 MAX_SECONDS (default 1800): its loops are bounded.
@@ -18,8 +19,8 @@ import sys
 import threading
 import time
 
-out, svc = sys.argv[1], sys.argv[2]
-limit = float(sys.argv[3]) if len(sys.argv) > 3 else 1800.0
+out, svc, node = sys.argv[1], sys.argv[2], sys.argv[3]
+limit = float(sys.argv[4]) if len(sys.argv) > 4 else 1800.0
 os.makedirs(out, exist_ok=True)
 conf = open("/etc/kubernetes/kubelet.conf").read()
 
@@ -59,7 +60,7 @@ def loop(name, make, path):
 
 threads = [
     threading.Thread(target=loop, args=("api", lambda: http.client.HTTPSConnection(
-        "127.0.0.1", 7443, context=ctx, timeout=2), "/readyz")),
+        "127.0.0.1", 7443, context=ctx, timeout=2), f"/api/v1/nodes/{node}")),
     threading.Thread(target=loop, args=("service", lambda: http.client.HTTPConnection(
         svc, 80, timeout=2), "/hostname")),
 ]

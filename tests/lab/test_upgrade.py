@@ -95,7 +95,7 @@ spec:
 def start_probe(lab, node: str, service_ip: str, seconds: int = 1800) -> None:
     lab.put(node, Path(__file__).with_name("probe.py"), "/root/probe.py")
     rc, _, err = lab.run(node, f"rm -rf {PROBE_DIR}; mkdir -p {PROBE_DIR}; "
-                               f"nohup python3 /root/probe.py {PROBE_DIR} {service_ip} {seconds} "
+                               f"nohup python3 /root/probe.py {PROBE_DIR} {service_ip} {node} {seconds} "
                                f">{PROBE_DIR}.out 2>&1 </dev/null & echo started")
     assert rc == 0, err
     time.sleep(2)
