@@ -1,0 +1,82 @@
+"""Benchmark: `kdeploy upgrade` of an HA lab cluster (3 control-plane+etcd, 2 workers) from
+1.36.3 to 1.37.2 under an availability probe on a worker (the API through that node's load
+balancer and a Service, each every 100 ms). Prints the deploy and upgrade wall times, the
+upgrade's per-step times, and the probes' failed requests and longest gaps.
+
+    python bench/upgrade.py [--old DIR] [--new DIR] [--batch 1]
+
+Artifacts: KDEPLOY_ARTIFACTS_PREVIOUS (1.36.3) and KDEPLOY_ARTIFACTS (1.37.2) by default
+(tools/run-tests builds both). Targets: under 1 % failed API requests, no gap over 2 s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.lab.conftest import LabCluster  # noqa: E402
+from tests.lab.test_upgrade import (KUBECTL, NEW, OLD, WORKLOAD, set_version, start_probe,  # noqa: E402
+                                    stop_probe)
+
+
+def kdeploy(*args: str) -> tuple[float, list[dict]]:
+    t = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "kdeploy", *args, "--json"], capture_output=True, text=True)
+    secs = time.monotonic() - t
+    if p.returncode != 0:
+        print(p.stdout[-3000:], p.stderr[-3000:])
+        sys.exit(f"kdeploy {args[0]} failed (rc {p.returncode})")
+    return secs, [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--old", default=os.environ.get("KDEPLOY_ARTIFACTS_PREVIOUS"))
+    ap.add_argument("--new", default=os.environ.get("KDEPLOY_ARTIFACTS"))
+    ap.add_argument("--batch", default="1")
+    a = ap.parse_args()
+    if not (a.old and a.new):
+        sys.exit("pass --old DIR (1.36.3) and --new DIR (1.37.2)")
+    from kdeploy.lab import api
+    name = "bench-upgrade"
+    with tempfile.TemporaryDirectory() as d:
+        inv = Path(d) / "cluster.yaml"
+        info = api.up(name=name, masters=3, workers=2, output=inv, log=lambda s: None)
+        lab = LabCluster(name=name, inventory=inv, info=info)
+        try:
+            set_version(inv, OLD)
+            up_s, _ = kdeploy("up", "-i", str(inv), "--artifacts", a.old)
+            old_image = "registry.k8s.io/e2e-test-images/agnhost:" + json.loads(
+                (Path(a.old) / "manifest.json").read_text())["components"]["agnhost"]
+            rc, _, err = lab.run("m1", f"cat > /root/w.yaml <<'EOF'\n{WORKLOAD.replace('IMAGE', old_image)}"
+                                       f"\nEOF\n{KUBECTL} apply -f /root/w.yaml && {KUBECTL} -n "
+                                       "upgrade-probe rollout status deploy/web --timeout=180s")
+            assert rc == 0, err
+            _, svc, _ = lab.run("m1", f"{KUBECTL} -n upgrade-probe get svc web -o jsonpath={{.spec.clusterIP}}")
+            set_version(inv, NEW)
+            start_probe(lab, "m4", svc.strip())
+            secs, evs = kdeploy("upgrade", "-i", str(inv), "--to", NEW, "--artifacts", a.new,
+                                "--yes", "--batch", a.batch)
+            probe = stop_probe(lab, "m4")
+            print(f"kdeploy up at {OLD} (3+2, bare machines): {up_s:.1f} s")
+            print(f"kdeploy upgrade {OLD} -> {NEW} (batch {a.batch}), verify included: {secs:.1f} s")
+            for e in evs:
+                if e.get("event") == "phase-done":
+                    print(f"    {e['phase']:<22} {e['seconds']:7.1f} s")
+            for k, v in probe.items():
+                print(f"probe {k:<8} requests {v['requests']}, failed {v['failed']} ({v['failed_pct']} %), "
+                      f"longest gap {v['longest_gap_s']} s  {v['errors'][:2]}")
+            print(f"ratios: api failed/1 % target = {probe['api']['failed_pct'] / 1.0:.2f}, "
+                  f"longest api gap/2 s target = {probe['api']['longest_gap_s'] / 2.0:.2f}")
+        finally:
+            api.down(name=name, log=lambda s: None)
+
+
+if __name__ == "__main__":
+    main()
