@@ -266,6 +266,7 @@ def test_etcd_tls_endpoint_health(etcd):
 def test_etcdutl_snapshot_status(etcd, workdir):
     """etcdctl saves a snapshot of the live etcd, etcdutl (offline) checks it."""
     snap = workdir / "etcd.snapshot"
+    _run(*etcd["ctl"], "put", "kdeploy-snapshot-test", "ok")
     _run(*etcd["ctl"], "snapshot", "save", str(snap), timeout=60)
     st = json.loads(_run(_bin("etcdutl"), "snapshot", "status", str(snap), "-w", "json").stdout)
     assert st["revision"] > 0 and st["totalKey"] > 0 and st["totalSize"] > 0
