@@ -58,9 +58,11 @@ class LiveProgress:
         self.counts: dict[tuple[str, str], int] = {}
         self.seconds: dict[str, float] = {}
         self.live = Live(self._table(), console=console, refresh_per_second=8, transient=False)
+        self.started = False
 
     def __enter__(self):
         self.live.__enter__()
+        self.started = True
         return self
 
     def __exit__(self, *exc):

@@ -222,6 +222,10 @@ def test_api_survives_a_stopped_apiserver(ha):
         assert probe["api"]["failed_pct"] < 1.0 and probe["api"]["longest_gap_s"] < 2.0, probe
     finally:
         lab.run("m1", "systemctl start kube-apiserver")
+    deadline = time.monotonic() + 180
+    while lab.run("m1", f"{KUBECTL} --server=https://127.0.0.1:6443 get --raw /readyz")[0] != 0:
+        assert time.monotonic() < deadline, "m1's apiserver did not come back"
+        time.sleep(2)
     p = kdeploy("verify", "-i", str(inv))
     assert p.returncode == 0, p.stdout[-3000:]
 

@@ -1,0 +1,116 @@
+"""`kdeploy up`: converge the hosts to the inventory. prepare (PKI, artifacts, rendering) ->
+facts -> preflight (host checks; the running version is the inventory's; cordons an
+interrupted upgrade left are finished) -> plan -> engine (one step per phase) -> verify.
+Holds the cluster's run lock; every run leaves a record in the state dir."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+from kdeploy.errors import ApplyError, PreflightError
+from kdeploy.execute import run
+from kdeploy.execute.lock import RunLock
+from kdeploy.model import Cluster
+
+
+@dataclass
+class UpOutcome:
+    plan: object = None
+    deployment: object = None
+    result: object = None
+    admin: Path | None = None
+    checks: list = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def refuse_version_change(cluster: Cluster, facts: Mapping, inventory) -> None:
+    """`up` never changes the version a cluster runs: that is `kdeploy upgrade`'s rollout."""
+    from kdeploy.verbs.upgrade import version_drift
+    drift = version_drift(cluster, facts)
+    if drift:
+        lines = "\n".join(f"  {h}: {', '.join(d)}" for h, d in drift.items())
+        raise PreflightError(
+            f"these hosts run other versions than the inventory's {cluster.version}; "
+            f"nothing was changed:\n{lines}",
+            f"upgrade the running cluster with: kdeploy upgrade -i {inventory} --to {cluster.version}")
+
+
+def finish_interrupted_cordons(dep, transports: Mapping, emit: Callable) -> None:
+    from kdeploy.execute.cordons import CordonLedger
+    from kdeploy.verbs.upgrade import api_runner, finish_cordons
+    ledger = CordonLedger(dep.state_dir)
+    if ledger.nodes():
+        finish_cordons(ledger, api_runner(dep.cluster, transports), emit)
+
+
+def verify(dep, transports: Mapping) -> list:
+    from kdeploy.artifacts import versions_for
+    from kdeploy.verify.checks import Verifier
+    return Verifier(dep.cluster, transports, dep.desired,
+                    workload_image=versions_for(dep.cluster.version).agnhost_image).run()
+
+
+def run_up(cluster: Cluster, transports: Mapping, *, inventory, artifacts_dir: Path | None = None,
+           arch: str = "amd64", dry_run: bool = False, check: bool = True,
+           emit: Callable[[dict], None] = lambda e: None,
+           on_apply: Callable[[object], None] = lambda p: None,
+           timings: dict[str, float] | None = None) -> UpOutcome:
+    """Everything `kdeploy up` does on connected transports. on_apply(plan) is called just
+    before the first change (the CLI announces it); dry_run stops after the plan."""
+    out = UpOutcome(timings=timings if timings is not None else {})
+    tm = out.timings
+    t_all = time.monotonic()
+    with RunLock(run.state_dir_for(cluster), "up"):
+        t = time.monotonic()
+        dep = out.deployment = run.prepare(cluster, artifacts_dir=artifacts_dir, arch=arch)
+        tm["prepare (pki, artifacts, render)"] = time.monotonic() - t
+        record = run.RunRecord(dep.state_dir, "up")
+        try:
+            t = time.monotonic()
+            facts, observed = run.gather(dep, transports)
+            record.write("facts.json", {h: f.to_dict() for h, f in facts.items()})
+            run.preflight(dep, facts, arch)
+            refuse_version_change(cluster, facts, inventory)
+            if not dry_run:
+                finish_interrupted_cordons(dep, transports, emit)
+            tm["facts + preflight"] = time.monotonic() - t
+            from kdeploy.plan.planner import plan as make_plan
+            p = out.plan = make_plan(dep.desired, observed)
+            record.write("plan.json", p.to_dict())
+            if dry_run:
+                return out
+            if not p.empty:
+                on_apply(p)
+                lock = threading.Lock()  # the engine emits from its worker threads
+
+                def both(e):
+                    with lock:
+                        record.event(e)
+                        emit(e)
+                try:
+                    out.result = run.apply(dep, transports, p, both)
+                except ApplyError as e:
+                    out.result = getattr(e, "result", None)
+                    raise
+                finally:  # what ran is recorded, also when a phase failed
+                    for ph in (out.result.phases if out.result else ()):
+                        tm[f"phase {ph.phase}"] = ph.seconds
+                    if out.result:
+                        record.write("results.json", {"phases": [ph.__dict__ for ph in out.result.phases]})
+            out.admin = run.write_admin_kubeconfig(dep)
+            if check and not p.empty:
+                t = time.monotonic()
+                out.checks = verify(dep, transports)
+                tm["verify"] = time.monotonic() - t
+            return out
+        finally:
+            tm["total"] = tm.get("connect", 0.0) + time.monotonic() - t_all
+            record.write("timings.json", tm)
+            record.close()
