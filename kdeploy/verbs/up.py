@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
 from kdeploy.errors import ApplyError, PreflightError
 from kdeploy.execute import run
+from kdeploy.execute.hostlock import HostLocks
 from kdeploy.execute.lock import RunLock
 from kdeploy.model import Cluster
 
@@ -67,7 +69,8 @@ def run_up(cluster: Cluster, transports: Mapping, *, inventory, artifacts_dir: P
     out = UpOutcome(timings=timings if timings is not None else {})
     tm = out.timings
     t_all = time.monotonic()
-    with RunLock(run.state_dir_for(cluster), "up"):
+    state = run.state_dir_for(cluster)
+    with RunLock(state, "up"), (nullcontext() if dry_run else HostLocks(transports, state)):
         t = time.monotonic()
         dep = out.deployment = run.prepare(cluster, artifacts_dir=artifacts_dir, arch=arch)
         tm["prepare (pki, artifacts, render)"] = time.monotonic() - t

@@ -18,6 +18,7 @@ import json
 import re
 import shlex
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -326,6 +327,7 @@ def run_upgrade(cluster: Cluster, *, to: str, transports: Mapping, artifacts_dir
     and verifies). Holds the cluster's run lock."""
     from kdeploy.execute import run
     from kdeploy.execute.engine import Engine
+    from kdeploy.execute.hostlock import HostLocks
     from kdeploy.execute.lock import RunLock
     from kdeploy.plan.desired import roles_of
     from kdeploy.plan.planner import plan as make_plan
@@ -333,7 +335,8 @@ def run_upgrade(cluster: Cluster, *, to: str, transports: Mapping, artifacts_dir
     check_target(cluster, to)
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    with RunLock(run.state_dir_for(cluster), "upgrade"):
+    state = run.state_dir_for(cluster)
+    with RunLock(state, "upgrade"), (nullcontext() if dry_run else HostLocks(transports, state)):
         dep = run.prepare(cluster, artifacts_dir=artifacts_dir, arch=arch)
         record = run.RunRecord(dep.state_dir, "upgrade")
         try:
