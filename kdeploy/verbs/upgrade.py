@@ -174,9 +174,22 @@ def upgrade_gates(cluster: Cluster) -> tuple[Gate, ...]:
         Gate("control-plane", "control-plane",
              f"{KUBECTL} --kubeconfig={paths.ADMIN_CONF} --server={lb} get --raw /readyz", 60,
              "the API through the load balancer"),
+        Gate("control-plane", "control-plane", LEADERS, 120,
+             "controller-manager and scheduler leaders elected"),
         Gate("runtime", "node", f"{defaults.BIN_DIR}/ctr --address {defaults.CONTAINERD_SOCKET} version",
              60, "containerd answers"),
     )
+
+
+# both leases held and renewed within the last 30 s (a leader runs: elected again after a
+# control-plane host's restart)
+LEADERS = (
+    "for l in kube-controller-manager kube-scheduler; do "
+    f"t=$({KUBECTL} --kubeconfig={paths.ADMIN_CONF} "
+    f"--server=https://127.0.0.1:{defaults.APISERVER_PORT} -n kube-system get lease $l "
+    "-o 'jsonpath={.spec.renewTime}') && [ -n \"$t\" ] && "
+    "[ $(( $(date +%s) - $(date -d \"$t\" +%s) )) -lt 30 ] || { echo \"lease $l: ${t:-none}\"; exit 1; }; "
+    "done")
 
 
 def upgrade_steps(cluster: Cluster, hooks: NodeHooks, batch: Policy) -> tuple[Step, ...]:

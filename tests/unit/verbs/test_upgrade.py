@@ -92,7 +92,24 @@ def test_rollout_order_and_policies(tmp_path):
     assert [h.name for h in by["workers"].before] == ["drain"]
     assert [h.name for h in by["workers"].after] == ["ready", "uncordon"]
     gates = {g.what for g in by["control-plane"].gates if g.phase == "control-plane"}
-    assert gates == {"kube-apiserver /readyz", "the API through the load balancer"}
+    assert gates == {"kube-apiserver /readyz", "the API through the load balancer",
+                     "controller-manager and scheduler leaders elected"}
+
+
+def test_leader_gate_reads_both_leases_and_their_age(tmp_path):
+    """The gate's shell, run for real with a stub kubectl printing a renewTime."""
+    import subprocess
+    from datetime import datetime, timedelta, timezone
+    from kdeploy.verbs.upgrade import KUBECTL, LEADERS
+    stub = tmp_path / "kubectl"
+    for age, ok in ((5, True), (120, False)):
+        t = (datetime.now(timezone.utc) - timedelta(seconds=age)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        stub.write_text(f"#!/bin/sh\necho '{t}'\n")
+        stub.chmod(0o755)
+        r = subprocess.run(["sh", "-c", LEADERS.replace(KUBECTL, str(stub))], capture_output=True, text=True)
+        assert (r.returncode == 0) == ok, (age, r.stdout, r.stderr)
+        if not ok:
+            assert "lease kube-controller-manager" in r.stdout
 
 
 def test_a_second_run_is_refused_while_one_holds_the_cluster(tmp_path):
