@@ -1,8 +1,7 @@
 """kdeploy upgrade: roll a running cluster to the inventory's Kubernetes version."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 

@@ -22,22 +22,12 @@ from kdeploy.errors import ApplyError, KdeployError, TransportError
 from kdeploy.execute import journal
 from kdeploy.facts.parse import SHA_CACHED
 from kdeploy.plan.planner import Change, Plan, apply_block
-from kdeploy.execute.steps import SERIAL, Step, converge_steps
+from kdeploy.execute.steps import SERIAL, Gate, Step, converge_steps  # noqa: F401 (Gate: re-export)
 from kdeploy.plan.resources import PHASES, Binary, Block, File, HostResources
 from kdeploy.transport.base import Transport
 
 Event = dict
 EventSink = Callable[[Event], None]
-
-
-@dataclass(frozen=True)
-class Gate:
-    """A check that must pass on a host after a phase changed it, retried until timeout."""
-    phase: str
-    role: str                 # hosts with this role run it
-    cmd: str
-    timeout: float = 120.0
-    what: str = ""
 
 
 @dataclass

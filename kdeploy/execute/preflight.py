@@ -1,29 +1,16 @@
 """Host checks that need gathered facts, run before anything is written. Pure: facts -> problems."""
 from __future__ import annotations
 
-from kdeploy.model import Cluster, defaults
+from kdeploy.model import Cluster
 
 SUPPORTED_OS = {"debian": ("11", "12", "13"), "ubuntu": ("22.04", "24.04")}
 MIN_DISK = 2 << 30
 MAX_SKEW = 30.0
 
-# ports each role's components listen on, with the unit that owns them
-ROLE_PORTS = {
-    "etcd": {defaults.ETCD_CLIENT_PORT: "etcd", defaults.ETCD_PEER_PORT: "etcd"},
-    "control-plane": {defaults.APISERVER_PORT: "kube-apiserver",
-                      defaults.CONTROLLER_MANAGER_PORT: "kube-controller-manager",
-                      defaults.SCHEDULER_PORT: "kube-scheduler"},
-    "node": {defaults.KUBELET_PORT: "kubelet"},
-}
-
-
 def ports_for(cluster: Cluster, host) -> dict[int, str]:
-    out = dict(ROLE_PORTS["node"])
-    for r in host.roles:
-        out.update(ROLE_PORTS.get(r.value, {}))
-    if cluster.node_local_lb:
-        out[defaults.API_LB_PORT] = "kdeploy-api-lb"
-    return out
+    """port -> owning unit, of every component on the host (kdeploy.components)."""
+    from kdeploy.components import ports_for as component_ports
+    return component_ports(cluster, host)
 
 
 def check_host(cluster: Cluster, host, facts, arch: str = "amd64") -> list[str]:

@@ -13,28 +13,13 @@ from typing import Callable, Mapping
 
 from kdeploy.errors import PreflightError
 from kdeploy.execute import journal
-from kdeploy.execute.engine import Engine, Gate
+from kdeploy.execute.engine import Engine
 from kdeploy.execute.preflight import check_all, ports_for
 from kdeploy.model import Cluster, defaults
 from kdeploy.model.validate import resolve_path
-from kdeploy.pki import paths
 from kdeploy.plan.desired import desired_state, roles_of
 from kdeploy.plan.planner import FileState, Observed, Plan
 from kdeploy.plan.resources import HostResources
-
-GATES = (
-    Gate("etcd", "etcd",
-         f"{defaults.BIN_DIR}/etcdctl --endpoints=https://127.0.0.1:{defaults.ETCD_CLIENT_PORT} "
-         f"--cacert={paths.ETCD_CA_CRT} --cert={paths.ETCD_HEALTHCHECK_CLIENT_CRT} "
-         f"--key={paths.ETCD_HEALTHCHECK_CLIENT_KEY} endpoint health", 120, "etcd endpoint health"),
-    Gate("control-plane", "control-plane",
-         f"{defaults.BIN_DIR}/kubectl --kubeconfig={paths.ADMIN_CONF} "
-         f"--server=https://127.0.0.1:{defaults.APISERVER_PORT} get --raw /readyz", 180,
-         "kube-apiserver /readyz"),
-    Gate("runtime", "node", f"{defaults.BIN_DIR}/ctr --address {defaults.CONTAINERD_SOCKET} version",
-         60, "containerd answers"),
-)
-
 
 def state_dir_for(cluster: Cluster) -> Path:
     base = Path(cluster.source).resolve().parent if cluster.source else Path.cwd()
@@ -191,5 +176,7 @@ def write_admin_kubeconfig(dep: Deployment) -> Path:
 
 def apply(dep: Deployment, transports: Mapping, the_plan: Plan,
           emit: Callable[[dict], None]):
-    engine = Engine(dep.desired, transports, roles=roles_of(dep.cluster), gates=GATES, emit=emit)
+    from kdeploy.components import gates
+    engine = Engine(dep.desired, transports, roles=roles_of(dep.cluster), gates=gates(dep.cluster),
+                    emit=emit)
     return engine.apply(the_plan)

@@ -48,6 +48,16 @@ class Policy:
         return f"batches of {self.size}" if self.size else f"batches of {self.percent}%"
 
 
+@dataclass(frozen=True)
+class Gate:
+    """A check that must pass on a host after a phase changed it, retried until timeout."""
+    phase: str
+    role: str                 # hosts with this role run it
+    cmd: str
+    timeout: float = 120.0
+    what: str = ""
+
+
 PARALLEL = Policy()
 SERIAL = Policy("serial")
 

@@ -8,33 +8,11 @@ from typing import Iterable
 
 from kdeploy.model import Cluster, Role
 from kdeploy.model import defaults
-from kdeploy.pki import paths
-from kdeploy.plan.resources import Binary, File, HostResources
-from kdeploy.render.context import API_LB_UNIT
+from kdeploy.components import api_lb_component, binary_placement
+from kdeploy.components.apiserver import KUBECTL_LOCAL
+from kdeploy.plan.resources import Binary, File, HostResources, Phase
 
-# which unit a binary feeds (a new binary restarts it)
-BINARY_UNITS = {
-    "kube-apiserver": "kube-apiserver", "kube-controller-manager": "kube-controller-manager",
-    "kube-scheduler": "kube-scheduler", "kubelet": "kubelet", "kube-proxy": "kube-proxy",
-    "etcd": "etcd", "containerd": "containerd",
-    "nginx": API_LB_UNIT, "ngx_stream_module": API_LB_UNIT,
-}
-# the phase a binary is placed in: its component's, so a rolling step writes a host's new
-# binaries at that host's turn (never cluster-wide ahead of the rollout)
-COMPONENT_PHASES = {
-    "etcd": "etcd", "kubernetes": "node", "containerd": "runtime", "runc": "runtime",
-    "cni-plugins": "runtime", "crictl": "runtime", "coredns": "node", "images": "images",
-    "api-lb": "node",
-}
-CONTROL_PLANE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
-
-
-def binary_phase(a) -> str:
-    if a.name in CONTROL_PLANE_BINARIES:
-        return "control-plane"
-    return COMPONENT_PHASES.get(a.component, "node")
-KUBECTL_ADMIN = (f"{defaults.BIN_DIR}/kubectl", f"--kubeconfig={paths.ADMIN_CONF}",
-                 f"--server=https://127.0.0.1:{defaults.APISERVER_PORT}")
+KUBECTL_ADMIN = KUBECTL_LOCAL
 
 
 def host_gets(artifact_roles: Iterable[str], host) -> bool:
@@ -45,17 +23,20 @@ def host_gets(artifact_roles: Iterable[str], host) -> bool:
 
 
 def binaries_for(host, artifacts, *, api_lb: bool = True) -> tuple[Binary, ...]:
+    """The artifact files a host gets, each in its component's phase (a rolling step writes a
+    host's new binaries at that host's turn, never cluster-wide ahead of the rollout)."""
     out = []
     for a in artifacts or ():
-        if not host_gets(a.roles, host) or (a.component == "api-lb" and not api_lb):
+        if not host_gets(a.roles, host) or (not api_lb and api_lb_component(a.name)):
             continue
-        if a.install_path.endswith(".tar"):   # image archive: import into containerd once it runs
-            out.append(Binary(a.install_path, str(a.local_path), a.sha256, phase="images", mode=a.mode,
+        phase, decl = binary_placement(a.name) or (Phase.node, None)
+        if decl is not None and decl.import_image:  # import into containerd once it runs
+            out.append(Binary(a.install_path, str(a.local_path), a.sha256, phase=phase, mode=a.mode,
                               run_on_change=(("ctr", "-n", "k8s.io", "images", "import",
                                               "--all-platforms", a.install_path),)))
         else:
-            unit = BINARY_UNITS.get(a.name)
-            out.append(Binary(a.install_path, str(a.local_path), a.sha256, phase=binary_phase(a),
+            unit = decl.restarts if decl is not None else None
+            out.append(Binary(a.install_path, str(a.local_path), a.sha256, phase=phase,
                               mode=a.mode, restarts=(unit,) if unit else ()))
     return tuple(sorted(out, key=lambda b: b.path))
 

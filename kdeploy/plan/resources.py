@@ -2,18 +2,22 @@
 from __future__ import annotations
 
 import hashlib
+from enum import StrEnum
 from dataclasses import dataclass, field
 
-# Phases in the order the engine runs them.
-PHASES = (
-    "os",             # kernel modules, sysctls, /etc/hosts entries, directories
-    "etcd",           # etcd members (their binaries too: placed at the host's turn)
-    "control-plane",  # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
-    "runtime",        # containerd, runc, CNI plugins and config, crictl
-    "images",         # image archives imported into containerd (before anything needs them)
-    "node",           # API load balancer, kubelet, kube-proxy, pod routes
-    "addons",         # applied through the API: RBAC, CoreDNS, node labels/taints
-)
+class Phase(StrEnum):
+    """The phases of a plan, in the order `up` runs them. A str: JSON and comparisons with
+    plain names ("etcd") work unchanged."""
+    os = "os"                        # kernel modules, sysctls, /etc/hosts entries
+    etcd = "etcd"                    # etcd members (their binaries too: placed at the host's turn)
+    control_plane = "control-plane"  # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
+    runtime = "runtime"              # containerd, runc, CNI plugins and config, crictl
+    images = "images"                # image archives imported into containerd (before anything needs them)
+    node = "node"                    # API load balancer, kubelet, kube-proxy, pod routes
+    addons = "addons"                # applied through the API: RBAC, CoreDNS, node labels/taints
+
+
+PHASES: tuple[Phase, ...] = tuple(Phase)
 
 
 @dataclass(frozen=True)

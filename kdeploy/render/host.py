@@ -9,10 +9,12 @@ from kdeploy.model.cluster import Cluster, Host
 from kdeploy.plan.resources import Block, File, HostResources, Unit
 from kdeploy.render import env as _env
 from kdeploy.render.context import HOSTS_FILE, cluster_context, host_context
-from kdeploy.render.table import FILES, UNITS
 
 
 def render_host(cluster: Cluster, host: Host) -> HostResources:
+    # the file table comes from kdeploy.components, which read paths from kdeploy.pki (whose
+    # kubeconfigs are rendered here): imported at the first call, not at import
+    from kdeploy.render.table import FILES, UNITS
     ctx = cluster_context(cluster)
     h = host_context(ctx, host)
     values = {**ctx.base, "host": h}

@@ -26,15 +26,13 @@ from typing import Callable, Mapping
 
 from kdeploy.errors import ApplyError, KdeployError, PreflightError
 from kdeploy.execute.cordons import CordonLedger
-from kdeploy.execute.engine import Gate
+from kdeploy.components.apiserver import KUBECTL
+from kdeploy.components.etcd import ETCDCTL
+from kdeploy.execute.steps import Gate
 from kdeploy.execute.steps import PARALLEL, SERIAL, Hook, Policy, Step
 from kdeploy.model import Cluster, Role, defaults
 from kdeploy.pki import paths
 
-KUBECTL = f"{defaults.BIN_DIR}/kubectl"
-ETCDCTL = (f"{defaults.BIN_DIR}/etcdctl --endpoints=https://127.0.0.1:{defaults.ETCD_CLIENT_PORT} "
-           f"--cacert={paths.ETCD_CA_CRT} --cert={paths.ETCD_HEALTHCHECK_CLIENT_CRT} "
-           f"--key={paths.ETCD_HEALTHCHECK_CLIENT_KEY}")
 BACKUP_DIR = f"{defaults.KDEPLOY_DIR}/backups"
 DRAIN_TIMEOUT = 300
 READY_TIMEOUT = 300
@@ -163,33 +161,10 @@ class NodeHooks:
 
 
 def upgrade_gates(cluster: Cluster) -> tuple[Gate, ...]:
-    lb = api_server(cluster)
-    return (
-        Gate("etcd", "etcd", f"{ETCDCTL} endpoint health --cluster", 120,
-             "every etcd member healthy"),
-        Gate("control-plane", "control-plane",
-             f"{KUBECTL} --kubeconfig={paths.ADMIN_CONF} "
-             f"--server=https://127.0.0.1:{defaults.APISERVER_PORT} get --raw /readyz", 180,
-             "kube-apiserver /readyz"),
-        Gate("control-plane", "control-plane",
-             f"{KUBECTL} --kubeconfig={paths.ADMIN_CONF} --server={lb} get --raw /readyz", 60,
-             "the API through the load balancer"),
-        Gate("control-plane", "control-plane", LEADERS, 120,
-             "controller-manager and scheduler leaders elected"),
-        Gate("runtime", "node", f"{defaults.BIN_DIR}/ctr --address {defaults.CONTAINERD_SOCKET} version",
-             60, "containerd answers"),
-    )
-
-
-# both leases held and renewed within the last 30 s (a leader runs: elected again after a
-# control-plane host's restart)
-LEADERS = (
-    "for l in kube-controller-manager kube-scheduler; do "
-    f"t=$({KUBECTL} --kubeconfig={paths.ADMIN_CONF} "
-    f"--server=https://127.0.0.1:{defaults.APISERVER_PORT} -n kube-system get lease $l "
-    "-o 'jsonpath={.spec.renewTime}') && [ -n \"$t\" ] && "
-    "[ $(( $(date +%s) - $(date -d \"$t\" +%s) )) -lt 30 ] || { echo \"lease $l: ${t:-none}\"; exit 1; }; "
-    "done")
+    """Each component's rollout gates: every etcd member healthy; the apiserver's /readyz, the
+    API through the LB, leaders elected again; containerd answers."""
+    from kdeploy.components import gates
+    return gates(cluster, rollout=True)
 
 
 def upgrade_steps(cluster: Cluster, hooks: NodeHooks, batch: Policy) -> tuple[Step, ...]:

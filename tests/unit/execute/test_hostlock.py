@@ -11,7 +11,8 @@ from kdeploy.transport.local import LocalTransport
 
 @pytest.fixture
 def hosts():
-    return {"a": LocalTransport("a"), "b": LocalTransport("b")}
+    # one host: LocalTransports all share this machine's filesystem, i.e. the same lock dir
+    return {"a": LocalTransport("a")}
 
 
 def test_second_deployer_is_refused_until_the_first_releases(hosts, tmp_path):

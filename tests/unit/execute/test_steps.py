@@ -6,7 +6,7 @@ from kdeploy.execute.engine import Engine
 from kdeploy.execute.steps import Hook, Policy, Step
 from kdeploy.plan.planner import plan
 from kdeploy.transport.base import CommandResult
-from tests.unit.execute.test_engine import converged, inv, redeploy  # noqa: F401 (fixture)
+from tests.unit.execute.test_engine import converged, inv, redeploy  # noqa: F401,F811 (fixture)
 
 
 @pytest.mark.parametrize("text,hosts,want", [
@@ -28,18 +28,13 @@ def test_bad_batch_is_a_clear_error(bad):
 
 def _kubelet_change(inv):
     """Converged fake hosts and a plan that changes the kubelet config on every host."""
-    dep, fakes = converged(inv)
-    dep2 = redeploy(inv, "maxPods: 110", "maxPods: 100") if "maxPods" in inv.read_text() else None
-    if dep2 is None:
-        inv.write_text(inv.read_text().replace("spec:\n", "spec:\n  kubelet:\n    maxPods: 100\n", 1))
-        from kdeploy.execute import run
-        from kdeploy.model import load_inventory
-        dep2 = run.prepare(load_inventory(inv)[0], need_artifacts=False)
     from kdeploy.execute import run
-    _, observed = run.gather(dep2, fakes)
-    p = plan(dep2.desired, observed)
-    assert {c.host for c in p.changes if c.target == "kubelet"} == set(dep2.desired)
-    return dep2, fakes, p
+    _, fakes = converged(inv)
+    dep = redeploy(inv, "spec:\n", "spec:\n  kubelet:\n    maxPods: 100\n")
+    _, observed = run.gather(dep, fakes)
+    p = plan(dep.desired, observed)
+    assert {c.host for c in p.changes if c.target == "kubelet"} == set(dep.desired)
+    return dep, fakes, p
 
 
 def test_batches_run_in_order_with_hooks_around_each_host(inv):

@@ -92,21 +92,29 @@ def test_rollout_order_and_policies(tmp_path):
     assert [h.name for h in by["workers"].before] == ["drain"]
     assert [h.name for h in by["workers"].after] == ["ready", "uncordon"]
     gates = {g.what for g in by["control-plane"].gates if g.phase == "control-plane"}
+    # an external endpoint (the ha sample): no node-local LB to gate on
+    assert gates == {"kube-apiserver /readyz", "controller-manager and scheduler leaders elected"}
+    c = load_sample("cluster")
+    steps = upgrade_steps(c, NodeHooks(c, CordonLedger(tmp_path), c.version), Policy.parse("1"))
+    gates = {g.what for g in steps[2].gates if g.phase == "control-plane"}
     assert gates == {"kube-apiserver /readyz", "the API through the load balancer",
                      "controller-manager and scheduler leaders elected"}
+    assert {g.what for g in steps[1].gates if g.phase == "etcd"} == {"every etcd member healthy"}
 
 
 def test_leader_gate_reads_both_leases_and_their_age(tmp_path):
     """The gate's shell, run for real with a stub kubectl printing a renewTime."""
     import subprocess
     from datetime import datetime, timedelta, timezone
-    from kdeploy.verbs.upgrade import KUBECTL, LEADERS
+    from kdeploy.components.apiserver import KUBECTL
+    from kdeploy.components.controller_manager import LEADERS
     stub = tmp_path / "kubectl"
     for age, ok in ((5, True), (120, False)):
         t = (datetime.now(timezone.utc) - timedelta(seconds=age)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         stub.write_text(f"#!/bin/sh\necho '{t}'\n")
         stub.chmod(0o755)
-        r = subprocess.run(["sh", "-c", LEADERS.replace(KUBECTL, str(stub))], capture_output=True, text=True)
+        r = subprocess.run(["sh", "-c", LEADERS.cmd.replace(KUBECTL, str(stub))], capture_output=True,
+                           text=True)
         assert (r.returncode == 0) == ok, (age, r.stdout, r.stderr)
         if not ok:
             assert "lease kube-controller-manager" in r.stdout

@@ -1,0 +1,16 @@
+"""kubelet: every host is a node."""
+from kdeploy.components import Binary, Component, Row
+from kdeploy.model import defaults
+from kdeploy.plan.resources import Phase
+from kdeploy.render.context import KUBELET_CONFIG, unit_path
+
+COMPONENT = Component(
+    "kubelet", Phase.node,
+    files=(
+        Row("node/kubelet-config.yaml.j2", KUBELET_CONFIG, restarts=("kubelet",)),
+        Row("node/kubelet.service.j2", unit_path("kubelet"), restarts=("kubelet",)),
+    ),
+    units=("kubelet",),
+    binaries=(Binary("kubelet", "kubelet"),),
+    ports=(defaults.KUBELET_PORT,),
+)
