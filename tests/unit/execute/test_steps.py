@@ -67,3 +67,18 @@ def test_a_failed_host_stops_the_rollout_and_cleanups_run_in_reverse(inv):
                            after=(Hook("uncordon", lambda ctx, h: ctx.pop_cleanup(f"cordon:{h}")),)),))
     assert undone == [hosts[1]]                               # only what is still cordoned
     assert not any("restart kubelet" in c for c in fakes[hosts[2]].commands)  # never reached
+
+
+def test_a_new_control_plane_host_reaches_every_lb_by_reload_not_a_kubelet_restart(inv):
+    from kdeploy.execute import run
+    _, fakes = converged(inv)
+    dep = redeploy(inv, "hosts:\n", "hosts:\n  - {name: cp2, address: 192.0.2.11, roles: [control-plane]}\n")
+    _, observed = run.gather(dep, {h: fakes[h] for h in fakes})
+    p = plan({h: dep.desired[h] for h in fakes}, {h: observed[h] for h in fakes})
+    for h in fakes:                                      # every existing node
+        mine = [c for c in p.changes if c.host == h]
+        assert ("file", "/etc/kubernetes/api-lb/nginx.conf") in {(c.kind, c.target) for c in mine}
+        assert any(c.kind == "run" and "try-reload-or-restart kdeploy-api-lb.service" in c.target
+                   for c in mine)
+        assert not any(c.kind == "unit-restart" and c.target in ("kubelet", "kube-proxy", "kdeploy-api-lb")
+                       for c in mine), [c for c in mine if c.kind == "unit-restart"]
