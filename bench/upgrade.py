@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.lab.conftest import LabCluster  # noqa: E402
+from tests.lab.test_up import events  # noqa: E402
 from tests.lab.test_upgrade import (KUBECTL, NEW, OLD, WORKLOAD, set_version, start_probe,  # noqa: E402
                                     stop_probe)
 
@@ -32,7 +33,7 @@ def kdeploy(*args: str) -> tuple[float, list[dict]]:
     if p.returncode != 0:
         print(p.stdout[-3000:], p.stderr[-3000:])
         sys.exit(f"kdeploy {args[0]} failed (rc {p.returncode})")
-    return secs, [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+    return secs, events(p.stdout)
 
 
 def main() -> None:

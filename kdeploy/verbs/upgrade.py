@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 import shlex
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -361,9 +362,12 @@ def run_upgrade(cluster: Cluster, *, to: str, transports: Mapping, artifacts_dir
             out.snapshot = snapshot(cluster, transports, dep.state_dir, emit)
             timings["etcd snapshot"] = time.monotonic() - t
 
+            lock = threading.Lock()  # the engine emits from its worker threads
+
             def both(e):
-                record.event(e)
-                emit(e)
+                with lock:
+                    record.event(e)
+                    emit(e)
             engine = Engine(dep.desired, transports, roles=roles_of(cluster), gates=(),
                             emit=both, api_runner=api)
             t = time.monotonic()
