@@ -59,7 +59,8 @@ def register(app: typer.Typer) -> None:
             console.print("Rollout:")
             for s in steps:
                 hooks = f"  [{', '.join(s['hooks'])}]" if s["hooks"] else ""
-                console.print(f"  {s['step']:<20} {s['policy']:<14} {', '.join(s['hosts'])}{hooks}")
+                console.print(f"  {s['step']:<20} {s['policy']:<14} {', '.join(s['hosts'])}{hooks}",
+                              markup=False, highlight=False)
 
         transports, failed = connect(cluster, factory=factory_for(transport))
         if failed:
