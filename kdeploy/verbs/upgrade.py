@@ -33,6 +33,7 @@ from kdeploy.execute.steps import Gate
 from kdeploy.execute.steps import PARALLEL, SERIAL, Hook, Policy, Step
 from kdeploy.model import Cluster, Role, defaults
 from kdeploy.pki import paths
+from kdeploy.plan.resources import Phase
 
 BACKUP_DIR = f"{defaults.KDEPLOY_DIR}/backups"
 DRAIN_TIMEOUT = 300
@@ -45,8 +46,8 @@ def _v(version: str) -> tuple[int, int, int]:
 
 
 def api_server(cluster: Cluster) -> str:
-    """Where kubectl on a control-plane host reaches the API: its node-local LB (any healthy
-    apiserver), the external endpoint, else its own apiserver."""
+    """Where kubectl on a control-plane host reaches the API: its node-local LB (whichever
+    apiserver answers), or, with an external endpoint (no node-local LB), its own apiserver."""
     if cluster.node_local_lb:
         return f"https://127.0.0.1:{defaults.API_LB_PORT}"
     return f"https://127.0.0.1:{defaults.APISERVER_PORT}"
@@ -176,13 +177,14 @@ def upgrade_steps(cluster: Cluster, hooks: NodeHooks, batch: Policy) -> tuple[St
     node_hooks = dict(before=(Hook("drain", hooks.drain),),
                       after=(Hook("ready", hooks.ready), Hook("uncordon", hooks.uncordon)))
     return (
-        Step("os", ("os",), PARALLEL, gates=gates),
-        Step("etcd", ("etcd",), SERIAL, hosts=etcd, gates=gates),
-        Step("control-plane", ("control-plane",), SERIAL, hosts=cp, gates=gates),
-        Step("images", ("images",), PARALLEL, gates=gates),
-        Step("addons", ("addons",), PARALLEL, gates=gates),
-        Step("control-plane nodes", ("runtime", "node"), SERIAL, hosts=cp, gates=gates, **node_hooks),
-        Step("workers", ("runtime", "node"), batch, hosts=workers, gates=gates, **node_hooks),
+        Step("os", (Phase.os,), PARALLEL, gates=gates),
+        Step("etcd", (Phase.etcd,), SERIAL, hosts=etcd, gates=gates),
+        Step("control-plane", (Phase.control_plane,), SERIAL, hosts=cp, gates=gates),
+        Step("images", (Phase.images,), PARALLEL, gates=gates),
+        Step("addons", (Phase.addons,), PARALLEL, gates=gates),
+        Step("control-plane nodes", (Phase.runtime, Phase.node), SERIAL, hosts=cp, gates=gates,
+             **node_hooks),
+        Step("workers", (Phase.runtime, Phase.node), batch, hosts=workers, gates=gates, **node_hooks),
     )
 
 
