@@ -159,6 +159,24 @@ def test_rolling_upgrade_under_load(ha):
     assert [s["step"] for s in shown["steps"]][:3] == ["os", "etcd", "control-plane"] or \
         [s["step"] for s in shown["steps"]][:2] == ["etcd", "control-plane"]
 
+    # an unhealthy etcd member: refused before any change (unless --force)
+    assert lab.run("m3", "systemctl stop etcd")[0] == 0
+    try:
+        p = kdeploy("upgrade", "-i", str(inv), "--to", NEW, "--artifacts", str(new), "--yes")
+        assert p.returncode != 0 and "etcd is not healthy" in p.stderr, p.stderr[-2000:]
+        assert "nothing was changed" in p.stderr
+        rc, out, _ = lab.run("m1", "/usr/local/bin/kube-apiserver --version")
+        assert f"v{OLD}" in out
+    finally:
+        lab.run("m3", "systemctl start etcd")
+    deadline = time.monotonic() + 120
+    health = ("/usr/local/bin/etcdctl --endpoints=https://127.0.0.1:2379 "
+              "--cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt "
+              "--key=/etc/kubernetes/pki/etcd/healthcheck-client.key endpoint health --cluster")
+    while lab.run("m1", health)[0] != 0:
+        assert time.monotonic() < deadline, "etcd on m3 did not come back"
+        time.sleep(2)
+
     start_probe(lab, "m4", svc)
     t = time.monotonic()
     p = kdeploy("upgrade", "-i", str(inv), "--to", NEW, "--artifacts", str(new), "--yes", "--json",
