@@ -9,7 +9,7 @@ Adding a component is adding a module here and listing it in COMPONENTS.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from kdeploy.execute.steps import Gate
@@ -59,7 +59,6 @@ class Component:
     gates: tuple[Gate, ...] = ()         # after `up` changed it
     rollout_gates: tuple[Gate, ...] = () # after a rolling upgrade changed a host
     only_with_api_lb: bool = False       # deployed when no external endpoint is set
-    doc: str = field(default="", compare=False)
 
     def on(self, h: dict) -> bool:
         """Does this component run on the host (host_context values)?"""

@@ -112,9 +112,7 @@ class Engine:
 
     # -- steps -------------------------------------------------------------------------------
     def _step(self, plan: Plan, step: Step, result: RunResult) -> None:
-        order = step.hosts if step.hosts is not None else tuple(self.desired)
-        hosts = [h for h in order if h in self.desired
-                 and any(plan.for_host_phase(h, p) for p in step.phases)]
+        hosts = [h for h in step.hosts_with_changes(plan, tuple(self.desired)) if h in self.desired]
         if not hosts:
             return
         pr = PhaseResult(step.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -156,6 +157,17 @@ class RunRecord:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
 
+    def tee(self, emit: Callable[[dict], None]) -> Callable[[dict], None]:
+        """An event sink that records each event and passes it on, one at a time (the engine
+        emits from its worker threads)."""
+        lock = threading.Lock()
+
+        def sink(e: dict) -> None:
+            with lock:
+                self.event(e)
+                emit(e)
+        return sink
+
     def event(self, e: dict) -> None:
         self._events.write(json.dumps({"t": round(time.time(), 3), **e}) + "\n")
         self._events.flush()
@@ -165,6 +177,33 @@ class RunRecord:
 
     def close(self) -> None:
         self._events.close()
+
+
+def locked(cluster: Cluster, transports: Mapping, verb: str, *, hosts: bool = True):
+    """The locks a verb that changes hosts holds: the state dir's run lock, then the hosts'
+    (hosts=False: a dry run, which writes nothing on the hosts)."""
+    from contextlib import ExitStack
+    from kdeploy.execute.hostlock import HostLocks
+    from kdeploy.execute.lock import RunLock
+    state = state_dir_for(cluster)
+    stack = ExitStack()
+    stack.enter_context(RunLock(state, verb))
+    if hosts:
+        try:
+            stack.enter_context(HostLocks(transports, state))
+        except BaseException:
+            stack.close()
+            raise
+    return stack
+
+
+def gather_checked(dep: Deployment, transports: Mapping, record: RunRecord,
+                   arch: str = "amd64") -> tuple[dict, dict[str, Observed]]:
+    """gather() + the facts in the run record + the host preflight."""
+    facts, observed = gather(dep, transports)
+    record.write("facts.json", {h: f.to_dict() for h, f in facts.items()})
+    preflight(dep, facts, arch)
+    return facts, observed
 
 
 def write_admin_kubeconfig(dep: Deployment) -> Path:

@@ -92,6 +92,12 @@ class Step:
     serial_when_restarting: bool = False
     gates: tuple | None = None                   # None: the engine's gates of these phases
 
+    def hosts_with_changes(self, plan, default_order: tuple[str, ...]) -> list[str]:
+        """The hosts this step acts on: its own (or default_order), those the plan changes in
+        its phases, in that order."""
+        order = self.hosts if self.hosts is not None else default_order
+        return [h for h in order if any(plan.for_host_phase(h, p) for p in self.phases)]
+
 
 def converge_steps(phases: tuple[str, ...]) -> tuple[Step, ...]:
     """`kdeploy up`: one step per phase, hosts in parallel; a running etcd or control plane

@@ -4,17 +4,13 @@ interrupted upgrade left are finished) -> plan -> engine (one step per phase) ->
 Holds the cluster's run lock; every run leaves a record in the state dir."""
 from __future__ import annotations
 
-import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
 from kdeploy.errors import ApplyError, PreflightError
 from kdeploy.execute import run
-from kdeploy.execute.hostlock import HostLocks
-from kdeploy.execute.lock import RunLock
 from kdeploy.model import Cluster
 
 
@@ -69,17 +65,14 @@ def run_up(cluster: Cluster, transports: Mapping, *, inventory, artifacts_dir: P
     out = UpOutcome(timings=timings if timings is not None else {})
     tm = out.timings
     t_all = time.monotonic()
-    state = run.state_dir_for(cluster)
-    with RunLock(state, "up"), (nullcontext() if dry_run else HostLocks(transports, state)):
+    with run.locked(cluster, transports, "up", hosts=not dry_run):
         t = time.monotonic()
         dep = out.deployment = run.prepare(cluster, artifacts_dir=artifacts_dir, arch=arch)
         tm["prepare (pki, artifacts, render)"] = time.monotonic() - t
         record = run.RunRecord(dep.state_dir, "up")
         try:
             t = time.monotonic()
-            facts, observed = run.gather(dep, transports)
-            record.write("facts.json", {h: f.to_dict() for h, f in facts.items()})
-            run.preflight(dep, facts, arch)
+            facts, observed = run.gather_checked(dep, transports, record, arch)
             refuse_version_change(cluster, facts, inventory)
             if not dry_run:
                 finish_interrupted_cordons(dep, transports, emit)
@@ -91,14 +84,8 @@ def run_up(cluster: Cluster, transports: Mapping, *, inventory, artifacts_dir: P
                 return out
             if not p.empty:
                 on_apply(p)
-                lock = threading.Lock()  # the engine emits from its worker threads
-
-                def both(e):
-                    with lock:
-                        record.event(e)
-                        emit(e)
                 try:
-                    out.result = run.apply(dep, transports, p, both)
+                    out.result = run.apply(dep, transports, p, record.tee(emit))
                 except ApplyError as e:
                     out.result = getattr(e, "result", None)
                     raise

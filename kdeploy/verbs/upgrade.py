@@ -17,9 +17,7 @@ import hashlib
 import json
 import re
 import shlex
-import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +27,7 @@ from kdeploy.errors import ApplyError, KdeployError, PreflightError
 from kdeploy.execute.cordons import CordonLedger
 from kdeploy.components.apiserver import KUBECTL
 from kdeploy.components.etcd import ETCDCTL
-from kdeploy.execute.steps import Gate
+from kdeploy.components import gates as component_gates
 from kdeploy.execute.steps import PARALLEL, SERIAL, Hook, Policy, Step
 from kdeploy.model import Cluster, Role, defaults
 from kdeploy.pki import paths
@@ -149,7 +147,7 @@ class NodeHooks:
             time.sleep(2)
         raise ApplyError(f"node {node} is not Ready at v{self.version} after {self.ready_timeout} s "
                          f"(now: {last or '?'})",
-                         f"look at its kubelet: kdeploy lab ssh {node} -- journalctl -u kubelet")
+                         f"look at its kubelet: journalctl -u kubelet on {node}")
 
     def uncordon(self, ctx, node: str) -> None:
         if node in self.operator_cordoned:
@@ -162,18 +160,11 @@ class NodeHooks:
         self.ledger.remove(node)
 
 
-def upgrade_gates(cluster: Cluster) -> tuple[Gate, ...]:
-    """Each component's rollout gates: every etcd member healthy; the apiserver's /readyz, the
-    API through the LB, leaders elected again; containerd answers."""
-    from kdeploy.components import gates
-    return gates(cluster, rollout=True)
-
-
 def upgrade_steps(cluster: Cluster, hooks: NodeHooks, batch: Policy) -> tuple[Step, ...]:
     etcd = tuple(h.name for h in cluster.etcd)
     cp = tuple(h.name for h in cluster.control_plane)
     workers = tuple(h.name for h in cluster.hosts if not h.has(Role.control_plane))
-    gates = upgrade_gates(cluster)
+    gates = component_gates(cluster, rollout=True)   # etcd cluster health, readyz, LB, leaders
     node_hooks = dict(before=(Hook("drain", hooks.drain),),
                       after=(Hook("ready", hooks.ready), Hook("uncordon", hooks.uncordon)))
     return (
@@ -192,8 +183,7 @@ def describe_steps(steps: tuple[Step, ...], plan) -> list[dict]:
     """The rollout as `upgrade --dry-run` shows it: each step, its policy and hosts."""
     out = []
     for s in steps:
-        order = s.hosts if s.hosts is not None else tuple(dict.fromkeys(c.host for c in plan.changes))
-        hosts = [h for h in order if any(plan.for_host_phase(h, p) for p in s.phases)]
+        hosts = s.hosts_with_changes(plan, tuple(dict.fromkeys(c.host for c in plan.changes)))
         if hosts:
             out.append({"step": s.name, "policy": s.policy.describe(), "hosts": hosts,
                         "hooks": [h.name for h in (*s.before, *s.after)]})
@@ -236,7 +226,11 @@ def health_problems(cluster: Cluster, transports: Mapping, api: Callable) -> lis
     if not r.ok:
         out.append(f"the API does not answer: {(r.err or r.out).strip()[-200:]}")
         return out
-    for n in json.loads(r.out).get("items", []):
+    try:
+        items = json.loads(r.out).get("items", [])
+    except ValueError:
+        return out + [f"the API's node list is not JSON: {r.out[:200]!r}"]
+    for n in items:
         ready = next((c["status"] for c in n.get("status", {}).get("conditions", [])
                       if c.get("type") == "Ready"), "Unknown")
         if ready != "True":
@@ -280,17 +274,19 @@ def check_target(cluster: Cluster, to: str) -> None:
             "version, then confirm it with --to")
 
 
-def preflight(cluster: Cluster, facts: Mapping, transports: Mapping, api: Callable,
-              *, force: bool = False) -> None:
+def refuse_skew(cluster: Cluster, facts: Mapping) -> None:
     problems = skew_problems(cluster, facts, cluster.version)
     if problems:
         raise PreflightError("the upgrade is refused; nothing was changed:\n"
                              + "\n".join(f"  {p}" for p in problems),
                              "see https://kubernetes.io/releases/version-skew-policy/")
+
+
+def refuse_unhealthy(cluster: Cluster, transports: Mapping, api: Callable, *, force: bool) -> None:
     unhealthy = health_problems(cluster, transports, api)
     if unhealthy and not force:
         raise PreflightError("the cluster is not healthy; nothing was changed:\n"
-                             + "\n".join(f"  {p}" for p in unhealthy),
+                             + "\n".join(f"  {u}" for u in unhealthy),
                              "fix it first, or pass --force to upgrade anyway")
 
 
@@ -300,12 +296,9 @@ def preflight(cluster: Cluster, facts: Mapping, transports: Mapping, api: Callab
 class UpgradeOutcome:
     plan: object
     steps: list[dict]
-    applied: bool = False
+    deployment: object = None
     snapshot: Path | None = None
     result: object = None
-    uncordoned: list[str] = field(default_factory=list)
-    deployment: object = None
-    transports: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -315,63 +308,43 @@ def run_upgrade(cluster: Cluster, *, to: str, transports: Mapping, artifacts_dir
                 emit: Callable[[dict], None] = lambda e: None,
                 confirm: Callable[[object, list[dict]], bool] = lambda p, s: True) -> UpgradeOutcome:
     """Everything `kdeploy upgrade` does, given connected transports (the CLI connects, prints
-    and verifies). Holds the cluster's run lock."""
+    and verifies). Holds the cluster's run lock and, unless a dry run, the hosts' locks."""
     from kdeploy.execute import run
     from kdeploy.execute.engine import Engine
-    from kdeploy.execute.hostlock import HostLocks
-    from kdeploy.execute.lock import RunLock
     from kdeploy.plan.desired import roles_of
     from kdeploy.plan.planner import plan as make_plan
 
     check_target(cluster, to)
-    timings: dict[str, float] = {}
     t0 = time.monotonic()
-    state = run.state_dir_for(cluster)
-    with RunLock(state, "upgrade"), (nullcontext() if dry_run else HostLocks(transports, state)):
+    with run.locked(cluster, transports, "upgrade", hosts=not dry_run):
         dep = run.prepare(cluster, artifacts_dir=artifacts_dir, arch=arch)
         record = run.RunRecord(dep.state_dir, "upgrade")
+        out = UpgradeOutcome(None, [], deployment=dep)
+        tm = out.timings
         try:
-            facts, observed = run.gather(dep, transports)
-            record.write("facts.json", {h: f.to_dict() for h, f in facts.items()})
-            run.preflight(dep, facts, arch)
-            problems = skew_problems(cluster, facts, cluster.version)
-            if problems:
-                raise PreflightError("the upgrade is refused; nothing was changed:\n"
-                                     + "\n".join(f"  {p}" for p in problems),
-                                     "see https://kubernetes.io/releases/version-skew-policy/")
-            p = make_plan(dep.desired, observed)
+            facts, observed = run.gather_checked(dep, transports, record, arch)
+            refuse_skew(cluster, facts)
+            p = out.plan = make_plan(dep.desired, observed)
             hooks = NodeHooks(cluster, CordonLedger(dep.state_dir), cluster.version,
                               drain_timeout=drain_timeout)
             steps = upgrade_steps(cluster, hooks, batch)
-            shown = describe_steps(steps, p)
-            record.write("plan.json", {**p.to_dict(), "steps": shown})
-            out = UpgradeOutcome(p, shown, deployment=dep, transports=dict(transports))
-            timings["facts + preflight"] = time.monotonic() - t0
+            out.steps = describe_steps(steps, p)
+            record.write("plan.json", {**p.to_dict(), "steps": out.steps})
+            tm["facts + preflight"] = time.monotonic() - t0
             if dry_run:
                 return out
             api = api_runner(cluster, transports)
-            out.uncordoned = finish_cordons(hooks.ledger, api, emit)
+            finish_cordons(hooks.ledger, api, emit)
             if p.empty:
                 return out
-            unhealthy = health_problems(cluster, transports, api)
-            if unhealthy and not force:
-                raise PreflightError("the cluster is not healthy; nothing was changed:\n"
-                                     + "\n".join(f"  {u}" for u in unhealthy),
-                                     "fix it first, or pass --force to upgrade anyway")
-            if not confirm(p, shown):
+            refuse_unhealthy(cluster, transports, api, force=force)
+            if not confirm(p, out.steps):
                 raise KdeployError("upgrade cancelled; nothing was changed")
             t = time.monotonic()
             out.snapshot = snapshot(cluster, transports, dep.state_dir, emit)
-            timings["etcd snapshot"] = time.monotonic() - t
-
-            lock = threading.Lock()  # the engine emits from its worker threads
-
-            def both(e):
-                with lock:
-                    record.event(e)
-                    emit(e)
+            tm["etcd snapshot"] = time.monotonic() - t
             engine = Engine(dep.desired, transports, roles=roles_of(cluster), gates=(),
-                            emit=both, api_runner=api)
+                            emit=record.tee(emit), api_runner=api)
             t = time.monotonic()
             try:
                 out.result = engine.apply(p, steps)
@@ -379,14 +352,13 @@ def run_upgrade(cluster: Cluster, *, to: str, transports: Mapping, artifacts_dir
                 out.result = getattr(e, "result", None)
                 raise
             finally:
-                timings["rollout"] = time.monotonic() - t
+                tm["rollout"] = time.monotonic() - t
                 if out.result is not None:
                     record.write("results.json",
                                  {"phases": [ph.__dict__ for ph in out.result.phases]})
-            out.applied = True
             run.write_admin_kubeconfig(dep)
             return out
         finally:
-            timings["total"] = time.monotonic() - t0
-            record.write("timings.json", timings)
+            tm["total"] = time.monotonic() - t0
+            record.write("timings.json", tm)
             record.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from kdeploy.components.etcd import ETCDCTL
 from tests.lab.test_up import assert_ok, events, kdeploy
 
 pytestmark = pytest.mark.lab
@@ -170,10 +171,7 @@ def test_rolling_upgrade_under_load(ha):
     finally:
         lab.run("m3", "systemctl start etcd")
     deadline = time.monotonic() + 120
-    health = ("/usr/local/bin/etcdctl --endpoints=https://127.0.0.1:2379 "
-              "--cacert=/etc/kubernetes/pki/etcd/ca.crt --cert=/etc/kubernetes/pki/etcd/healthcheck-client.crt "
-              "--key=/etc/kubernetes/pki/etcd/healthcheck-client.key endpoint health --cluster")
-    while lab.run("m1", health)[0] != 0:
+    while lab.run("m1", f"{ETCDCTL} endpoint health --cluster")[0] != 0:
         assert time.monotonic() < deadline, "etcd on m3 did not come back"
         time.sleep(2)
 
