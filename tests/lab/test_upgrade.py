@@ -274,6 +274,16 @@ spec:
 
 def test_blocked_drain_and_a_killed_run_leave_no_node_cordoned(ha):
     lab, inv, _, new = ha
+    # another deployer drives m2 (its host lock, freshly refreshed): nothing starts
+    assert lab.run("m2", "mkdir -p /var/lib/kdeploy/run.lock && "
+                         "echo 'other-deployer:4242:/srv/other' > /var/lib/kdeploy/run.lock/owner")[0] == 0
+    try:
+        p = kdeploy("up", "-i", str(inv), "--artifacts", str(new))
+        assert p.returncode != 0 and "another kdeploy run is driving these hosts" in p.stderr, p.stderr
+        assert "m2: held by other-deployer:4242:/srv/other" in p.stderr
+    finally:
+        lab.run("m2", "rm -rf /var/lib/kdeploy/run.lock")
+    assert lab.run("m1", "test -e /var/lib/kdeploy/run.lock")[0] != 0   # the refused run left none
     image = kubectl(lab, "-n upgrade-probe get deploy web -o jsonpath={.spec.template.spec.containers[0].image}")
     rc, _, err = lab.run("m1", f"cat > /root/b.yaml <<'EOF'\n{BLOCKER.replace('IMAGE', image)}\nEOF\n"
                                f"{KUBECTL} apply -f /root/b.yaml && {KUBECTL} -n upgrade-probe "
