@@ -4,7 +4,7 @@ from kdeploy.execute.steps import Gate
 from kdeploy.model import defaults
 from kdeploy.pki import paths
 from kdeploy.plan.resources import Phase
-from kdeploy.render.context import unit_path
+from kdeploy.render.context import ETCD_BOOTSTRAP_ENV, unit_path
 
 ETCDCTL = (f"{defaults.BIN_DIR}/etcdctl --endpoints=https://127.0.0.1:{defaults.ETCD_CLIENT_PORT} "
            f"--cacert={paths.ETCD_CA_CRT} --cert={paths.ETCD_HEALTHCHECK_CLIENT_CRT} "
@@ -12,7 +12,9 @@ ETCDCTL = (f"{defaults.BIN_DIR}/etcdctl --endpoints=https://127.0.0.1:{defaults.
 
 COMPONENT = Component(
     "etcd", Phase.etcd, role="etcd",
-    files=(Row("etcd/etcd.service.j2", unit_path("etcd"), restarts=("etcd",)),),
+    files=(Row("etcd/etcd.service.j2", unit_path("etcd"), restarts=("etcd",)),
+           # no restart: etcd reads it only on its first start (kdeploy.verbs.membership)
+           Row("etcd/etcd-bootstrap.env.j2", ETCD_BOOTSTRAP_ENV)),
     units=("etcd",),
     binaries=(Binary("etcd", "etcd"), Binary("etcdctl"), Binary("etcdutl")),
     ports=(defaults.ETCD_CLIENT_PORT, defaults.ETCD_PEER_PORT),

@@ -34,6 +34,7 @@ class Deployment:
     pki: object
     artifacts: list
     desired: dict[str, HostResources]
+    etcd: object = None              # kdeploy.verbs.membership.EtcdView, once facts are in
 
 
 def prepare(cluster: Cluster, *, artifacts_dir: Path | None = None, need_artifacts: bool = True,
@@ -108,11 +109,16 @@ def _paths_units(res: HostResources) -> tuple[list[str], list[str]]:
 
 def gather(dep: Deployment, transports: Mapping) -> tuple[dict, dict[str, Observed]]:
     """Facts and observed state of every host, in parallel; one error names every failed host."""
+    from kdeploy.components.etcd import ETCDCTL
     from kdeploy.facts import gather_all
     per_host = {n: _paths_units(dep.desired[n]) for n in transports}
     facts = gather_all(transports, paths={n: p for n, (p, _) in per_host.items()},
                        units={n: u for n, (_, u) in per_host.items()},
-                       ports={n: sorted(ports_for(dep.cluster, dep.cluster.host(n))) for n in transports})
+                       ports={n: sorted(ports_for(dep.cluster, dep.cluster.host(n))) for n in transports},
+                       etcdctl={h.name: ETCDCTL for h in dep.cluster.etcd})
+    from kdeploy.verbs.membership import etcd_view, with_membership
+    dep.etcd = etcd_view(dep.cluster, facts)
+    dep.desired = with_membership(dep.desired, dep.cluster, dep.etcd)
     with ThreadPoolExecutor(max_workers=min(32, len(transports) or 1)) as ex:
         observed = dict(zip(transports, ex.map(
             lambda n: observe(transports[n], dep.desired[n], facts[n]), transports)))
@@ -142,6 +148,8 @@ def observe(t, res: HostResources, facts) -> Observed:
 
 def preflight(dep: Deployment, facts: dict, arch: str = "amd64") -> None:
     problems = check_all(dep.cluster, facts, arch)
+    for where, what in (dep.etcd.problems if dep.etcd is not None else ()):
+        problems.setdefault(where, []).append(what)
     if problems:
         lines = [f"  {h}: {p}" for h, ps in problems.items() for p in ps]
         raise PreflightError(f"preflight failed on {len(problems)} host(s); nothing was changed:\n"
@@ -214,8 +222,8 @@ def write_admin_kubeconfig(dep: Deployment) -> Path:
 
 
 def apply(dep: Deployment, transports: Mapping, the_plan: Plan,
-          emit: Callable[[dict], None]):
+          emit: Callable[[dict], None], steps=None, api_runner=None):
     from kdeploy.components import gates
     engine = Engine(dep.desired, transports, roles=roles_of(dep.cluster), gates=gates(dep.cluster),
-                    emit=emit)
-    return engine.apply(the_plan)
+                    emit=emit, api_runner=api_runner)
+    return engine.apply(the_plan, steps)

@@ -14,11 +14,11 @@ log = logging.getLogger("kdeploy.facts")
 
 
 def gather(transport, *, paths: Sequence[str] = (), units: Sequence[str] = (),
-           ports: Sequence[int] = (), timeout: float = 60) -> HostFacts:
+           ports: Sequence[int] = (), etcdctl: str | None = None, timeout: float = 60) -> HostFacts:
     """Facts of one host. Read-only. Raises TransportError (host unreachable, sudo needs a
     password, no /bin/sh ...)."""
     paths, units, ports = list(dict.fromkeys(paths)), list(dict.fromkeys(units)), list(ports)
-    script = P.build_script(paths, units, ports)
+    script = P.build_script(paths, units, ports, etcdctl)
     t0 = time.time()
     res = transport.run(script, timeout=timeout, check=True)
     t1 = time.time()
@@ -38,6 +38,7 @@ def parse_output(host: str, out: str, *, paths: Sequence[str] = (), units: Seque
                              "is /bin/sh a POSIX shell on the host?")
     arch, kernel = P.parse_uname(s.get("uname", ""))
     sha, stat = P.parse_files(s.get("file_stat", ""), s.get("file_sha", ""), paths)
+    etcd_data, etcd_members = P.parse_etcd(s.get("etcd", ""))
     cpus, mem = P.parse_cpu_mem(s.get("cpu_mem", ""))
     return HostFacts(
         host=host,
@@ -57,14 +58,17 @@ def parse_output(host: str, out: str, *, paths: Sequence[str] = (), units: Seque
         cgroup_version=P.parse_cgroup(s.get("cgroup", "")),
         cpus=cpus, mem_bytes=mem,
         versions=P.parse_versions(s.get("versions", "")),
+        etcd_data=etcd_data, etcd_members=etcd_members,
     )
 
 
 def gather_all(transports: Mapping[str, object], *, paths: Sequence[str] | Mapping[str, Sequence[str]] = (),
                units: Sequence[str] | Mapping[str, Sequence[str]] = (),
                ports: Sequence[int] | Mapping[str, Sequence[int]] = (),
+               etcdctl: Mapping[str, str] | None = None,
                max_workers: int = 32) -> dict[str, HostFacts]:
-    """Facts of many hosts in parallel. paths/units/ports: one list for all, or {host: list}.
+    """Facts of many hosts in parallel. paths/units/ports: one list for all, or {host: list};
+    etcdctl: {etcd host: the etcdctl command line reading its member list}.
     Any failure: one TransportError naming every host that failed and why."""
     def per(v, name):
         return v.get(name, ()) if isinstance(v, Mapping) else v
@@ -75,7 +79,8 @@ def gather_all(transports: Mapping[str, object], *, paths: Sequence[str] | Mappi
     failed: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=min(max_workers, len(transports)),
                             thread_name_prefix="kdeploy-facts") as ex:
-        futs = {n: ex.submit(gather, t, paths=per(paths, n), units=per(units, n), ports=per(ports, n))
+        futs = {n: ex.submit(gather, t, paths=per(paths, n), units=per(units, n), ports=per(ports, n),
+                             etcdctl=(etcdctl or {}).get(n))
                 for n, t in transports.items()}
         for n, f in futs.items():
             try:
@@ -94,6 +99,7 @@ def gather_all(transports: Mapping[str, object], *, paths: Sequence[str] | Mappi
 def fake_output(fake, script: str) -> str:
     """What the facts script would print on a FakeTransport (from its in-memory state)."""
     import hashlib
+    import json
     p = P.params_of(script)
     sysinfo = fake.system
     lines: list[str] = []
@@ -120,6 +126,12 @@ def fake_output(fake, script: str) -> str:
     S("cpu_mem"); lines += [str(sysinfo["cpus"]), f"MemTotal: {sysinfo['mem_bytes'] // 1024} kB"]
     S("modules"); lines += [f"{m} {st}" for m, st in sysinfo["modules"].items()]
     S("versions"); lines += [f"{b} Kubernetes v{v}" for b, v in sysinfo.get("versions", {}).items()]
+    if p.get("etcd"):
+        S("etcd")
+        if fake.is_dir("/var/lib/etcd/member"):
+            lines.append("data")
+        if "etcd_members" in sysinfo and fake.units.get("etcd", {}).get("active") == "active":
+            lines.append(json.dumps({"members": sysinfo["etcd_members"]}))
     if p["ports"]:
         S("ports")
         lines += [f"LISTEN 0 4096 0.0.0.0:{port} 0.0.0.0:*" for port in sorted(fake.listening)]

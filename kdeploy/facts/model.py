@@ -32,6 +32,8 @@ class HostFacts:
     cgroup_version: int | None = None      # 1 or 2
     cpus: int = 0
     mem_bytes: int = 0
+    etcd_data: bool = False                # /var/lib/etcd/member exists (this host was an etcd member)
+    etcd_members: tuple[dict, ...] | None = None  # the member list its running etcd reports; None: not read
     versions: dict[str, str] = field(default_factory=dict)  # kube-apiserver, kubelet, kube-proxy, etcd -> 1.37.2 (installed binaries)
 
     # --- derived --------------------------------------------------------------------------
@@ -80,6 +82,9 @@ class HostFacts:
     def from_dict(cls, d: dict) -> "HostFacts":
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}  # unknown keys: newer writer, ignore
+        if kw.get("etcd_members") is not None:
+            kw["etcd_members"] = tuple({**m, "peer_urls": tuple(m.get("peer_urls", ()))}
+                                       for m in kw["etcd_members"])
         if "ports_in_use" in kw:
             kw["ports_in_use"] = tuple(int(p) for p in kw["ports_in_use"])
         return cls(**kw)

@@ -44,11 +44,22 @@ VERSIONS_SCRIPT = ("S versions\nfor b in " + " ".join(VERSION_BINARIES) + "; do\
                    "| head -n1)\"\ndone\n")
 
 
+# etcd membership: whether this host holds etcd data, and the member list as its own running
+# member reports it (read from etcd, never guessed from the inventory)
+ETCD_SCRIPT = """S etcd
+[ -d %s/member ] && echo data
+if [ -x /usr/local/bin/etcdctl ] && systemctl is-active -q etcd 2>/dev/null; then
+  timeout 10 %s member list -w json 2>/dev/null | tr -d '\\n'; echo
+fi
+"""
+
+
 def build_script(paths: Sequence[str] = (), units: Sequence[str] = (),
-                 ports: Sequence[int] = ()) -> str:
+                 ports: Sequence[int] = (), etcdctl: str | None = None) -> str:
     """One POSIX sh script printing every section; its first line carries the parameters."""
     q = shlex.quote
-    params = json.dumps({"paths": list(paths), "units": list(units), "ports": list(ports)})
+    params = json.dumps({"paths": list(paths), "units": list(units), "ports": list(ports),
+                         "etcd": bool(etcdctl)})
     qp = " ".join(q(p) for p in paths)
     qu = " ".join(q(u) for u in units)
     s = f"""# {MARKER} {params}
@@ -75,6 +86,9 @@ for m in br_netfilter overlay; do
 done
 """
     s += VERSIONS_SCRIPT
+    if etcdctl:
+        from kdeploy.model.defaults import ETCD_DATA_DIR
+        s += ETCD_SCRIPT % (ETCD_DATA_DIR, etcdctl)
     if ports:
         s += ("S ports; if command -v ss >/dev/null 2>&1; then ss -ltnH 2>/dev/null; "
               "else echo '#proc'; cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; fi\n")
@@ -298,3 +312,24 @@ def parse_versions(text: str) -> dict[str, str]:
         if name and m:
             out[name] = m.group(1)
     return out
+
+
+def parse_etcd(text: str) -> tuple[bool, tuple[dict, ...] | None]:
+    """(this host holds etcd data, the member list or None when it could not be read). A
+    member: {id (hex), name ("" until started), peer_urls, learner}."""
+    data = False
+    members = None
+    for line in text.splitlines():
+        line = line.strip()
+        if line == "data":
+            data = True
+        elif line.startswith("{"):
+            try:
+                doc = json.loads(line)
+                members = tuple(
+                    {"id": format(int(m["ID"]), "x"), "name": m.get("name", ""),
+                     "peer_urls": tuple(m.get("peerURLs", ())), "learner": bool(m.get("isLearner"))}
+                    for m in doc.get("members", ()))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                members = None
+    return data, members

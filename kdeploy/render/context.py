@@ -35,6 +35,7 @@ ADDONS_DIR = f"{defaults.K8S_DIR}/addons"
 RUNC = "/usr/local/sbin/runc"          # where the artifact catalog installs runc
 RESOLV_CONF = "/etc/resolv.conf"
 ETCD_METRICS_PORT = 2381
+ETCD_BOOTSTRAP_ENV = f"{defaults.K8S_DIR}/etcd-bootstrap.env"
 # the node-local API load balancer: nginx + its stream module from the artifact set
 API_LB_CONFIG = f"{defaults.K8S_DIR}/api-lb/nginx.conf"
 API_LB_UNIT = "kdeploy-api-lb"
@@ -55,7 +56,7 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _url_addr(address: str) -> str:
+def url_addr(address: str) -> str:
     ip = _ip(address)
     return f"[{ip}]" if ip is not None and ip.version == 6 else address
 
@@ -121,11 +122,13 @@ def _build(cluster: Cluster) -> ClusterContext:
             "peer_port": defaults.ETCD_PEER_PORT,
             "metrics_port": ETCD_METRICS_PORT,
             "token": f"{cluster.name}-etcd",
+            "bootstrap_env": ETCD_BOOTSTRAP_ENV,
+            "initial_cluster_state": "new",   # a joining member's: kdeploy.verbs.membership
             "initial_cluster": ",".join(
-                f"{h.name}=https://{_url_addr(h.address)}:{defaults.ETCD_PEER_PORT}"
+                f"{h.name}=https://{url_addr(h.address)}:{defaults.ETCD_PEER_PORT}"
                 for h in etcd_members),
             "servers": ",".join(
-                f"https://{_url_addr(h.address)}:{defaults.ETCD_CLIENT_PORT}" for h in etcd_members),
+                f"https://{url_addr(h.address)}:{defaults.ETCD_CLIENT_PORT}" for h in etcd_members),
         },
         "apiserver": {
             "port": defaults.APISERVER_PORT,
@@ -140,7 +143,7 @@ def _build(cluster: Cluster) -> ClusterContext:
             "config": API_LB_CONFIG,
             "bin": NGINX_BIN,
             "module": NGINX_STREAM_MODULE,
-            "servers": [f"{_url_addr(h.address)}:{defaults.APISERVER_PORT}"
+            "servers": [f"{url_addr(h.address)}:{defaults.APISERVER_PORT}"
                         for h in cluster.control_plane],
             "connect_timeout": "1s",
             "fail_timeout": "5s",

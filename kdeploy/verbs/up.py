@@ -55,6 +55,32 @@ def verify(dep, transports: Mapping) -> list:
                     workload_image=versions_for(dep.cluster.version).agnhost_image).run()
 
 
+def up_steps(dep, transports: Mapping) -> tuple:
+    """One step per phase; etcd hosts joining a running cluster get their own step after the
+    members': one at a time, each added as a learner first and promoted once caught up."""
+    from dataclasses import replace
+    from kdeploy.execute.steps import SERIAL, Hook, Step, converge_steps
+    from kdeploy.plan.resources import PHASES, Phase
+    from kdeploy.verbs.membership import Join
+    steps = converge_steps(PHASES)
+    joiners = dep.etcd.joiners if dep.etcd is not None else ()
+    if not joiners:
+        return steps
+    join = Join(dep.cluster, transports,
+                members=tuple(h.name for h in dep.cluster.etcd if h.name not in joiners))
+    out = []
+    for s in steps:
+        if s.name != Phase.etcd:
+            out.append(s)
+            continue
+        out.append(replace(s, hosts=tuple(h for h in dep.desired if h not in joiners)))
+        out.append(Step("etcd-join", (Phase.etcd,), SERIAL, hosts=joiners,
+                        before=(Hook("etcd member add", join.add),),
+                        after=(Hook("etcd member promote", join.promote),),
+                        gates=()))   # a learner answers no health check: promote() waits instead
+    return tuple(out)
+
+
 def run_up(cluster: Cluster, transports: Mapping, *, inventory, artifacts_dir: Path | None = None,
            arch: str = "amd64", dry_run: bool = False, check: bool = True,
            emit: Callable[[dict], None] = lambda e: None,
@@ -85,7 +111,8 @@ def run_up(cluster: Cluster, transports: Mapping, *, inventory, artifacts_dir: P
             if not p.empty:
                 on_apply(p)
                 try:
-                    out.result = run.apply(dep, transports, p, record.tee(emit))
+                    out.result = run.apply(dep, transports, p, record.tee(emit),
+                                           steps=up_steps(dep, transports))
                 except ApplyError as e:
                     out.result = getattr(e, "result", None)
                     raise

@@ -148,7 +148,8 @@ def test_parse_output_incomplete_is_error():
 
 def test_script_carries_params_and_quotes_paths():
     s = P.build_script(["/etc/a b", "/etc/$x"], ["kubelet"], [6443])
-    assert P.params_of(s) == {"paths": ["/etc/a b", "/etc/$x"], "units": ["kubelet"], "ports": [6443]}
+    assert P.params_of(s) == {"paths": ["/etc/a b", "/etc/$x"], "units": ["kubelet"], "ports": [6443],
+                            "etcd": False}
     assert "'/etc/a b'" in s and "'/etc/$x'" in s
 
 

@@ -183,8 +183,15 @@ def test_etcd_flags():
         assert f["client-cert-auth"] == "true" and f["peer-client-cert-auth"] == "true"
         assert f["trusted-ca-file"] == f["peer-trusted-ca-file"] == paths.ETCD_CA_CRT
         assert f["listen-client-urls"] == f"https://{h.address}:2379,https://127.0.0.1:2379"
-        assert f["initial-cluster"].split(",") == [f"{e.name}=https://{e.address}:2380" for e in c.etcd]
-        assert f["initial-cluster-state"] == "new"
+        # the member list is not on the command line: a grown or shrunk cluster never
+        # restarts a running member; a new cluster's members read it from the bootstrap file
+        assert "initial-cluster" not in f and "initial-cluster-state" not in f
+        boot = dict(line.split("=", 1) for line in fs["/etc/kubernetes/etcd-bootstrap.env"].splitlines()
+                    if line and not line.startswith("#"))
+        assert boot["ETCD_INITIAL_CLUSTER"].split(",") == [f"{e.name}=https://{e.address}:2380"
+                                                          for e in c.etcd]
+        assert boot["ETCD_INITIAL_CLUSTER_STATE"] == "new"
+        assert "EnvironmentFile=-/etc/kubernetes/etcd-bootstrap.env" in unit
         assert f["data-dir"] == "/var/lib/etcd"
         assert all(v.startswith("https://") for k, v in f.items() if k.endswith("-urls")
                    and k != "listen-metrics-urls")
