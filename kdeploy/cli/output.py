@@ -121,6 +121,8 @@ def progress_printer(as_json: bool):
         elif kind == "cleanup":
             console.print(Text(f"  cleanup: {e['what']}" + ("" if e["ok"] else f" failed: {e['error']}"),
                                style="yellow"))
+        elif kind == "note":      # what a hook did or skipped: etcd member add, reset, ...
+            console.print(Text(f"  {e['host']:<12} · {e['what']}", style="yellow" if e.get("skipped") else None))
         elif kind == "snapshot":
             console.print(Text(f"  etcd snapshot from {e['host']}: {e['path']} ({e['bytes']} bytes)"))
         elif kind == "change":

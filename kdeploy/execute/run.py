@@ -43,7 +43,9 @@ def prepare(cluster: Cluster, *, artifacts_dir: Path | None = None, need_artifac
     write_state=False (plan, verify): the state dir is left as it is; what `up` would issue
     (missing or expiring certificates, new pod CIDRs) is computed in a private scratch copy."""
     from kdeploy.pki import ensure_pki
+    from kdeploy.verbs.node import refuse_removed
     state = state_dir_for(cluster)
+    refuse_removed(cluster, state, forget_absent=write_state)
     cluster = pin_pod_cidrs(cluster, state, write=write_state)
     pki = ensure_pki(cluster, state if write_state else _scratch_state(state))
     arts: list = []

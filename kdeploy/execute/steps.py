@@ -91,11 +91,14 @@ class Step:
     # a running member would restart
     serial_when_restarting: bool = False
     gates: tuple | None = None                   # None: the engine's gates of these phases
+    always: bool = False                         # hooks-only steps: every host of `hosts`, changes or not
 
     def hosts_with_changes(self, plan, default_order: tuple[str, ...]) -> list[str]:
         """The hosts this step acts on: its own (or default_order), those the plan changes in
         its phases, in that order."""
         order = self.hosts if self.hosts is not None else default_order
+        if self.always:
+            return list(order)
         return [h for h in order if any(plan.for_host_phase(h, p) for p in self.phases)]
 
 

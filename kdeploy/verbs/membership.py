@@ -159,12 +159,22 @@ class Join:
         url = peer_url(self.cluster.host(host))
         m = next((m for m in member_list(t) if url in m["peer_urls"]), None)
         if m is not None:                        # added by an interrupted run: not again
-            ctx.emit({"event": "change", "host": host, "phase": "etcd", "kind": "etcd-member",
-                      "target": m["id"], "action": "already added"})
+            ctx.emit({"event": "note", "host": host, "what": f"etcd member {m['id']} added before"})
             return
-        t.run(f"{ETCDCTL} member add {host} --peer-urls={url} --learner", timeout=60)
-        ctx.emit({"event": "change", "host": host, "phase": "etcd", "kind": "etcd-member",
-                  "target": url, "action": "add (learner)"})
+        # etcd refuses a change while a recent one settles ("unhealthy cluster": a member
+        # started less than a few seconds ago does not count as active yet): retry a while
+        deadline = time.monotonic() + 60
+        while True:
+            r = t.run(f"{ETCDCTL} member add {host} --peer-urls={url} --learner", timeout=60,
+                      check=False)
+            if r.ok:
+                break
+            last = ((r.err or r.out).strip().splitlines() or ["?"])[-1]
+            if "unhealthy cluster" not in last or time.monotonic() > deadline:
+                raise ApplyError(f"etcd refused to add member {host}: {last}",
+                                 "look at the members' health: etcdctl endpoint health --cluster")
+            time.sleep(2.0)
+        ctx.emit({"event": "note", "host": host, "what": f"etcd learner added: {url}"})
 
     def promote(self, ctx, host: str) -> None:
         t = self._via()
@@ -179,8 +189,7 @@ class Join:
                 break
             r = t.run(f"{ETCDCTL} member promote {m['id']}", timeout=60, check=False)
             if r.ok:
-                ctx.emit({"event": "change", "host": host, "phase": "etcd", "kind": "etcd-member",
-                          "target": m["id"], "action": "promote"})
+                ctx.emit({"event": "note", "host": host, "what": f"etcd member {m['id']} promoted"})
                 break
             last = ((r.err or r.out).strip().splitlines() or ["?"])[-1]
             if time.monotonic() > deadline:
