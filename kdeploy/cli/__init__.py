@@ -24,6 +24,7 @@ _VERBS = [
     ("plan", None),
     ("up", None),
     ("upgrade", None),
+    ("node", "node"),
     ("verify", None),
     ("artifacts", "artifacts"),
     ("lab", "lab"),

@@ -35,6 +35,7 @@ ADDONS_DIR = f"{defaults.K8S_DIR}/addons"
 RUNC = "/usr/local/sbin/runc"          # where the artifact catalog installs runc
 RESOLV_CONF = "/etc/resolv.conf"
 ETCD_METRICS_PORT = 2381
+POD_ROUTE_PROTO = 77     # the routing protocol number kdeploy's pod routes carry (ip route ... proto)
 ETCD_BOOTSTRAP_ENV = f"{defaults.K8S_DIR}/etcd-bootstrap.env"
 # the node-local API load balancer: nginx + its stream module from the artifact set
 API_LB_CONFIG = f"{defaults.K8S_DIR}/api-lb/nginx.conf"
@@ -115,6 +116,8 @@ def _build(cluster: Cluster) -> ClusterContext:
             "cluster_domain": net.cluster_domain,
             "dns_ip": cluster.dns_service_ip,
             "kubernetes_service_ip": cluster.kubernetes_service_ip,
+            "route_proto": POD_ROUTE_PROTO,
+            "node_pod_cidrs": " ".join(cluster.node_pod_cidrs.values()),
         },
         "etcd": {
             "data_dir": defaults.ETCD_DATA_DIR,

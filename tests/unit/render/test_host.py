@@ -209,14 +209,15 @@ def test_cni_has_this_nodes_pod_cidr_and_routes_cover_every_other_node():
         assert bridge["ipam"]["ranges"] == [[{"subnet": c.node_pod_cidrs[h.name]}]]
         assert {p["type"] for p in conf["plugins"]} == {"bridge", "portmap"}
         unit = fs["/etc/systemd/system/kdeploy-pod-routes.service"]
-        routes = re.findall(r"^ExecStart=/usr/sbin/ip route replace (\S+) via (\S+)$", unit, re.M)
+        routes = re.findall(r"^ExecStart=/usr/sbin/ip route replace (\S+) via (\S+) proto 77$", unit, re.M)
         expected = [(c.node_pod_cidrs[o.name], o.address) for o in c.hosts if o.name != h.name]
         assert routes == expected
         assert "Type=oneshot" in unit and "RemainAfterExit=yes" in unit
         masq = f"-s {c.node_pod_cidrs[h.name]} ! -d {c.spec.network.pod_cidr} "
         assert f"iptables -w -t nat -C POSTROUTING {masq}" in unit and f"-A POSTROUTING {masq}" in unit
-        if not expected:
-            assert "ExecStart=/usr/bin/true" in unit
+        # a route kdeploy made to a node no longer in the cluster is deleted (by its protocol)
+        keep = re.search(r'ip route show proto 77 .* case " ([^"]*) " in', unit).group(1).split()
+        assert keep == list(c.node_pod_cidrs.values())
         f = next(x for x in res.files if x.path.endswith("kdeploy-pod-routes.service"))
         assert f.restarts == ("kdeploy-pod-routes",)
 
