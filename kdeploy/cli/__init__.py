@@ -24,6 +24,7 @@ _VERBS = [
     ("plan", None),
     ("up", None),
     ("upgrade", None),
+    ("reset", None),
     ("verify", None),
     ("artifacts", "artifacts"),
     ("lab", "lab"),
