@@ -24,19 +24,21 @@ def is_documentation_address(address: str) -> bool:
     return any(ip.version == n.version and ip in n for n in DOC_NETS)
 
 
-def connect(cluster, *, factory=None):
-    """({name: transport}, {name: error}); documentation addresses fail without any traffic."""
+def connect(cluster, *, factory=None, hosts=None):
+    """({name: transport}, {name: error}); documentation addresses fail without any traffic.
+    hosts: the names to connect to (default: every host of the inventory)."""
     from kdeploy.transport.pool import connect_each, ssh_factory
     factory = factory or ssh_factory
     doc = {}
-    for h in cluster.hosts:
+    wanted = [h for h in cluster.hosts if hosts is None or h.name in set(hosts)]
+    for h in wanted:
         bastion = cluster.ssh_for(h).bastion
         for what, addr in (("", h.address), ("bastion ", bastion.address if bastion else None)):
             if addr and is_documentation_address(addr):
                 doc[h.name] = DocumentationAddress(
                     f"host {h.name}: {what}{addr} is a documentation address, never connected to",
                     "use the real address")
-    rest = [h for h in cluster.hosts if h.name not in doc]
+    rest = [h for h in wanted if h.name not in doc]
     ok, failed = connect_each(cluster, rest, factory=factory) if rest else ({}, {})
     failed.update(doc)
     return ok, failed

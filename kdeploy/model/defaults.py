@@ -30,10 +30,15 @@ ETCD_DATA_DIR = "/var/lib/etcd"
 KUBELET_DIR = "/var/lib/kubelet"
 KUBE_PROXY_DIR = "/var/lib/kube-proxy"
 CONTAINERD_CONF = "/etc/containerd/config.toml"
+CONTAINERD_ROOT = "/var/lib/containerd"
+CONTAINERD_STATE = "/run/containerd"
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+CNI_STATE_DIR = "/var/lib/cni"          # host-local IPAM's allocations
+CNI_BRIDGE = "cni0"                     # the bridge of kdeploy's CNI config
 SYSTEMD_DIR = "/etc/systemd/system"
 AUDIT_LOG = "/var/log/kubernetes/audit.log"
 KDEPLOY_DIR = "/var/lib/kdeploy"
+KDEPLOY_LIB_DIR = "/usr/local/lib/kdeploy"   # files kdeploy installs outside the usual bin dirs
 
 # local state beside the inventory
 STATE_DIRNAME = ".kdeploy"

@@ -155,6 +155,9 @@ def _build(cluster: Cluster) -> ClusterContext:
         "runtime": {
             "config": defaults.CONTAINERD_CONF,
             "socket": defaults.CONTAINERD_SOCKET,
+            "root": defaults.CONTAINERD_ROOT,
+            "state": defaults.CONTAINERD_STATE,
+            "cni_bridge": defaults.CNI_BRIDGE,
             "pause_image": images.pause,
             "runc": RUNC,
             "systemd_cgroup": cluster.spec.container_runtime.cgroup_driver == "systemd",
