@@ -216,7 +216,9 @@ def test_cni_has_this_nodes_pod_cidr_and_routes_cover_every_other_node():
         masq = f"-s {c.node_pod_cidrs[h.name]} ! -d {c.spec.network.pod_cidr} "
         assert f"iptables -w -t nat -C POSTROUTING {masq}" in unit and f"-A POSTROUTING {masq}" in unit
         # a route kdeploy made to a node no longer in the cluster is deleted (by its protocol)
-        keep = re.search(r'ip route show proto 77 .* case " ([^"]*) " in', unit).group(1).split()
+        keep = re.search(r'ip route show root (\S+) .* case " ([^"]*) " in', unit)
+        assert keep.group(1) == c.spec.network.pod_cidr
+        keep = keep.group(2).split()
         assert keep == list(c.node_pod_cidrs.values())
         f = next(x for x in res.files if x.path.endswith("kdeploy-pod-routes.service"))
         assert f.restarts == ("kdeploy-pod-routes",)
