@@ -74,9 +74,9 @@ class Component:
 def _registry():
     from kdeploy.components import (api_lb, apiserver, containerd, controller_manager, etcd,
                                     images, kube_proxy, kubelet, os, pod_routes, scheduler)
-    return (os.COMPONENT, etcd.COMPONENT, apiserver.COMPONENT, controller_manager.COMPONENT,
-            scheduler.COMPONENT, containerd.COMPONENT, images.COMPONENT, pod_routes.COMPONENT,
-            api_lb.COMPONENT, kubelet.COMPONENT, kube_proxy.COMPONENT)
+    return (os.COMPONENT, etcd.COMPONENT, api_lb.COMPONENT, apiserver.COMPONENT,
+            controller_manager.COMPONENT, scheduler.COMPONENT, containerd.COMPONENT,
+            images.COMPONENT, pod_routes.COMPONENT, kubelet.COMPONENT, kube_proxy.COMPONENT)
 
 
 COMPONENTS: tuple[Component, ...] = _registry()

@@ -10,7 +10,7 @@ from kdeploy.plan.resources import Phase
 from kdeploy.render.context import API_LB_CONFIG, API_LB_UNIT, unit_path
 
 COMPONENT = Component(
-    API_LB_UNIT, Phase.node, only_with_api_lb=True,
+    API_LB_UNIT, Phase.api_lb, only_with_api_lb=True,
     files=(
         # a new backend list is a reload (established connections stay), never a restart
         Row("api-lb/nginx.conf.j2", API_LB_CONFIG,

@@ -118,10 +118,13 @@ class Engine:
         pr = PhaseResult(step.name)
         result.phases.append(pr)
         policy = step.policy
-        if step.serial_when_restarting and any(
-                c.kind == "unit-restart" for h in hosts for p in step.phases
-                for c in plan.for_host_phase(h, p)):
+        restarting = {h for h in hosts for p in step.phases for c in plan.for_host_phase(h, p)
+                      if c.kind == "unit-restart"}
+        if step.serial_when_restarting and restarting:
             policy = SERIAL
+            # new capacity before old goes down: hosts starting fresh (a control-plane host
+            # joining) take their turn before running ones restart
+            hosts = [h for h in hosts if h not in restarting] + [h for h in hosts if h in restarting]
         t0 = time.monotonic()
         self.emit({"event": "phase-start", "phase": step.name, "hosts": hosts,
                    "policy": policy.describe(), "rolling": policy.mode != "parallel"})

@@ -10,10 +10,12 @@ class Phase(StrEnum):
     plain names ("etcd") work unchanged."""
     os = "os"                        # kernel modules, sysctls, /etc/hosts entries
     etcd = "etcd"                    # etcd members (their binaries too: placed at the host's turn)
+    api_lb = "api-lb"                # node-local API load balancer: learns new apiservers before
+                                     # a running one restarts, drops a leaving one first
     control_plane = "control-plane"  # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
     runtime = "runtime"              # containerd, runc, CNI plugins and config, crictl
     images = "images"                # image archives imported into containerd (before anything needs them)
-    node = "node"                    # API load balancer, kubelet, kube-proxy, pod routes
+    node = "node"                    # kubelet, kube-proxy, pod routes
     addons = "addons"                # applied through the API: RBAC, CoreDNS, node labels/taints
 
 

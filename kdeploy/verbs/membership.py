@@ -72,6 +72,14 @@ def etcd_view(cluster: Cluster, facts: Mapping) -> EtcdView:
     return EtcdView(True, members, joiners, tuple(problems))
 
 
+def refuse_joiners(view: EtcdView | None, verb: str) -> None:
+    """Verbs other than `up` act on an etcd cluster of settled membership."""
+    if view is not None and view.joiners:
+        from kdeploy.errors import PreflightError
+        raise PreflightError(f"etcd hosts wait to join the cluster ({', '.join(view.joiners)}); "
+                             f"{verb} changed nothing", "run `kdeploy up` first: it adds them")
+
+
 def initial_cluster(cluster: Cluster, view: EtcdView, joiner: str) -> str:
     """The member list `joiner` starts with: the members etcd reports now, the joiners before
     it (added by then, in order) and itself; exactly the list etcd will hold at its start."""

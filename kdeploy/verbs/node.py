@@ -192,6 +192,7 @@ def run_remove(cluster: Cluster, names: list[str], transports: Mapping, *, artif
     missing when --force allowed it)."""
     from kdeploy.plan.planner import plan as make_plan
     from kdeploy.plan.resources import HostResources
+    from kdeploy.verbs.membership import refuse_joiners
     from kdeploy.verbs.up import up_steps
     from kdeploy.verbs.upgrade import api_runner
     out = RemoveOutcome()
@@ -209,9 +210,7 @@ def run_remove(cluster: Cluster, names: list[str], transports: Mapping, *, artif
         record = run.RunRecord(dep.state_dir, "node-remove")
         try:
             facts, observed = run.gather_checked(dep, kept, record, arch)
-            if dep.etcd is not None and dep.etcd.joiners:
-                raise PreflightError("etcd hosts wait to join (" + ", ".join(dep.etcd.joiners)
-                                     + "); nothing was changed", "run `kdeploy up` first")
+            refuse_joiners(dep.etcd, "node remove")
             p = out.plan = make_plan(dep.desired, observed)
             record.write("plan.json", p.to_dict())
             if not confirm(p):

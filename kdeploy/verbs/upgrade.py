@@ -170,6 +170,7 @@ def upgrade_steps(cluster: Cluster, hooks: NodeHooks, batch: Policy) -> tuple[St
     return (
         Step("os", (Phase.os,), PARALLEL, gates=gates),
         Step("etcd", (Phase.etcd,), SERIAL, hosts=etcd, gates=gates),
+        Step("api-lb", (Phase.api_lb,), PARALLEL, gates=gates),
         Step("control-plane", (Phase.control_plane,), SERIAL, hosts=cp, gates=gates),
         Step("images", (Phase.images,), PARALLEL, gates=gates),
         Step("addons", (Phase.addons,), PARALLEL, gates=gates),
@@ -324,6 +325,8 @@ def run_upgrade(cluster: Cluster, *, to: str, transports: Mapping, artifacts_dir
         try:
             facts, observed = run.gather_checked(dep, transports, record, arch)
             refuse_skew(cluster, facts)
+            from kdeploy.verbs.membership import refuse_joiners
+            refuse_joiners(dep.etcd, "the upgrade")
             p = out.plan = make_plan(dep.desired, observed)
             hooks = NodeHooks(cluster, CordonLedger(dep.state_dir), cluster.version,
                               drain_timeout=drain_timeout)

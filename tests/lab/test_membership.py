@@ -28,10 +28,11 @@ def write_inventory(full: Path, out: Path, hosts: list[str]) -> Path:
     return out
 
 
-def etcd_pids(lab, hosts) -> dict[str, str]:
+def etcd_pids(lab, hosts, unit: str = "etcd") -> dict[str, str]:
+    """The unit's main PID and start time per host: unchanged means not restarted."""
     out = {}
     for m in hosts:
-        rc, text, _ = lab.run(m, "systemctl show etcd -p ExecMainPID -p ExecMainStartTimestamp")
+        rc, text, _ = lab.run(m, f"systemctl show {unit} -p ExecMainPID -p ExecMainStartTimestamp")
         assert rc == 0
         out[m] = text.strip()
     return out
@@ -89,7 +90,8 @@ def grown(lab_cluster, tmp_path_factory):
                                "rollout status deploy/web --timeout=180s".replace("{KUBECTL}", KUBECTL))
     assert rc == 0, err
     svc = kubectl(lab, "-n upgrade-probe get svc web -o jsonpath={.spec.clusterIP}").strip()
-    before = etcd_pids(lab, ["m1"])
+    before = {**etcd_pids(lab, ["m1"]), **{f"kubelet@{m}": v for m, v in
+                                          etcd_pids(lab, ["m1", "m4"], "kubelet").items()}}
     start_probe(lab, "m4", svc)
     write_inventory(full, inv, ["m1", "m2", "m3", "m4", "m5", "m6"])
     p = run_timed("add 2 control-plane hosts", "up", "-i", str(inv), "--artifacts", str(art), "--json")
@@ -108,7 +110,10 @@ def test_one_control_plane_grows_to_three(grown):
     ms = members(lab, "m1")
     assert sorted(m["name"] for m in ms) == ["m1", "m2", "m3"] and not any(m.get("isLearner") for m in ms)
     assert len(cluster_health(lab, "m1")) == 3
-    assert etcd_pids(lab, ["m1"]) == before, "the first etcd member restarted"
+    assert etcd_pids(lab, ["m1"])["m1"] == before["m1"], "the first etcd member restarted"
+    # the nodes' load balancers learnt the new apiservers by a reload: no kubelet restarted
+    assert {f"kubelet@{m}": v for m, v in etcd_pids(lab, ["m1", "m4"], "kubelet").items()} == \
+        {k: v for k, v in before.items() if k.startswith("kubelet@")}
     # joined one at a time: added as a learner, started, promoted
     notes = [(e["host"], e["what"].split(":")[0].split(" ")[-1]) for e in evs if e.get("event") == "note"]
     assert [h for h, _ in notes if h in ("m2", "m3")] == ["m2", "m2", "m3", "m3"], notes

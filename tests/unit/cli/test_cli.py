@@ -82,3 +82,19 @@ def test_upgrade_refuses_a_target_the_inventory_does_not_name(sample):
     assert "does not match the inventory's spec.kubernetes.version 1.37.2" in p.stderr
     p = kdeploy("upgrade", "-i", str(sample), "--to", "1.37.2", "--batch", "0")
     assert p.returncode != 0 and "not a count or a percentage" in p.stderr
+
+
+def test_node_remove_refuses_unknown_hosts_and_the_last_control_plane_before_connecting(sample):
+    import yaml
+    hosts = yaml.safe_load(sample.read_text())["hosts"]
+    cp = [h["name"] for h in hosts if "control-plane" in h["roles"]]
+    p = kdeploy("node", "remove", "-i", str(sample), "nosuch", "--yes")
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "not in the inventory: nosuch" in p.stderr
+    p = kdeploy("node", "remove", "-i", str(sample), *cp, "--yes")
+    assert p.returncode != 0 and "without any control-plane host" in p.stderr
+    assert "kdeploy reset" in p.stderr
+    # documentation addresses: never dialled, named as unreachable (the removed one needs --force)
+    worker = next(h["name"] for h in hosts if h["name"] not in cp)
+    p = kdeploy("node", "remove", "-i", str(sample), worker, "--yes")
+    assert p.returncode != 0 and "documentation address" in p.stderr and "Traceback" not in p.stderr

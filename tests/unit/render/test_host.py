@@ -255,7 +255,7 @@ def test_worker_gets_no_etcd_or_control_plane_files():
     c = load_sample("cluster")
     res = render_host(c, c.host("worker1"))
     phases = {f.phase for f in res.files}
-    assert phases == {"os", "runtime", "node"}
+    assert phases == {"os", "api-lb", "runtime", "node"}
     assert {u.name for u in res.units} == {"containerd", "kubelet", "kube-proxy", "kdeploy-pod-routes",
                                            "kdeploy-api-lb"}
     assert not any("etcd" in f.path or "kube-apiserver" in f.path or "scheduler" in f.path

@@ -83,7 +83,8 @@ def test_rollout_order_and_policies(tmp_path):
     c = load_sample("ha")
     steps = upgrade_steps(c, NodeHooks(c, CordonLedger(tmp_path), c.version), Policy.parse("50%"))
     names = [s.name for s in steps]
-    assert names == ["os", "etcd", "control-plane", "images", "addons", "control-plane nodes", "workers"]
+    assert names == ["os", "etcd", "api-lb", "control-plane", "images", "addons", "control-plane nodes",
+                     "workers"]
     by = {s.name: s for s in steps}
     assert by["etcd"].policy.mode == by["control-plane"].policy.mode == "serial"
     assert by["workers"].hosts == ("worker1", "worker2", "worker3")

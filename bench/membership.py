@@ -1,0 +1,92 @@
+"""Benchmark: cluster membership verbs on lab machines (1.37.2), each under an availability
+probe on a worker (the API through that node's load balancer and a Service, every 100 ms).
+
+    python bench/membership.py [--artifacts DIR]
+
+Prints seconds for: up 1 control-plane + 2 workers from bare machines; add 2 control-plane
+hosts (1 -> 3, inventory edit + up); remove a control-plane host (3 -> 2); remove a worker
+(drained); reset of the whole cluster; a second reset (no-op); up again after the reset.
+With the probes' failed requests and longest gaps for the three membership changes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.lab.conftest import LabCluster  # noqa: E402
+from tests.lab.test_membership import write_inventory  # noqa: E402
+from tests.lab.test_upgrade import KUBECTL, WORKLOAD, start_probe, stop_probe  # noqa: E402
+
+
+def kdeploy(*args: str) -> float:
+    t = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "kdeploy", *args], capture_output=True, text=True)
+    secs = time.monotonic() - t
+    if p.returncode != 0:
+        print(p.stdout[-3000:], p.stderr[-3000:])
+        sys.exit(f"kdeploy {' '.join(args[:2])} failed (rc {p.returncode})")
+    return round(secs, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--artifacts", default=os.environ.get("KDEPLOY_ARTIFACTS"))
+    a = ap.parse_args()
+    if not a.artifacts:
+        sys.exit("pass --artifacts DIR (a built 1.37.2 set) or set KDEPLOY_ARTIFACTS")
+    from kdeploy.lab import api
+    name = "bench-members"
+    fig: dict[str, float] = {}
+    probes: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as d:
+        full = Path(d) / "full.yaml"
+        info = api.up(name=name, masters=3, workers=2, output=full, log=lambda s: None)
+        lab = LabCluster(name=name, inventory=full, info=info)
+        inv = Path(d) / "cluster.yaml"
+        art = ("--artifacts", a.artifacts)
+        try:
+            write_inventory(full, inv, ["m1", "m4", "m5"])
+            fig["up 1+2 (bare)"] = kdeploy("up", "-i", str(inv), *art)
+            image = "registry.k8s.io/e2e-test-images/agnhost:" + json.loads(
+                (Path(a.artifacts) / "manifest.json").read_text())["components"]["agnhost"]
+            rc, _, err = lab.run("m1", f"cat > /root/w.yaml <<'EOF'\n{WORKLOAD.replace('IMAGE', image)}"
+                                       f"\nEOF\n{KUBECTL} apply -f /root/w.yaml && {KUBECTL} -n "
+                                       "upgrade-probe rollout status deploy/web --timeout=180s")
+            assert rc == 0, err
+            _, svc, _ = lab.run("m1", f"{KUBECTL} -n upgrade-probe get svc web -o jsonpath={{.spec.clusterIP}}")
+
+            def probed(label: str, *args: str) -> None:
+                start_probe(lab, "m4", svc.strip())
+                fig[label] = kdeploy(*args)
+                probes[label] = stop_probe(lab, "m4")
+
+            write_inventory(full, inv, ["m1", "m2", "m3", "m4", "m5"])
+            probed("add 2 control-plane hosts (1 -> 3)", "up", "-i", str(inv), *art)
+            probed("node remove control-plane host (3 -> 2)", "node", "remove", "-i", str(inv), "m3",
+                   "--yes", *art)
+            write_inventory(full, inv, ["m1", "m2", "m4", "m5"])
+            probed("node remove worker (drained)", "node", "remove", "-i", str(inv), "m5", "--yes", *art)
+            write_inventory(full, inv, ["m1", "m2", "m4"])
+            fig["reset 2+1"] = kdeploy("reset", "-i", str(inv), "--yes")
+            fig["reset again (no-op)"] = kdeploy("reset", "-i", str(inv), "--yes")
+            fig["up 2+1 after reset"] = kdeploy("up", "-i", str(inv), *art)
+        finally:
+            lab.down()
+    for k, v in fig.items():
+        print(f"{k:<42} {v:>7.1f} s")
+    for k, p in probes.items():
+        print(f"probe during {k}: " + ", ".join(
+            f"{n}: {r['failed']}/{r['requests']} failed, longest gap {r['longest_gap_s']} s"
+            for n, r in p.items()))
+    print(json.dumps({"seconds": fig, "probes": probes}))
+
+
+if __name__ == "__main__":
+    main()
