@@ -82,3 +82,23 @@ def test_a_new_control_plane_host_reaches_every_lb_by_reload_not_a_kubelet_resta
                    for c in mine)
         assert not any(c.kind == "unit-restart" and c.target in ("kubelet", "kube-proxy", "kdeploy-api-lb")
                        for c in mine), [c for c in mine if c.kind == "unit-restart"]
+
+
+def test_a_rolling_step_starts_fresh_hosts_before_restarting_running_ones(inv):
+    """Adding a control-plane host restarts the running apiservers (new certificate, etcd list):
+    the new host's apiserver starts first, so the API never has fewer apiservers than before."""
+    from kdeploy.execute import run
+    from tests.unit.execute.test_engine import fakes_for
+    _, fakes = converged(inv)
+    text = inv.read_text()                                # cp9 listed last: its turn comes first
+    dep = redeploy(inv, text, text.rstrip("\n") + "\n  - {name: cp9, address: 192.0.2.19, roles: [control-plane]}\n")
+    fakes = {**fakes, "cp9": fakes_for(dep.cluster, dep)["cp9"]}
+    _, observed = run.gather(dep, fakes)
+    p = plan(dep.desired, observed)
+    events = []
+    eng = Engine(dep.desired, fakes, roles=run.roles_of(dep.cluster), emit=events.append)
+    eng.apply(p, (Step("control-plane", ("control-plane",), serial_when_restarting=True),))
+    order = [(e["host"], e["action"]) for e in events if e.get("event") == "change"
+             and e["target"] == "kube-apiserver" and e["kind"] in ("unit-start", "unit-restart")]
+    assert order[0] == ("cp9", "start") and ("restart" in {a for _, a in order[1:]}), order
+    assert next(e for e in events if e.get("event") == "phase-start")["hosts"][0] == "cp9"
