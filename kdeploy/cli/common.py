@@ -21,3 +21,15 @@ def load(inventory: Path, *, quiet: bool = False) -> Cluster:
             where = f"{inventory}:{w.line}" if w.line else str(inventory)
             typer.secho(f"warning: {where}: {w}", fg="yellow", err=True)
     return cluster
+
+
+def confirm_change(question: str, show, *, yes: bool, as_json: bool) -> bool:
+    """--yes (or --json) confirms; a terminal is asked after `show()`; otherwise refused."""
+    from kdeploy.cli.output import console
+    from kdeploy.errors import KdeployError
+    if yes or as_json:
+        return True
+    if not console.is_terminal:
+        raise KdeployError(f"{question.rstrip('?')}: pass --yes to confirm (no terminal to ask on)")
+    show()
+    return typer.confirm(question)

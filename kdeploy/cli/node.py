@@ -5,23 +5,11 @@ from typing import Annotated
 
 import typer
 
-from kdeploy.cli.common import InventoryOpt, JsonOpt, load
+from kdeploy.cli.common import InventoryOpt, JsonOpt, confirm_change, load
 from kdeploy.cli.plan import ArtifactsOpt, TransportOpt, factory_for
 
 app = typer.Typer(help="Cluster membership: remove nodes (add one by listing it in the "
                        "inventory and running `kdeploy up`).", no_args_is_help=True)
-
-
-def confirm_change(question: str, show, *, yes: bool, as_json: bool) -> bool:
-    """--yes (or --json) confirms; a terminal is asked after `show()`; otherwise refused."""
-    from kdeploy.cli.output import console
-    from kdeploy.errors import KdeployError
-    if yes or as_json:
-        return True
-    if not console.is_terminal:
-        raise KdeployError(f"{question.rstrip('?')}: pass --yes to confirm (no terminal to ask on)")
-    show()
-    return typer.confirm(question)
 
 
 @app.command("remove")

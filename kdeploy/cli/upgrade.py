@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from kdeploy.cli.common import InventoryOpt, JsonOpt, load
+from kdeploy.cli.common import InventoryOpt, JsonOpt, confirm_change, load
 from kdeploy.cli.plan import ArtifactsOpt, TransportOpt, factory_for
 
 
@@ -45,14 +45,8 @@ def register(app: typer.Typer) -> None:
         emit = progress_printer(as_json)
 
         def confirm(p, steps) -> bool:
-            if yes or as_json:
-                return True
-            if not console.is_terminal:
-                from kdeploy.errors import KdeployError
-                raise KdeployError("upgrade changes a running cluster: pass --yes to confirm "
-                                   "(no terminal to ask on)")
-            _show(p, steps)
-            return typer.confirm(f"Upgrade cluster {cluster.name} to {cluster.version}?")
+            return confirm_change(f"Upgrade cluster {cluster.name} to {cluster.version}?",
+                                  lambda: _show(p, steps), yes=yes, as_json=as_json)
 
         def _show(p, steps):
             show_plan(p)

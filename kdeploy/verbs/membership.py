@@ -46,14 +46,16 @@ def etcd_view(cluster: Cluster, facts: Mapping) -> EtcdView:
     if not exists:
         return EtcdView(False, members)
     problems: list[tuple[str, str]] = []
-    joiners = tuple(h.name for h in hosts if not facts[h.name].etcd_data)
+    by_url = {u: m for m in (members or ()) for u in m["peer_urls"]}
+    # to join: hosts without data, and learners a killed run started but did not promote
+    joiners = tuple(h.name for h in hosts if not facts[h.name].etcd_data
+                    or by_url.get(peer_url(h), {}).get("learner"))
     if members is None:
         if joiners:
             problems.append(("etcd", "cannot read the etcd member list from any etcd host (is etcd "
                              "running on the members?); the new members " + ", ".join(joiners)
                              + " can join only a running cluster"))
         return EtcdView(True, None, joiners, tuple(problems))
-    by_url = {u: m for m in members for u in m["peer_urls"]}
     for h in hosts:
         m = by_url.get(peer_url(h))
         if facts[h.name].etcd_data and m is None:
@@ -155,6 +157,10 @@ class Join:
     transports: Mapping
     members: tuple[str, ...]                  # hosts running etcd already (who adds the joiner)
 
+    def _has_data(self, host: str) -> bool:
+        t = self.transports[host]
+        return t.run(f"test -d {defaults.ETCD_DATA_DIR}/member", check=False).ok
+
     def _via(self):
         for name in self.members:
             if name in self.transports:
@@ -163,9 +169,15 @@ class Join:
 
     def add(self, ctx, host: str) -> None:
         t = self._via()
-        healthy(t)
         url = peer_url(self.cluster.host(host))
         m = next((m for m in member_list(t) if url in m["peer_urls"]), None)
+        if m is not None and m["name"] and not m["learner"] and not self._has_data(host):
+            # a voting member whose host lost its data (reset, new disk): a member that lost
+            # its data must be removed and added again, never restarted empty under its old ID
+            t.run(f"{ETCDCTL} member remove {m['id']}", timeout=60)
+            ctx.emit({"event": "note", "host": host, "what": f"stale etcd member {m['id']} removed"})
+            m = None
+        healthy(t)
         if m is not None:                        # added by an interrupted run: not again
             ctx.emit({"event": "note", "host": host, "what": f"etcd member {m['id']} added before"})
             return

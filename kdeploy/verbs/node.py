@@ -206,7 +206,8 @@ def run_remove(cluster: Cluster, names: list[str], transports: Mapping, *, artif
     kept = {n: t for n, t in transports.items() if n not in names}
     with run.locked(cluster, transports, "node-remove"):
         refuse_removed(cluster, run.state_dir_for(cluster))
-        dep = run.prepare(stay, artifacts_dir=artifacts_dir, arch=arch)
+        # binaries are not needed to take hosts out (--artifacts adds them to the plan)
+        dep = run.prepare(stay, artifacts_dir=artifacts_dir, need_artifacts=False, arch=arch)
         record = run.RunRecord(dep.state_dir, "node-remove")
         try:
             facts, observed = run.gather_checked(dep, kept, record, arch)

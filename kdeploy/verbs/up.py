@@ -77,7 +77,8 @@ def up_steps(dep, transports: Mapping) -> tuple:
         out.append(Step("etcd-join", (Phase.etcd,), SERIAL, hosts=joiners,
                         before=(Hook("etcd member add", join.add),),
                         after=(Hook("etcd member promote", join.promote),),
-                        gates=()))   # a learner answers no health check: promote() waits instead
+                        gates=(),    # a learner answers no health check: promote() waits instead
+                        always=True))  # a learner left unpromoted has no file to change
     return tuple(out)
 
 

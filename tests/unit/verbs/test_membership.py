@@ -95,3 +95,13 @@ def test_joining_needs_a_readable_member_list():
     f[c.etcd[0].name] = HostFacts(c.etcd[0].name, etcd_data=True)   # etcd down: list unread
     view = etcd_view(c, f)
     assert view.problems and view.problems[0][0] == "etcd" and "member list" in view.problems[0][1]
+
+
+def test_a_learner_left_unpromoted_joins_again():
+    c = load_sample("ha")
+    first, second, third = c.etcd
+    ms = (member(0, first), member(1, second, learner=True))
+    f = {h.name: HostFacts(h.name, etcd_data=h.name in (first.name, second.name),
+                           etcd_members=ms if h.name == first.name else None) for h in c.hosts}
+    view = etcd_view(c, f)
+    assert view.joiners == (second.name, third.name) and not view.problems
