@@ -110,6 +110,8 @@ def script_context(cluster: Cluster, res) -> dict:
     from kdeploy.render.context import HOSTS_FILE, unit_path
     units = [u.name for u in res.units]
     first, runtime, rest = _unit_order(units)
+    from kdeploy.components import COMPONENTS
+    other = [u for c in COMPONENTS for u in c.units if u not in units]
     unit_files = {unit_path(u) for u in units}
     blocks = [b for b in res.blocks if b.path == HOSTS_FILE]
     marker = blocks[0].marker if blocks else "kdeploy"
@@ -129,6 +131,7 @@ def script_context(cluster: Cluster, res) -> dict:
         "units_first": first,
         "runtime_unit": runtime,
         "units_rest": rest,
+        "units_other": other,      # stopped and removed only when kdeploy's header is in the file
         "unit_files": sorted(f.path for f in res.files if f.path in unit_files),
         "systemd_dir": defaults.SYSTEMD_DIR,
         "kube_proxy_bin": by_name.get("kube-proxy"),

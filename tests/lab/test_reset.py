@@ -29,6 +29,11 @@ pytestmark = pytest.mark.lab
 LAB = "rst"
 HOST_RULE = "-A INPUT -s 198.51.100.7/32 -m comment --comment host-own -j DROP"
 HOST_LINE = "10.1.2.3 keep-me.example"
+OLD_ROLE_UNIT = r"""
+printf '# Managed by kdeploy (rst).\n[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n' > /etc/systemd/system/kube-scheduler.service
+printf '# the host admin own etcd\n[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n' > /etc/systemd/system/etcd.service
+systemctl daemon-reload && systemctl enable --now kube-scheduler.service etcd.service
+"""
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +126,10 @@ def test_reset_leaves_bare_hosts_a_second_reset_is_a_noop_and_up_deploys_again(r
     for h in hosts:
         rc, _, err = lab.run(h, f"iptables -w {HOST_RULE} && echo {shlex.quote(HOST_LINE)} >> /etc/hosts")
         assert rc == 0, err
+    # on the worker: a unit kdeploy placed when m2 had another role (its header says so), which
+    # goes, and the host's own unit of a kdeploy unit's name (no header), which stays
+    rc, _, err = lab.run("m2", OLD_ROLE_UNIT)
+    assert rc == 0, err
     # a cordon an interrupted upgrade left: the deployer forgets it with the node's reset
     state = inv.parent / ".kdeploy" / cluster.name
     (state / "cordoned.json").write_text(json.dumps(["m2"]))
@@ -142,6 +151,10 @@ def test_reset_leaves_bare_hosts_a_second_reset_is_a_noop_and_up_deploys_again(r
     desired = reset_desired(cluster)
     problems = {h: check_bare(lab, h, desired, cluster.spec.network.pod_cidr) for h in hosts}
     assert problems == {h: [] for h in hosts}, problems
+    assert "unit-stopped kube-scheduler" in done["m2"]["removed"]
+    assert lab.run("m2", "test ! -e /etc/systemd/system/kube-scheduler.service && "
+                         "! systemctl is-active kube-scheduler")[0] == 0
+    assert lab.run("m2", "systemctl is-active etcd && test -e /etc/systemd/system/etcd.service")[0] == 0
 
     t = time.monotonic()
     p2 = kdeploy("reset", "-i", str(inv), "--yes")

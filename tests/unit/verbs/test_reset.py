@@ -58,7 +58,11 @@ def test_a_worker_is_not_told_about_control_plane_units_and_the_order_is_kubelet
     c = load_sample("cluster")
     desired = reset_desired(c)
     worker = render_script(c, desired["worker1"])
-    assert "etcd.service" not in worker and "/usr/local/bin/kube-apiserver" not in worker
+    assert "/usr/local/bin/kube-apiserver" not in worker and "\nstop_unit etcd\n" not in worker
+    w = script_context(c, desired["worker1"])
+    # another role's units only when kdeploy's header is in their file (an earlier inventory)
+    assert "etcd" not in w["units"] and "etcd" in w["units_other"]
+    assert "head -n 1 /etc/systemd/system/etcd.service" in worker
     cp = script_context(c, desired["cp1"])
     assert cp["units_first"] == ["kubelet", "kube-proxy"] and cp["runtime_unit"] == "containerd"
     assert cp["units_rest"][:3] == ["kube-scheduler", "kube-controller-manager", "kube-apiserver"]
