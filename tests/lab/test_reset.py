@@ -137,6 +137,12 @@ def test_reset_leaves_bare_hosts_a_second_reset_is_a_noop_and_up_deploys_again(r
     rc, _, err = lab.run("m2", "systemctl stop containerd && pgrep -f containerd-shim")
     assert rc == 0, f"no shim survived containerd's stop: {err}"
 
+    desired = reset_desired(cluster)
+    before = check_bare(lab, "m1", desired, cluster.spec.network.pod_cidr)   # the checker sees a cluster
+    for what in ("unit kubelet", "file /usr/local/bin/kubelet", "data dir /var/lib/etcd", "link cni0",
+                 "port 6443", "/etc/hosts block", "mount /var/lib/kubelet/", "route ", "KUBE-"):
+        assert any(what in b for b in before), (what, before)
+
     p, evs, reset_s = reset_json(inv)
     assert_ok(p)
     done = {e["host"]: e for e in evs if e.get("event") == "reset"}
@@ -148,7 +154,6 @@ def test_reset_leaves_bare_hosts_a_second_reset_is_a_noop_and_up_deploys_again(r
     assert json.loads((state / "cordoned.json").read_text()) == []
     assert (state / "pki").is_dir()               # the cluster keeps its identity
 
-    desired = reset_desired(cluster)
     problems = {h: check_bare(lab, h, desired, cluster.spec.network.pod_cidr) for h in hosts}
     assert problems == {h: [] for h in hosts}, problems
     assert "unit-stopped kube-scheduler" in done["m2"]["removed"]
