@@ -58,16 +58,13 @@ def reset_desired(cluster: Cluster) -> dict:
     cluster = pin_pod_cidrs(cluster, state, write=False)
     arts = [ArtifactFile(s.name, s.component, "", Path(), "", s.install_path, s.mode, s.roles)
             for s in file_specs()]
-    pki = None
     if (state / "pki").is_dir():
+        from kdeploy.pki import load_pki
         try:
-            from kdeploy.pki import load_pki
-            pki = load_pki(cluster, state)
-            desired = desired_state(cluster, pki=pki, artifacts=arts)
-            return desired
+            return desired_state(cluster, pki=load_pki(cluster, state), artifacts=arts)
         except KdeployError:
-            pki = None   # an incomplete PKI: its files live in the data dirs removed anyway
-    return desired_state(cluster, pki=pki, artifacts=arts)
+            pass   # an incomplete PKI: its files live in the data dirs, removed anyway
+    return desired_state(cluster, artifacts=arts)
 
 
 def _unit_order(units: list[str]) -> tuple[list[str], str | None, list[str]]:
@@ -199,7 +196,7 @@ def reset_host(cluster: Cluster, transport, host_name: str, *, desired: Mapping 
         if not out.done and not out.warnings:
             why = f"the reset script stopped early (exit code {r.rc}): {why}"
         raise ResetError(f"host {host_name}: {why}",
-                         f"run `kdeploy reset` again, or look at the host (journalctl, findmnt)",
+                         "run `kdeploy reset` again, or look at the host (journalctl, findmnt)",
                          removed=out.removed)
     return out.removed
 
