@@ -58,16 +58,13 @@ def reset_desired(cluster: Cluster) -> dict:
     cluster = pin_pod_cidrs(cluster, state, write=False)
     arts = [ArtifactFile(s.name, s.component, "", Path(), "", s.install_path, s.mode, s.roles)
             for s in file_specs()]
-    pki = None
     if (state / "pki").is_dir():
+        from kdeploy.pki import load_pki
         try:
-            from kdeploy.pki import load_pki
-            pki = load_pki(cluster, state)
-            desired = desired_state(cluster, pki=pki, artifacts=arts)
-            return desired
+            return desired_state(cluster, pki=load_pki(cluster, state), artifacts=arts)
         except KdeployError:
-            pki = None   # an incomplete PKI: its files live in the data dirs removed anyway
-    return desired_state(cluster, pki=pki, artifacts=arts)
+            pass   # an incomplete PKI: its files live in the data dirs, removed anyway
+    return desired_state(cluster, artifacts=arts)
 
 
 def _unit_order(units: list[str]) -> tuple[list[str], str | None, list[str]]:
@@ -110,6 +107,8 @@ def script_context(cluster: Cluster, res) -> dict:
     from kdeploy.render.context import HOSTS_FILE, unit_path
     units = [u.name for u in res.units]
     first, runtime, rest = _unit_order(units)
+    from kdeploy.components import COMPONENTS
+    other = [u for c in COMPONENTS for u in c.units if u not in units]
     unit_files = {unit_path(u) for u in units}
     blocks = [b for b in res.blocks if b.path == HOSTS_FILE]
     marker = blocks[0].marker if blocks else "kdeploy"
@@ -129,6 +128,7 @@ def script_context(cluster: Cluster, res) -> dict:
         "units_first": first,
         "runtime_unit": runtime,
         "units_rest": rest,
+        "units_other": other,      # stopped and removed only when kdeploy's header is in the file
         "unit_files": sorted(f.path for f in res.files if f.path in unit_files),
         "systemd_dir": defaults.SYSTEMD_DIR,
         "kube_proxy_bin": by_name.get("kube-proxy"),
@@ -196,7 +196,7 @@ def reset_host(cluster: Cluster, transport, host_name: str, *, desired: Mapping 
         if not out.done and not out.warnings:
             why = f"the reset script stopped early (exit code {r.rc}): {why}"
         raise ResetError(f"host {host_name}: {why}",
-                         f"run `kdeploy reset` again, or look at the host (journalctl, findmnt)",
+                         "run `kdeploy reset` again, or look at the host (journalctl, findmnt)",
                          removed=out.removed)
     return out.removed
 
