@@ -25,6 +25,7 @@ _VERBS = [
     ("up", None),
     ("upgrade", None),
     ("node", "node"),
+    ("etcd", "etcd"),
     ("reset", None),
     ("verify", None),
     ("artifacts", "artifacts"),

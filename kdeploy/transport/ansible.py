@@ -53,7 +53,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from kdeploy.errors import KdeployError, TransportError
 from kdeploy.transport.base import (
-    upload_source,
+    upload_source, get_file_whole,
     CommandResult, check_abs, check_result, display, ssh_kwargs, stderr_tail,
 )
 
@@ -568,6 +568,10 @@ class AnsibleTransport:
                 raise self._error(f"sha256 mismatch for {path} after upload (expected {sha256})",
                                   "the upload was corrupted in transit; retry")
             raise err
+
+    def get_file(self, path: str, local_path: Path) -> int | None:
+        # TODO(issue 12): the fetch module, streamed; today whole through get.yml
+        return get_file_whole(self, path, local_path)
 
     def get(self, path: str) -> bytes | None:
         path = check_abs(self.host, path)

@@ -74,6 +74,11 @@ class Transport(Protocol):
 
     def get(self, path: str) -> bytes | None: ...
 
+    def get_file(self, path: str, local_path: Path) -> int | None:
+        """Copy a (possibly large) host file to local_path (created 0600), streamed: never
+        whole in memory. Bytes copied; None when the host has no such file."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -202,6 +207,32 @@ def sudo_get(t, path: str) -> bytes | None:
     if res.rc == RC_MISSING:
         return None
     return check_result(t.host, res, sudo=True).stdout
+
+
+def write_private(local_path, chunks) -> int:
+    """Write chunks to local_path, created 0600 (secrets: etcd snapshots), via a temp file and
+    rename. Bytes written."""
+    import os
+    local_path = Path(local_path)
+    tmp = local_path.with_name(f".{local_path.name}.part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    n = 0
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+                n += len(chunk)
+        os.replace(tmp, local_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return n
+
+
+def get_file_whole(t, path: str, local_path) -> int | None:
+    """get_file for transports that can only read a file whole (fake, ansible)."""
+    data = t.get(path)
+    return None if data is None else write_private(local_path, [data])
 
 
 def upload_source(where: str, local_path) -> Path:

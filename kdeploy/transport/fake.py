@@ -30,7 +30,7 @@ from typing import Callable, NamedTuple, Sequence
 
 from kdeploy.errors import TransportError
 from kdeploy.transport.base import (
-    upload_source,
+    upload_source, get_file_whole,
     CommandResult, check_abs, check_result, display,
 )
 
@@ -256,6 +256,9 @@ class FakeTransport:
             self.log.append(FakeCall("get", path))
             f = self.fs.get(path)
         return None if f is None else f.data
+
+    def get_file(self, path: str, local_path) -> int | None:
+        return get_file_whole(self, path, local_path)
 
     def close(self) -> None:
         self.closed = True

@@ -20,7 +20,7 @@ from typing import Sequence
 
 from kdeploy.errors import TransportError
 from kdeploy.transport.base import (
-    upload_source,
+    upload_source, get_file_whole, write_private,
     sudo_get,
     CommandResult, check_abs, check_result, display, install_script,
     tmp_path_for,
@@ -144,6 +144,18 @@ class LocalTransport:
             check_result(self.host, res, sudo=True)
         finally:
             shutil.rmtree(tdir, ignore_errors=True)
+
+    def get_file(self, path: str, local_path: Path) -> int | None:
+        path = check_abs(self.host, path)
+        if self.sudo:
+            return get_file_whole(self, path, local_path)
+        try:
+            with open(path, "rb") as f:
+                return write_private(local_path, iter(lambda: f.read(1 << 20), b""))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise TransportError(f"host {self.host}: cannot read {path}: {e.strerror or e}") from None
 
     def get(self, path: str) -> bytes | None:
         path = check_abs(self.host, path)

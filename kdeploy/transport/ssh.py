@@ -40,7 +40,7 @@ from paramiko.sftp_file import SFTPFile
 from kdeploy.errors import KdeployError, TransportError
 from kdeploy.netns import connect_in_netns
 from kdeploy.transport.base import (
-    upload_source,
+    upload_source, write_private, RC_MISSING,
     ssh_kwargs, sudo_get,
     CommandResult, check_abs, check_result, command_line, display,
     install_script, tmp_path_for,
@@ -472,6 +472,35 @@ class SSHTransport:
                                   "create the user/group first (an earlier phase should)")
             self._ids[key] = (int(parts[0]), int(parts[1]))
         return self._ids[key]
+
+    def get_file(self, path: str, local_path: Path) -> int | None:
+        path = check_abs(self.host, path)
+        src, tdir = path, None
+        try:
+            if self.sudo:  # a private copy the ssh user can read, removed afterwards
+                r = self.run(f"[ -e {shlex.quote(path)} ] || exit {RC_MISSING}; d=$(mktemp -d "
+                             f"/tmp/kdeploy.XXXXXXXX) && install -m 0600 -o {shlex.quote(self.user)} "
+                             f"-- {shlex.quote(path)} \"$d/data\" && chown {shlex.quote(self.user)} "
+                             f"\"$d\" && echo \"$d\"", check=False)
+                if r.rc == RC_MISSING:
+                    return None
+                tdir = check_result(self.host, r, sudo=True).out.strip()
+                src = posixpath.join(tdir, "data")
+            with self._sftp_lock:
+                sftp = self._sftp_client()
+                with sftp.open(src, "rb") as f:
+                    f.prefetch()
+                    return write_private(local_path, iter(lambda: f.read(1 << 20), b""))
+        except FileNotFoundError:
+            return None
+        except TransportError:
+            raise
+        except (IOError, OSError, paramiko.SSHException, EOFError) as e:
+            reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+            raise self._error(f"cannot read {path}: {reason}") from None
+        finally:
+            if tdir:
+                self.run(f"rm -rf -- {shlex.quote(tdir)}", check=False)
 
     def get(self, path: str) -> bytes | None:
         path = check_abs(self.host, path)

@@ -13,13 +13,10 @@ kept in the state dir (cordoned.json) so a run killed with SIGKILL is finished b
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import shlex
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -33,7 +30,6 @@ from kdeploy.model import Cluster, Role, defaults
 from kdeploy.pki import paths
 from kdeploy.plan.resources import Phase
 
-BACKUP_DIR = f"{defaults.KDEPLOY_DIR}/backups"
 DRAIN_TIMEOUT = 300
 READY_TIMEOUT = 300
 
@@ -240,31 +236,10 @@ def health_problems(cluster: Cluster, transports: Mapping, api: Callable) -> lis
 
 
 def snapshot(cluster: Cluster, transports: Mapping, state_dir: Path, emit: Callable) -> Path:
-    """An etcd snapshot from a healthy member, checked with etcdutl, saved 0600 on the deployer
-    (with its sha256) before the first change."""
-    from kdeploy.pki.crypto import write_atomic
-    host = next(h.name for h in cluster.etcd if h.name in transports)
-    t = transports[host]
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    remote = f"{BACKUP_DIR}/etcd-{cluster.name}-{stamp}.db"
-    t.run(f"mkdir -p -m 0700 {BACKUP_DIR} && {ETCDCTL} snapshot save {shlex.quote(remote)} "
-          f"&& chmod 0600 {shlex.quote(remote)}", timeout=300)
-    st = t.run(f"{defaults.BIN_DIR}/etcdutl snapshot status {shlex.quote(remote)} -w json",
-               timeout=120, check=False)
-    if not st.ok:
-        raise ApplyError(f"the etcd snapshot on {host} does not check out: {(st.err or st.out).strip()}",
-                         "nothing was changed; look at etcd's health and run again")
-    data = t.get(remote)
-    if not data:
-        raise ApplyError(f"cannot read the etcd snapshot {remote} from {host}")
-    local = state_dir / "backups" / Path(remote).name
-    local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomic(local, data, 0o600)
-    sha = hashlib.sha256(data).hexdigest()
-    write_atomic(local.with_suffix(".db.sha256"), f"{sha}  {local.name}\n".encode(), 0o600)
-    emit({"event": "snapshot", "host": host, "path": str(local), "bytes": len(data),
-          "status": st.out.strip()})
-    return local
+    """An etcd snapshot from a healthy member, checked, saved 0600 on the deployer (with its
+    sha256 and the cluster's identity) before the first change: `kdeploy etcd backup`'s."""
+    from kdeploy.verbs.etcd import backup
+    return backup(cluster, transports, state_dir, emit=emit).path
 
 
 def check_target(cluster: Cluster, to: str) -> None:

@@ -212,6 +212,20 @@ def test_put_get_mode_owner(t, tmp_path):
     assert os.listdir(p.parent) == ["admin.conf"]  # no temp file left
 
 
+def test_get_file_streams_a_large_file_to_a_private_local_copy(t, tmp_path):
+    src = tmp_path / "remote" / "etcd.db"
+    src.parent.mkdir()
+    data = os.urandom(5 << 20) + b"end"
+    src.write_bytes(data)
+    dst = tmp_path / "local" / "etcd.db"
+    dst.parent.mkdir()
+    assert t.get_file(str(src), dst) == len(data)
+    assert dst.read_bytes() == data and stat.S_IMODE(os.stat(dst).st_mode) == 0o600
+    assert sorted(os.listdir(dst.parent)) == ["etcd.db"]            # no partial file left
+    assert t.get_file(str(tmp_path / "missing"), tmp_path / "local" / "x") is None
+    assert not (tmp_path / "local" / "x").exists()
+
+
 def test_put_secret_never_readable_by_others_during_upload(t, tmp_path, monkeypatch):
     """The sshd is local: stat the hidden temp file while the upload writes into it."""
     p = tmp_path / "pki" / "ca.key"
@@ -274,6 +288,7 @@ def test_sudo_path_as_root(sshd, tmp_path):
         tr.put(str(p), b"x", mode=0o600, owner="nobody", group="nogroup")
         assert stat.S_IMODE(os.stat(p).st_mode) == 0o600 and tr.get(str(p)) == b"x"
         assert tr.get(str(tmp_path / "none")) is None
+        assert tr.get_file(str(p), tmp_path / "copy") == 1 and (tmp_path / "copy").read_bytes() == b"x"
     finally:
         tr.close()
 
