@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.lab.conftest import LabCluster  # noqa: E402
 from tests.lab.test_membership import write_inventory  # noqa: E402
-from tests.lab.test_upgrade import KUBECTL, WORKLOAD, start_probe, stop_probe  # noqa: E402
+from tests.lab.test_upgrade import deploy_workload, start_probe, stop_probe  # noqa: E402
 
 
 def kdeploy(*args: str) -> float:
@@ -54,16 +54,10 @@ def main() -> None:
         try:
             write_inventory(full, inv, ["m1", "m4", "m5"])
             fig["up 1+2 (bare)"] = kdeploy("up", "-i", str(inv), *art)
-            image = "registry.k8s.io/e2e-test-images/agnhost:" + json.loads(
-                (Path(a.artifacts) / "manifest.json").read_text())["components"]["agnhost"]
-            rc, _, err = lab.run("m1", f"cat > /root/w.yaml <<'EOF'\n{WORKLOAD.replace('IMAGE', image)}"
-                                       f"\nEOF\n{KUBECTL} apply -f /root/w.yaml && {KUBECTL} -n "
-                                       "upgrade-probe rollout status deploy/web --timeout=180s")
-            assert rc == 0, err
-            _, svc, _ = lab.run("m1", f"{KUBECTL} -n upgrade-probe get svc web -o jsonpath={{.spec.clusterIP}}")
+            svc = deploy_workload(lab, Path(a.artifacts))
 
             def probed(label: str, *args: str) -> None:
-                start_probe(lab, "m4", svc.strip())
+                start_probe(lab, "m4", svc)
                 fig[label] = kdeploy(*args)
                 probes[label] = stop_probe(lab, "m4")
 

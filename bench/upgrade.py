@@ -11,7 +11,6 @@ Artifacts: KDEPLOY_ARTIFACTS_PREVIOUS (1.36.3) and KDEPLOY_ARTIFACTS (1.37.2) by
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.lab.conftest import LabCluster  # noqa: E402
 from tests.lab.test_up import events  # noqa: E402
-from tests.lab.test_upgrade import (KUBECTL, NEW, OLD, WORKLOAD, set_version, start_probe,  # noqa: E402
+from tests.lab.test_upgrade import (NEW, OLD, deploy_workload, set_version, start_probe,  # noqa: E402
                                     stop_probe)
 
 
@@ -53,13 +52,7 @@ def main() -> None:
         try:
             set_version(inv, OLD)
             up_s, _ = kdeploy("up", "-i", str(inv), "--artifacts", a.old)
-            old_image = "registry.k8s.io/e2e-test-images/agnhost:" + json.loads(
-                (Path(a.old) / "manifest.json").read_text())["components"]["agnhost"]
-            rc, _, err = lab.run("m1", f"cat > /root/w.yaml <<'EOF'\n{WORKLOAD.replace('IMAGE', old_image)}"
-                                       f"\nEOF\n{KUBECTL} apply -f /root/w.yaml && {KUBECTL} -n "
-                                       "upgrade-probe rollout status deploy/web --timeout=180s")
-            assert rc == 0, err
-            _, svc, _ = lab.run("m1", f"{KUBECTL} -n upgrade-probe get svc web -o jsonpath={{.spec.clusterIP}}")
+            svc = deploy_workload(lab, Path(a.old))
             set_version(inv, NEW)
             start_probe(lab, "m4", svc.strip())
             secs, evs = kdeploy("upgrade", "-i", str(inv), "--to", NEW, "--artifacts", a.new,

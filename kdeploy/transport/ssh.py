@@ -486,18 +486,8 @@ class SSHTransport:
                     return None
                 tdir = check_result(self.host, r, sudo=True).out.strip()
                 src = posixpath.join(tdir, "data")
-            with self._sftp_lock:
-                sftp = self._sftp_client()
-                with sftp.open(src, "rb") as f:
-                    f.prefetch()
-                    return write_private(local_path, iter(lambda: f.read(1 << 20), b""))
-        except FileNotFoundError:
-            return None
-        except TransportError:
-            raise
-        except (IOError, OSError, paramiko.SSHException, EOFError) as e:
-            reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
-            raise self._error(f"cannot read {path}: {reason}") from None
+            return self._read(src, path, lambda f: write_private(
+                local_path, iter(lambda: f.read(1 << 20), b"")))
         finally:
             if tdir:
                 self.run(f"rm -rf -- {shlex.quote(tdir)}", check=False)
@@ -506,12 +496,16 @@ class SSHTransport:
         path = check_abs(self.host, path)
         if self.sudo:
             return sudo_get(self, path)
+        return self._read(path, path, lambda f: f.read())
+
+    def _read(self, src: str, path: str, consume):
+        """consume(an open SFTP file of src); None when it does not exist; errors name path."""
         try:
             with self._sftp_lock:
                 sftp = self._sftp_client()
-                with sftp.open(path, "rb") as f:
+                with sftp.open(src, "rb") as f:
                     f.prefetch()
-                    return f.read()
+                    return consume(f)
         except FileNotFoundError:
             return None
         except TransportError:

@@ -15,7 +15,7 @@ import yaml
 
 from kdeploy.components.etcd import ETCDCTL
 from tests.lab.test_up import artifacts_dir, assert_ok, events, kdeploy
-from tests.lab.test_upgrade import KUBECTL, WORKLOAD, start_probe, stop_probe
+from tests.lab.test_upgrade import KUBECTL, deploy_workload, start_probe, stop_probe
 
 pytestmark = pytest.mark.lab
 FIGURES: dict[str, float] = {}
@@ -82,14 +82,7 @@ def grown(lab_cluster, tmp_path_factory):
     d = tmp_path_factory.mktemp("membership")
     inv = write_inventory(full, d / "inventory.yaml", ["m1", "m4", "m5", "m6"])
     assert_ok(run_timed("up 1+3", "up", "-i", str(inv), "--artifacts", str(art), "--json"))
-    image = "registry.k8s.io/e2e-test-images/agnhost:" + json.loads(
-        (art / "manifest.json").read_text())["components"]["agnhost"]
-    rc, _, err = lab.run("m1", f"cat > /root/w.yaml <<'EOF'\n{WORKLOAD.replace('IMAGE', image)}\nEOF\n"
-                               f"{KUBECTL} apply -f /root/w.yaml && {KUBECTL} -n upgrade-probe "
-                               "scale deploy/web --replicas=3 && {KUBECTL} -n upgrade-probe "
-                               "rollout status deploy/web --timeout=180s".replace("{KUBECTL}", KUBECTL))
-    assert rc == 0, err
-    svc = kubectl(lab, "-n upgrade-probe get svc web -o jsonpath={.spec.clusterIP}").strip()
+    svc = deploy_workload(lab, art, replicas=3)
     before = {**etcd_pids(lab, ["m1"]), **{f"kubelet@{m}": v for m, v in
                                           etcd_pids(lab, ["m1", "m4"], "kubelet").items()}}
     start_probe(lab, "m4", svc)

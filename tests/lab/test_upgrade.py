@@ -94,6 +94,21 @@ spec:
 """
 
 
+def deploy_workload(lab, artifacts: Path, replicas: int = 2) -> str:
+    """The probed workload (agnhost netexec behind a Service, PDB minAvailable 1) with the
+    agnhost image of that artifact set; its Service IP."""
+    image = "registry.k8s.io/e2e-test-images/agnhost:" + json.loads(
+        (Path(artifacts) / "manifest.json").read_text())["components"]["agnhost"]
+    rc, _, err = lab.run("m1", f"cat > /root/w.yaml <<'EOF'\n{WORKLOAD.replace('IMAGE', image)}\nEOF\n"
+                               f"{KUBECTL} apply -f /root/w.yaml && {KUBECTL} -n upgrade-probe scale "
+                               f"deploy/web --replicas={replicas} && {KUBECTL} -n upgrade-probe "
+                               "rollout status deploy/web --timeout=180s")
+    assert rc == 0, err
+    rc, out, err = lab.run("m1", f"{KUBECTL} -n upgrade-probe get svc web -o jsonpath={{.spec.clusterIP}}")
+    assert rc == 0, err
+    return out.strip()
+
+
 def start_probe(lab, node: str, service_ip: str, seconds: int = 1800) -> None:
     lab.put(node, Path(__file__).with_name("probe.py"), "/root/probe.py")
     rc, _, err = lab.run(node, f"rm -rf {PROBE_DIR}; mkdir -p {PROBE_DIR}; "
@@ -138,13 +153,7 @@ def ha(lab_cluster):
 def test_rolling_upgrade_under_load(ha):
     lab, inv, old, new = ha
     # the workload runs the agnhost image of the OLD set (present on every node)
-    old_image = "registry.k8s.io/e2e-test-images/agnhost:" + json.loads(
-        (old / "manifest.json").read_text())["components"]["agnhost"]
-    rc, _, err = lab.run("m1", f"cat > /root/w.yaml <<'EOF'\n{WORKLOAD.replace('IMAGE', old_image)}\nEOF\n"
-                               f"{KUBECTL} apply -f /root/w.yaml && {KUBECTL} -n upgrade-probe "
-                               "rollout status deploy/web --timeout=180s")
-    assert rc == 0, err
-    svc = kubectl(lab, "-n upgrade-probe get svc web -o jsonpath={.spec.clusterIP}").strip()
+    svc = deploy_workload(lab, old)
 
     # refusals first: --to must match the inventory; a downgrade is refused before any change
     p = kdeploy("upgrade", "-i", str(inv), "--to", NEW, "--artifacts", str(new), "--yes")
