@@ -43,7 +43,9 @@ LOCAL = "local"  # kubeconfig server placeholder: https://127.0.0.1:<api port> o
 class Place:
     """One piece of material on a set of hosts.
 
-    what: "crt" | "key" | "pub" | "kubeconfig" | "encryption-config"
+    what: "crt" | "key" | "pub" | "kubeconfig" | "encryption-config" | "signer"
+    (a CA's "crt" is what trusts it: old+new while it is rotated; "key" and "signer" are the
+    pair that signs now)
     server: for kubeconfigs, the apiserver URL, or LOCAL.
     """
     hosts: tuple[str, ...]
@@ -138,6 +140,7 @@ def build_table(c: Cluster) -> Table:
             P(cp, "crt", paths.CA_CRT, "control-plane", (APISERVER, CONTROLLER_MANAGER)),
             P(all_, "crt", paths.CA_CRT, "node", (KUBELET,)),
             P(cp, "key", paths.CA_KEY, "control-plane", (CONTROLLER_MANAGER,)),
+            P(cp, "signer", paths.CLUSTER_SIGNING_CRT, "control-plane", (CONTROLLER_MANAGER,)),
         )),
         CASpec(ETCD_CA, "etcd-ca", (
             P(etcd, "crt", paths.ETCD_CA_CRT, "etcd", (ETCD,)),

@@ -6,6 +6,9 @@ PKI = "/etc/kubernetes/pki"
 
 CA_CRT = f"{PKI}/ca.crt"
 CA_KEY = f"{PKI}/ca.key"                         # control-plane only (controller-manager signs CSRs)
+# the one CA certificate that matches ca.key (controller-manager's --cluster-signing-cert-file
+# refuses a bundle, and ca.crt is one while the CA is rotated)
+CLUSTER_SIGNING_CRT = f"{PKI}/cluster-signing-ca.crt"
 APISERVER_CRT = f"{PKI}/apiserver.crt"
 APISERVER_KEY = f"{PKI}/apiserver.key"
 APISERVER_KUBELET_CLIENT_CRT = f"{PKI}/apiserver-kubelet-client.crt"

@@ -25,12 +25,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from kdeploy.errors import InventoryError, KdeployError
 from kdeploy.model import defaults
 from kdeploy.model.cluster import Cluster, Host
 from kdeploy.plan.resources import PHASES, File
-from kdeploy.pki import crypto, render
+from kdeploy.pki import crypto, render, rotation
 from kdeploy.pki.identities import LOCAL, CASpec, Identity, Place, Table, build_table, local_server
 
 SPEC_VERSION = 1
@@ -151,6 +152,8 @@ class PKI:
         self.reasons: dict[str, str] = {}      # name -> why it was issued
         self.warnings: list[str] = []
         self._cas: dict[str, _CA] = {}
+        self._new_cas: dict[str, _CA] = {}     # CAs being rotated in (pki/<ca>.new.*)
+        self.rotation: rotation.Rotation | None = None
         self._leaves: dict[str, _Leaf] = {}
         self._sa_key: bytes | None = None
         self._sa_pub: bytes | None = None
@@ -164,8 +167,20 @@ class PKI:
     # --- reading --------------------------------------------------------------------------
     def _scan(self) -> None:
         self.warnings = []
+        try:
+            self.rotation = rotation.read(self.dir)
+        except rotation.RotationError as e:
+            raise PKIError(str(e), "restore it from a backup, or run `kdeploy certs rotate-ca` "
+                           "only after fixing it by hand (stage: trust|reissue|drop)") from None
+        self._new_cas = {}
         for ca in self.table.cas:
             self._cas[ca.name] = self._scan_ca(ca)
+            if self.rotation is not None and self.rotation.rotating(ca.name):
+                new = self._scan_ca(ca, rotation.new_name(ca.name))
+                if new.status != MISSING:
+                    self._new_cas[ca.name] = new
+                    if self.rotation.stage == rotation.DROP:
+                        self._cas[ca.name] = new     # the old CA is no longer used anywhere
         self._sa_key = _read(self.dir / "sa.key")
         self._sa_pub = _read(self.dir / "sa.pub")
         self._enc_keys = self._read_encryption()
@@ -180,8 +195,9 @@ class PKI:
                         f"CA {name} expires {ca.cert.not_valid_after_utc:%Y-%m-%d} "
                         f"({left.days} days left); CA renewal is not automated yet")
 
-    def _scan_ca(self, spec: CASpec) -> _CA:
-        crt, key = _read(self.dir / f"{spec.name}.crt"), _read(self.dir / f"{spec.name}.key")
+    def _scan_ca(self, spec: CASpec, name: str | None = None) -> _CA:
+        name = name or spec.name
+        crt, key = _read(self.dir / f"{name}.crt"), _read(self.dir / f"{name}.key")
         if crt is None and key is None:
             return _CA()
         ca = _CA(crt=crt, key=key, status=CORRUPT)
@@ -216,8 +232,36 @@ class PKI:
                            "restore it from a backup: without this key the cluster's Secrets cannot "
                            "be decrypted. Delete it only for a cluster that was never deployed") from None
 
+    # --- CA rotation (kdeploy.pki.rotation): what signs, what is trusted -----------------------
+    def _signer(self, name: str) -> _CA:
+        """The CA that signs leaves now: the new one from the rotation's reissue stage on."""
+        new = self._new_cas.get(name)
+        if new is not None and self.rotation is not None and self.rotation.stage == rotation.REISSUE:
+            return new
+        return self._cas[name]
+
+    def trust_bundle(self, name: str) -> bytes | None:
+        """What every place that trusts CA `name` holds: old+new while it is rotated (the CA
+        that signs now first), else the CA alone."""
+        ca, new = self._cas[name], self._new_cas.get(name)
+        if ca.crt is None or ca.status == CORRUPT:
+            return None
+        if new is None or self.rotation is None or self.rotation.stage == rotation.DROP:
+            return ca.crt
+        first, second = (ca, new) if self.rotation.stage == rotation.TRUST else (new, ca)
+        return first.crt.rstrip(b"\n") + b"\n" + second.crt.rstrip(b"\n") + b"\n"
+
+    def ca_fingerprints(self, name: str) -> dict[str, str]:
+        """sha256 of the DER of the old and (while rotating) new CA certificate: how a host's
+        trust files are checked (`openssl x509 -fingerprint -sha256`)."""
+        out = {}
+        for role, ca in (("current", self._cas[name]), ("new", self._new_cas.get(name))):
+            if ca is not None and ca.cert is not None:
+                out[role] = ca.cert.fingerprint(hashes.SHA256()).hex()
+        return out
+
     def _fingerprint(self, ident: Identity) -> str:
-        spec = {"v": SPEC_VERSION, "ca": self._cas[ident.signer].fingerprint, **ident.spec()}
+        spec = {"v": SPEC_VERSION, "ca": self._signer(ident.signer).fingerprint, **ident.spec()}
         return _sha(json.dumps(spec, sort_keys=True).encode())
 
     def _scan_leaf(self, ident: Identity, renew: timedelta) -> _Leaf:
@@ -276,6 +320,18 @@ class PKI:
 
     def _ensure_ca(self, spec: CASpec) -> None:
         ca = self._cas[spec.name]
+        if self.rotation is not None and self.rotation.rotating(spec.name):
+            new = self._new_cas.get(spec.name)
+            # in the drop stage the new pair may already be the CA (a finish() cut short)
+            need_new = self.rotation.stage != rotation.DROP or new is not None
+            if ca.status in (MISSING, CORRUPT) or (need_new and (new is None or new.status == CORRUPT)):
+                raise PKIError(
+                    f"CA {spec.name} is being rotated (stage {self.rotation.stage}) but its old or "
+                    f"new pair ({self.dir / spec.name}.crt/.key, "
+                    f"{self.dir / rotation.new_name(spec.name)}.crt/.key) is missing or corrupt",
+                    "restore the files from a backup of the state dir, then run "
+                    "`kdeploy certs rotate-ca` again")
+            _fix_mode(self.dir / f"{rotation.new_name(spec.name)}.key")
         if ca.status == MISSING:
             key, cert = crypto.make_ca(spec.cn, defaults.CA_VALIDITY_DAYS, self.now, CA_KEY_TYPE)
             ca.key, ca.crt, ca.cert, ca._key_obj = crypto.key_pem(key), crypto.cert_pem(cert), cert, key
@@ -327,7 +383,7 @@ class PKI:
             _fix_mode(self.dir / ENCRYPTION_FILE)
 
     def _issue(self, ident: Identity, leaf: _Leaf) -> None:
-        ca = self._cas[ident.signer]
+        ca = self._signer(ident.signer)
         if ca.status == EXPIRED:
             raise PKIError(f"CA {ident.signer} expired on {ca.cert.not_valid_after_utc:%Y-%m-%d}; "
                            f"cannot issue {ident.name}",
@@ -361,8 +417,9 @@ class PKI:
         """(content, secret) of one placement."""
         what = place.what
         if isinstance(source, CASpec):
-            ca = self._cas[source.name]
-            data = ca.crt if what == "crt" else ca.key
+            ca = self._signer(source.name)
+            data = (self.trust_bundle(source.name) if what == "crt" else
+                    ca.crt if what == "signer" else ca.key)
             if ca.status == CORRUPT:
                 data = None
             self._require(source.name, data)
@@ -394,9 +451,9 @@ class PKI:
         out = self._render_cache.get(ck)
         if out is None:
             leaf = self._leaves[ident.name]
-            ca = self._cas[ident.signer]
-            self._require(ident.signer, ca.crt)
-            out = render.kubeconfig(cluster_name=self.cluster.name, server=server, ca_pem=ca.crt,
+            ca_pem = self.trust_bundle(ident.signer)
+            self._require(ident.signer, ca_pem)
+            out = render.kubeconfig(cluster_name=self.cluster.name, server=server, ca_pem=ca_pem,
                                     user=ident.user or ident.cn, cert_pem=leaf.crt, key_pem=leaf.key)
             self._render_cache[ck] = out
         return out
@@ -457,6 +514,10 @@ class PKI:
         for spec in self.table.cas:
             ca = self._cas[spec.name]
             out.append(self._info(spec.name, ca.crt if ca.cert is not None else None, ca.status, True))
+            new = self._new_cas.get(spec.name)
+            if new is not None and new is not ca:
+                out.append(self._info(rotation.new_name(spec.name), new.crt if new.cert is not None else None,
+                                      new.status, True))
         for ident in self.table.identities:
             leaf = self._leaves[ident.name]
             pem = leaf.crt if leaf.status not in (MISSING, CORRUPT) else None
