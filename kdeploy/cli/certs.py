@@ -97,3 +97,76 @@ def check(inventory: InventoryOpt, state_dir: StateDirOpt = None, as_json: JsonO
                        f"{defaults.RENEW_BEFORE_DAYS} days: " + ", ".join(c.name for c in bad[:5])
                        + (" ..." if len(bad) > 5 else ""),
                        f"run `kdeploy certs -i {inventory}` and deploy the result")
+
+
+@app.command("rotate-ca")
+def rotate_ca(
+    inventory: InventoryOpt,
+    ca: Annotated[Optional[list[str]], typer.Option(
+        "--ca", help="Rotate only this CA: cluster, etcd or front-proxy (repeatable; default: all "
+                     "three in one rotation).", show_default=False)] = None,
+    artifacts: Annotated[Optional[Path], typer.Option(
+        "--artifacts", help="Artifact directory (optional: the rotation changes no binary).",
+        show_default=False)] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing.")] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    as_json: JsonOpt = False,
+    arch: Annotated[str, typer.Option(help="Host architecture.")] = "amd64",
+) -> None:
+    """Replace the cluster's CAs while it serves: trust old+new, reissue every certificate with
+    the new CA, then trust only the new one; each stage rolled out one host at a time. Run it
+    again after a failure: it continues from the stage it reached (docs/lifecycle.md)."""
+    from kdeploy.cli.output import console, progress_printer
+    from kdeploy.cli.common import confirm_change
+    from kdeploy.cli.up import _verify
+    from kdeploy.errors import VerifyError
+    from kdeploy.execute.session import connect
+    from kdeploy.transport.pool import UnreachableHosts, close_all
+    from kdeploy.verbs.rotate import parse_cas, run_rotate_ca
+
+    cas = parse_cas(ca) if ca else None
+    cluster = load(inventory, quiet=as_json)
+    progress = progress_printer(as_json)
+
+    def emit(e: dict) -> None:
+        kind = e.get("event")
+        if as_json or kind not in ("rotate-stage", "rotate-stage-done", "rotate-ca"):
+            progress(e)
+        elif kind == "rotate-stage":
+            console.print(f"== stage {e['stage']}: {e['changes']} change(s)", style="bold magenta")
+        elif kind == "rotate-stage-done":
+            console.print(f"== stage {e['stage']} done in {e['seconds']} s", style="magenta")
+        else:
+            console.print(f"  {e['what']}", markup=False, highlight=False)
+
+    def confirm(names, resumed) -> bool:
+        what = ", ".join(names)
+        q = (f"Continue the rotation of {what} of cluster {cluster.name} (stage {resumed})?" if resumed
+             else f"Rotate {what} of cluster {cluster.name} (three rolling restarts of every host)?")
+        return confirm_change(q, lambda: console.print(q), yes=yes, as_json=as_json)
+
+    transports, failed = connect(cluster)
+    if failed:
+        close_all(transports)
+        raise UnreachableHosts(failed)
+    try:
+        out = run_rotate_ca(cluster, transports=transports, cas=cas, artifacts_dir=artifacts,
+                            arch=arch, emit=emit, confirm=confirm)
+        if verify:
+            results = _verify(out.deployment, transports, as_json)
+            if not all(r.ok for r in results):
+                raise VerifyError("the CAs were rotated but some checks failed (see the table)",
+                                  f"details: kdeploy verify -i {inventory}")
+        secs = out.timings.get("total", 0.0)
+        if as_json:
+            typer.echo(json.dumps({"event": "rotated", "cas": list(out.cas), "stages": out.stages,
+                                   "resumedAt": out.resumed_at, "seconds": round(secs, 1),
+                                   "archived": [str(p) for p in out.archived]}))
+        else:
+            stages = ", ".join(f"{s['stage']} {s['seconds']} s" for s in out.stages)
+            console.print(f"Rotated {', '.join(out.cas)} of cluster {cluster.name} in {secs:.0f} s "
+                          f"({stages}); old CA files kept: "
+                          + (", ".join(str(p) for p in out.archived if p.suffix == ".crt") or "-"),
+                          markup=False, highlight=False)
+    finally:
+        close_all(transports)
