@@ -75,7 +75,11 @@ while r[i]: i += r[i] + 1
 i += 5
 ips = []
 for _ in range(an):
-    i += 2 if r[i] & 0xC0 == 0xC0 else 0
+    if r[i] & 0xC0 == 0xC0:
+        i += 2
+    else:
+        while r[i]: i += r[i] + 1
+        i += 1
     typ, _, _, ln = struct.unpack(">HHIH", r[i:i + 10]); i += 10
     if typ == 1: ips.append(socket.inet_ntoa(r[i:i + ln]))
     i += ln
@@ -237,6 +241,7 @@ def test_rotate_ca_killed_and_resumed_cluster_serving_throughout(rot_lab):
     assert "status=failed" not in logs and "x509" not in logs, logs[-2000:]
 
     # CoreDNS (restarted with the new CA) resolves a Service created after the rotation
+    kubectl(lab, f"-n {NS} delete service after-rotation --ignore-not-found")
     kubectl(lab, f"-n {NS} create service clusterip after-rotation --tcp=80:8080")
     svc_ip = kubectl(lab, f"-n {NS} get svc after-rotation -o jsonpath={{.spec.clusterIP}}").strip()
     dns_ip = kubectl(lab, "-n kube-system get svc kube-dns -o jsonpath={.spec.clusterIP}").strip()
