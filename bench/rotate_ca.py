@@ -6,9 +6,8 @@ balancer and a Service, every 100 ms).
 
 Reuses the lab `rot` when it is up, else starts it (and brings it down at the end unless
 --keep). Prints the seconds of the rotation and of each stage, and the probes' failed requests
-and longest gaps. Note: the probe's API client is python's urllib on the node with the node's
-kubeconfig material read once per request (so it follows the CA change, as a restarted client
-would).
+and longest gaps (the API probe uses the node's kubelet.conf and re-reads it when the rotation
+replaces it, as the restarted kubelet does).
 """
 from __future__ import annotations
 

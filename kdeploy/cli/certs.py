@@ -170,3 +170,79 @@ def rotate_ca(
                           markup=False, highlight=False)
     finally:
         close_all(transports)
+
+
+@app.command("rotate-sa-key")
+def rotate_sa_key(
+    inventory: InventoryOpt,
+    drop_after: Annotated[str, typer.Option(
+        "--drop-after", help="How long the old public key stays trusted after the new key signs "
+                             "(kubelet refreshes every pod's token within 24 h): 24h, 90m, 0.")] = "24h",
+    artifacts: Annotated[Optional[Path], typer.Option(
+        "--artifacts", help="Artifact directory (optional: the rotation changes no binary).",
+        show_default=False)] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing.")] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    as_json: JsonOpt = False,
+    arch: Annotated[str, typer.Option(help="Host architecture.")] = "amd64",
+) -> None:
+    """Replace the service-account signing key: the apiservers trust old+new public keys, then
+    the new key signs, then (after --drop-after; run the command again) only the new public key
+    is trusted. Resumable like rotate-ca."""
+    from kdeploy.cli.output import console, progress_printer
+    from kdeploy.cli.common import confirm_change
+    from kdeploy.cli.up import _verify
+    from kdeploy.errors import VerifyError
+    from kdeploy.execute.session import connect
+    from kdeploy.transport.pool import UnreachableHosts, close_all
+    from kdeploy.verbs.rotate import parse_duration, run_rotate_sa_key
+
+    wait = parse_duration(drop_after)
+    cluster = load(inventory, quiet=as_json)
+    progress = progress_printer(as_json)
+
+    def emit(e: dict) -> None:
+        if as_json or e.get("event") not in ("rotate-stage", "rotate-stage-done", "rotate-ca"):
+            progress(e)
+        elif e["event"] == "rotate-stage":
+            console.print(f"== stage {e['stage']}: {e['changes']} change(s)", style="bold magenta")
+        elif e["event"] == "rotate-stage-done":
+            console.print(f"== stage {e['stage']} done in {e['seconds']} s", style="magenta")
+        else:
+            console.print(f"  {e['what']}", markup=False, highlight=False)
+
+    def confirm(names, resumed) -> bool:
+        q = (f"Continue the service-account key rotation of cluster {cluster.name} (stage {resumed})?"
+             if resumed else f"Rotate the service-account key of cluster {cluster.name} "
+                             "(rolling restarts of the control plane)?")
+        return confirm_change(q, lambda: console.print(q), yes=yes, as_json=as_json)
+
+    transports, failed = connect(cluster)
+    if failed:
+        close_all(transports)
+        raise UnreachableHosts(failed)
+    try:
+        out = run_rotate_sa_key(cluster, transports=transports, drop_after=wait, artifacts_dir=artifacts,
+                                arch=arch, emit=emit, confirm=confirm)
+        if verify and out.stages:
+            results = _verify(out.deployment, transports, as_json)
+            if not all(r.ok for r in results):
+                raise VerifyError("the key was rotated but some checks failed (see the table)",
+                                  f"details: kdeploy verify -i {inventory}")
+        secs = out.timings.get("total", 0.0)
+        until = out.waiting_until.isoformat() if out.waiting_until else None
+        if as_json:
+            typer.echo(json.dumps({"event": "rotated-sa-key", "finished": out.finished,
+                                   "stages": out.stages, "resumedAt": out.resumed_at,
+                                   "dropNotBefore": until, "seconds": round(secs, 1),
+                                   "archived": [str(p) for p in out.archived]}))
+        elif out.finished:
+            console.print(f"Rotated the service-account key of cluster {cluster.name} in {secs:.0f} s; "
+                          "old key kept: " + (", ".join(str(p) for p in out.archived) or "-"),
+                          markup=False, highlight=False)
+        else:
+            console.print(f"The new service-account key signs; the old public key stays trusted "
+                          f"until {until} (UTC). Run `kdeploy certs rotate-sa-key -i {inventory}` "
+                          "again after that to drop it.", markup=False, highlight=False)
+    finally:
+        close_all(transports)

@@ -26,6 +26,8 @@ from kdeploy.pki import crypto
 from kdeploy.pki.identities import CLUSTER_CA, ETCD_CA, FRONT_PROXY_CA
 
 ROTATION_FILE = "rotate-ca.json"
+SA_ROTATION_FILE = "rotate-sa.json"
+SA = "sa"                 # the service-account key pair (pki/sa.key, sa.pub)
 TRUST, REISSUE, DROP = "trust", "reissue", "drop"
 STAGES = (TRUST, REISSUE, DROP)
 # --ca names -> the CA's name in the state dir
@@ -44,10 +46,11 @@ class Rotation:
     cas: tuple[str, ...] = ALL_CAS
     started: str = ""
     history: list[dict] = field(default_factory=list)   # [{stage, at}] stages reached
+    rolled_out: str = ""     # when the current stage's rollout finished (service-account key)
 
     def to_dict(self) -> dict:
         return {"stage": self.stage, "cas": list(self.cas), "started": self.started,
-                "history": self.history}
+                "history": self.history, "rolledOut": self.rolled_out}
 
     def rotating(self, ca: str) -> bool:
         return ca in self.cas
@@ -62,8 +65,8 @@ class RotationError(Exception):
     """The rotation record is unreadable (turned into a PKIError by the store)."""
 
 
-def read(pki_dir: Path) -> Rotation | None:
-    path = Path(pki_dir) / ROTATION_FILE
+def read(pki_dir: Path, file: str = ROTATION_FILE) -> Rotation | None:
+    path = Path(pki_dir) / file
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -71,15 +74,18 @@ def read(pki_dir: Path) -> Rotation | None:
     try:
         d = json.loads(raw)
         stage, cas = d["stage"], tuple(d["cas"])
-        if stage not in STAGES or not cas or any(c not in ALL_CAS for c in cas):
+        known = (SA,) if file == SA_ROTATION_FILE else ALL_CAS
+        if stage not in STAGES or not cas or any(c not in known for c in cas):
             raise ValueError
-        return Rotation(stage, cas, str(d.get("started", "")), list(d.get("history", [])))
+        return Rotation(stage, cas, str(d.get("started", "")), list(d.get("history", [])),
+                        str(d.get("rolledOut", "")))
     except (ValueError, KeyError, TypeError):
         raise RotationError(f"{path} is corrupt") from None
 
 
-def write(pki_dir: Path, rot: Rotation) -> None:
-    crypto.write_atomic(Path(pki_dir) / ROTATION_FILE,
+def write(pki_dir: Path, rot: Rotation, file: str | None = None) -> None:
+    file = file or (SA_ROTATION_FILE if rot.cas == (SA,) else ROTATION_FILE)
+    crypto.write_atomic(Path(pki_dir) / file,
                         (json.dumps(rot.to_dict(), indent=1) + "\n").encode(), 0o600, durable=True)
 
 
@@ -113,6 +119,67 @@ def advance(pki_dir: Path, rot: Rotation, *, now: datetime | None = None) -> Rot
     rot = Rotation(nxt, rot.cas, rot.started, [*rot.history, {"stage": nxt, "at": at}])
     write(pki_dir, rot)
     return rot
+
+
+def mark_rolled_out(pki_dir: Path, rot: Rotation, *, now: datetime | None = None) -> Rotation:
+    """Record when the current stage finished rolling out (once: a repeated call keeps it)."""
+    if rot.rolled_out:
+        return rot
+    rot = Rotation(rot.stage, rot.cas, rot.started, rot.history, crypto.utc(now).isoformat())
+    write(pki_dir, rot)
+    return rot
+
+
+# --- the service-account key: the same three stages ---------------------------------------
+# trust: kube-apiserver's --service-account-key-file (sa.pub) lists old+new public keys;
+# reissue: the new key signs (--service-account-signing-key-file, controller-manager's
+# --service-account-private-key-file), sa.pub still old+new while tokens signed by the old key
+# live (kubelet refreshes projected tokens within 24 h); drop: sa.pub holds the new key only.
+
+def begin_sa(pki_dir: Path, *, now: datetime | None = None, kind: str) -> Rotation:
+    pki_dir = Path(pki_dir)
+    now = crypto.utc(now)
+    key_p, pub_p = pki_dir / f"{SA}.new.key", pki_dir / f"{SA}.new.pub"
+    key = None
+    if _read(key_p) is not None:
+        try:
+            key = crypto.load_key(_read(key_p))
+        except ValueError:
+            key = None
+    if key is None:
+        key = crypto.new_key(kind)
+        crypto.write_atomic(key_p, crypto.key_pem(key), 0o600, durable=True)
+    crypto.write_atomic(pub_p, crypto.pub_pem(key), 0o644, durable=True)
+    rot = Rotation(TRUST, (SA,), now.isoformat(), [{"stage": TRUST, "at": now.isoformat()}])
+    write(pki_dir, rot)
+    return rot
+
+
+def finish_sa(pki_dir: Path, rot: Rotation) -> list[Path]:
+    """After the drop stage: the old pair kept as sa.old-<start>.key/.pub (0600), the new pair
+    becomes sa.key/sa.pub, the .new files and the record go. Repeatable."""
+    pki_dir = Path(pki_dir)
+    if rot.stage != DROP:
+        raise ValueError("finish_sa() after the drop stage only")
+    when = stamp(datetime.fromisoformat(rot.started) if rot.started else crypto.utc(None))
+    kept: list[Path] = []
+    new_key, new_pub = _read(pki_dir / f"{SA}.new.key"), _read(pki_dir / f"{SA}.new.pub")
+    if new_key is not None and new_pub is not None:
+        cur_key, cur_pub = _read(pki_dir / f"{SA}.key"), _read(pki_dir / f"{SA}.pub")
+        if cur_key is not None and cur_key != new_key:
+            for ext, data in (("key", cur_key), ("pub", cur_pub)):
+                if data is None:
+                    continue
+                p = pki_dir / f"{SA}.old-{when}.{ext}"
+                if not p.exists():
+                    crypto.write_atomic(p, data, 0o600, durable=True)
+                kept.append(p)
+        crypto.write_atomic(pki_dir / f"{SA}.key", new_key, 0o600, durable=True)
+        crypto.write_atomic(pki_dir / f"{SA}.pub", new_pub, 0o644, durable=True)
+        for ext in ("key", "pub"):
+            (pki_dir / f"{SA}.new.{ext}").unlink(missing_ok=True)
+    (pki_dir / SA_ROTATION_FILE).unlink(missing_ok=True)
+    return kept
 
 
 def finish(pki_dir: Path, rot: Rotation, *, now: datetime | None = None) -> list[Path]:

@@ -154,6 +154,9 @@ class PKI:
         self._cas: dict[str, _CA] = {}
         self._new_cas: dict[str, _CA] = {}     # CAs being rotated in (pki/<ca>.new.*)
         self.rotation: rotation.Rotation | None = None
+        self.sa_rotation: rotation.Rotation | None = None
+        self._sa_new_key: bytes | None = None
+        self._sa_new_pub: bytes | None = None
         self._leaves: dict[str, _Leaf] = {}
         self._sa_key: bytes | None = None
         self._sa_pub: bytes | None = None
@@ -169,6 +172,7 @@ class PKI:
         self.warnings = []
         try:
             self.rotation = rotation.read(self.dir)
+            self.sa_rotation = rotation.read(self.dir, rotation.SA_ROTATION_FILE)
         except rotation.RotationError as e:
             raise PKIError(str(e), "restore it from a backup, or run `kdeploy certs rotate-ca` "
                            "only after fixing it by hand (stage: trust|reissue|drop)") from None
@@ -183,6 +187,10 @@ class PKI:
                         self._cas[ca.name] = new     # the old CA is no longer used anywhere
         self._sa_key = _read(self.dir / "sa.key")
         self._sa_pub = _read(self.dir / "sa.pub")
+        self._sa_new_key = self._sa_new_pub = None
+        if self.sa_rotation is not None:
+            self._sa_new_key = _read(self.dir / "sa.new.key")
+            self._sa_new_pub = _read(self.dir / "sa.new.pub")
         self._enc_keys = self._read_encryption()
         renew = timedelta(days=defaults.RENEW_BEFORE_DAYS)
         for ident in self.table.identities:
@@ -250,6 +258,18 @@ class PKI:
             return ca.crt
         first, second = (ca, new) if self.rotation.stage == rotation.TRUST else (new, ca)
         return first.crt.rstrip(b"\n") + b"\n" + second.crt.rstrip(b"\n") + b"\n"
+
+    def sa_material(self, what: str) -> bytes | None:
+        """sa.key / sa.pub as placed: while the key is rotated, sa.pub lists old+new public
+        keys (until the drop stage) and the new key signs from the reissue stage on."""
+        rot, new_key, new_pub = self.sa_rotation, self._sa_new_key, self._sa_new_pub
+        if rot is None or new_key is None or new_pub is None:
+            return self._sa_key if what == "key" else self._sa_pub
+        if what == "key":
+            return self._sa_key if rot.stage == rotation.TRUST else new_key
+        if rot.stage == rotation.DROP or self._sa_pub is None:
+            return new_pub
+        return self._sa_pub.rstrip(b"\n") + b"\n" + new_pub.rstrip(b"\n") + b"\n"
 
     def ca_fingerprints(self, name: str) -> dict[str, str]:
         """sha256 of the DER of the old and (while rotating) new CA certificate: how a host's
@@ -353,6 +373,16 @@ class PKI:
 
     def _ensure_sa(self) -> None:
         key_path, pub_path = self.dir / "sa.key", self.dir / "sa.pub"
+        rot = self.sa_rotation
+        if rot is not None:
+            new_missing = self._sa_new_key is None or self._sa_new_pub is None
+            if self._sa_key is None or (new_missing and rot.stage != rotation.DROP):
+                raise PKIError(
+                    f"the service-account key is being rotated (stage {rot.stage}) but "
+                    f"{key_path} or {self.dir / 'sa.new.key'} (.pub) is missing",
+                    "restore the files from a backup of the state dir, then run "
+                    "`kdeploy certs rotate-sa-key` again")
+            _fix_mode(self.dir / "sa.new.key")
         if self._sa_key is None:
             key = crypto.new_key(SA_KEY_TYPE)
             self._sa_key = crypto.key_pem(key)
@@ -435,7 +465,7 @@ class PKI:
             server = local_server(self.cluster) if place.server == LOCAL else place.server
             return self._kubeconfig(source, server), True
         if source.name == "sa":
-            data = self._sa_key if what == "key" else self._sa_pub
+            data = self.sa_material(what)
             self._require("sa", data)
             return data, what == "key"
         if source.name == "encryption":

@@ -165,82 +165,84 @@ class RotateOutcome:
     archived: list[Path] = field(default_factory=list)
     deployment: object = None
     timings: dict[str, float] = field(default_factory=dict)
+    finished: bool = False                 # the last stage done, the new material is the current
+    waiting_until: object = None           # service-account key: drop not before this time
 
 
-def read_rotation(state_dir: Path):
+def read_rotation(state_dir: Path, file: str = rotation.ROTATION_FILE):
     try:
-        return rotation.read(state_dir / "pki")
+        return rotation.read(state_dir / "pki", file)
     except rotation.RotationError as e:
         raise PKIError(str(e), "restore it from a backup of the state dir") from None
 
 
-def run_rotate_ca(cluster: Cluster, *, transports: Mapping, cas: tuple[str, ...] | None = None,
-                  artifacts_dir: Path | None = None, arch: str = "amd64",
-                  emit: Callable[[dict], None] = lambda e: None,
-                  confirm: Callable[[tuple[str, ...], str | None], bool] = lambda cas, at: True
-                  ) -> RotateOutcome:
-    """Everything `kdeploy certs rotate-ca` does on connected transports (the CLI connects,
-    confirms, prints and verifies). Holds the run lock and the hosts' locks throughout.
-    confirm(cas, resumed_stage) is asked before the first change."""
+@dataclass
+class _Kind:
+    """What differs between rotating the CAs and rotating the service-account key."""
+    verb: str                                   # run record / lock name
+    file: str                                   # the record in pki/
+    what: str                                   # for messages
+    begin: Callable                             # (dep) -> Rotation
+    finish: Callable                            # (pki_dir, rot) -> [kept files]
+    follow_up: Callable                         # (stage, dep, api, emit) -> None
+    hold: Callable = lambda rot, now: None      # (rot, now) -> datetime to wait for, or None
+
+
+def _run_rotation(kind: _Kind, cluster: Cluster, transports: Mapping, *, names: tuple[str, ...],
+                  artifacts_dir: Path | None, arch: str, emit: Callable, confirm: Callable,
+                  out: RotateOutcome) -> RotateOutcome:
+    """The stage loop: render the recorded stage, roll it out, its follow-ups, advance. Holds
+    the run lock and the hosts' locks throughout."""
+    from datetime import datetime, timezone
     from kdeploy.components import gates as component_gates
     from kdeploy.execute import run
+    from kdeploy.execute.cordons import CordonLedger
     from kdeploy.execute.engine import Engine
-    from kdeploy.model import defaults
-    from kdeploy.pki.identities import CLUSTER_CA
-    from kdeploy.pki.store import CA_KEY_TYPE
     from kdeploy.plan.desired import roles_of
     from kdeploy.plan.planner import plan as make_plan
     from kdeploy.verbs.membership import refuse_joiners
     from kdeploy.verbs.up import refuse_version_change
     from kdeploy.verbs.upgrade import api_runner, finish_cordons
-    from kdeploy.execute.cordons import CordonLedger
 
-    out = RotateOutcome()
     tm = out.timings
     t0 = time.monotonic()
     need_artifacts = artifacts_dir is not None or bool(cluster.spec.artifacts.dir)
-    with run.locked(cluster, transports, "rotate-ca"):
+    with run.locked(cluster, transports, kind.verb):
         state = run.state_dir_for(cluster)
-        rot = read_rotation(state)
-        if rot is not None and cas is not None and set(cas) != set(rot.cas):
-            names = {v: k for k, v in rotation.CA_NAMES.items()}
-            raise KdeployError(
-                f"a rotation of {', '.join(names[c] for c in rot.cas)} is in progress "
-                f"(stage {rot.stage}); finish it first",
-                "run `kdeploy certs rotate-ca` again without --ca (or with the same --ca)")
-        out.cas = rot.cas if rot is not None else (cas or rotation.ALL_CAS)
+        rot = read_rotation(state, kind.file)
+        out.cas = rot.cas if rot is not None else names
         out.resumed_at = rot.stage if rot is not None else None
         api = api_runner(cluster, transports)
         started = False
         while True:
             stage = rot.stage if rot is not None else rotation.TRUST
+            if rot is not None:
+                until = kind.hold(rot, datetime.now(timezone.utc))
+                if until is not None:
+                    out.waiting_until = until
+                    emit({"event": "rotate-ca", "what": f"{kind.what}: the old one stays trusted "
+                          f"until {until:%Y-%m-%d %H:%M} UTC; run the same command again then"})
+                    break
             ts = time.monotonic()
             dep = out.deployment = run.prepare(cluster, artifacts_dir=artifacts_dir,
                                                need_artifacts=need_artifacts, arch=arch)
-            record = run.RunRecord(dep.state_dir, f"rotate-ca-{stage}")
+            record = run.RunRecord(dep.state_dir, f"{kind.verb}-{stage}")
             try:
                 facts, observed = run.gather_checked(dep, transports, record, arch)
                 refuse_version_change(cluster, facts, cluster.source or "INVENTORY")
-                refuse_joiners(dep.etcd, "the CA rotation")
-                if rot is None:
-                    # the cluster must be whole before a rotation starts: nothing pending
-                    pending = make_plan(dep.desired, observed)
-                    if not started and not confirm(out.cas, None):
-                        raise KdeployError("CA rotation cancelled; nothing was changed")
-                    started = True
-                    if not pending.empty:
-                        emit({"event": "rotate-ca", "what": f"converging {len(pending.changes)} "
-                              "pending changes before the rotation"})
-                    rot = rotation.begin(
-                        dep.state_dir / "pki", out.cas,
-                        {s.name: s.cn for s in dep.pki.table.cas}, days=defaults.CA_VALIDITY_DAYS,
-                        kind=CA_KEY_TYPE)
-                    emit({"event": "rotate-ca", "what": "new CAs generated", "stage": rot.stage})
-                    continue                        # render the trust stage from the new record
+                refuse_joiners(dep.etcd, f"the {kind.what} rotation")
                 if not started:
-                    if not confirm(out.cas, rot.stage):
-                        raise KdeployError("CA rotation cancelled; nothing was changed")
+                    if not confirm(out.cas, out.resumed_at):
+                        raise KdeployError(f"{kind.what} rotation cancelled; nothing was changed")
                     started = True
+                if rot is None:
+                    pending = make_plan(dep.desired, observed)
+                    if not pending.empty:
+                        emit({"event": "rotate-ca", "what": f"{len(pending.changes)} pending changes "
+                              "are rolled out with the first stage"})
+                    rot = kind.begin(dep)
+                    emit({"event": "rotate-ca", "what": f"new {kind.what} generated"})
+                    continue                        # render the trust stage from the new record
                 finish_cordons(CordonLedger(dep.state_dir), api, emit)
                 p = make_plan(dep.desired, observed)
                 record.write("plan.json", {**p.to_dict(), "rotation": rot.to_dict()})
@@ -256,19 +258,102 @@ def run_rotate_ca(cluster: Cluster, *, transports: Mapping, cas: tuple[str, ...]
                             record.write("results.json",
                                          {"phases": [ph.__dict__ for ph in result.phases]})
                 run.write_admin_kubeconfig(dep)
-                if CLUSTER_CA in rot.cas and stage in (rotation.TRUST, rotation.DROP):
-                    want = pem_fingerprints(dep.pki.trust_bundle(CLUSTER_CA))
-                    wait_root_ca(api, want, emit=emit)
-                    restart_coredns(api, emit=emit)
+                if not (rot.rolled_out and p.empty):   # done by the run that rolled it out
+                    kind.follow_up(stage, dep, api, emit)
                 secs = time.monotonic() - ts
                 out.stages.append({"stage": stage, "changes": len(p.changes), "seconds": round(secs, 1)})
                 tm[f"stage {stage}"] = secs
                 emit({"event": "rotate-stage-done", "stage": stage, "seconds": round(secs, 1)})
+                pki_dir = dep.state_dir / "pki"
                 if stage == rotation.DROP:
-                    out.archived = rotation.finish(dep.state_dir / "pki", rot)
+                    out.archived = kind.finish(pki_dir, rot)
+                    out.finished = True
                     break
-                rot = rotation.advance(dep.state_dir / "pki", rot)
+                rot = rotation.mark_rolled_out(pki_dir, rot)
+                if kind.hold(rot, datetime.now(timezone.utc)) is None:
+                    rot = rotation.advance(pki_dir, rot)
             finally:
                 record.close()
         tm["total"] = time.monotonic() - t0
         return out
+
+
+def run_rotate_ca(cluster: Cluster, *, transports: Mapping, cas: tuple[str, ...] | None = None,
+                  artifacts_dir: Path | None = None, arch: str = "amd64",
+                  emit: Callable[[dict], None] = lambda e: None,
+                  confirm: Callable[[tuple[str, ...], str | None], bool] = lambda cas, at: True
+                  ) -> RotateOutcome:
+    """Everything `kdeploy certs rotate-ca` does on connected transports (the CLI connects,
+    confirms, prints and verifies). confirm(cas, resumed_stage) is asked before the first
+    change."""
+    from kdeploy.execute import run
+    from kdeploy.model import defaults
+    from kdeploy.pki.identities import CLUSTER_CA
+    from kdeploy.pki.store import CA_KEY_TYPE
+
+    rot = read_rotation(run.state_dir_for(cluster))
+    if rot is not None and cas is not None and set(cas) != set(rot.cas):
+        names = {v: k for k, v in rotation.CA_NAMES.items()}
+        raise KdeployError(
+            f"a rotation of {', '.join(names[c] for c in rot.cas)} is in progress "
+            f"(stage {rot.stage}); finish it first",
+            "run `kdeploy certs rotate-ca` again without --ca (or with the same --ca)")
+    names = cas or rotation.ALL_CAS
+
+    def begin(dep):
+        return rotation.begin(dep.state_dir / "pki", names, {s.name: s.cn for s in dep.pki.table.cas},
+                              days=defaults.CA_VALIDITY_DAYS, kind=CA_KEY_TYPE)
+
+    def follow_up(stage, dep, api, emit):
+        rot = read_rotation(dep.state_dir)
+        if rot is not None and CLUSTER_CA in rot.cas and stage in (rotation.TRUST, rotation.DROP):
+            wait_root_ca(api, pem_fingerprints(dep.pki.trust_bundle(CLUSTER_CA)), emit=emit)
+            restart_coredns(api, emit=emit)
+
+    kind = _Kind("rotate-ca", rotation.ROTATION_FILE, "CAs", begin, rotation.finish, follow_up)
+    return _run_rotation(kind, cluster, transports, names=names, artifacts_dir=artifacts_dir,
+                         arch=arch, emit=emit, confirm=confirm, out=RotateOutcome())
+
+
+def parse_duration(text: str):
+    """`24h`, `90m`, `3600s`, `0` -> timedelta."""
+    import re
+    from datetime import timedelta
+    m = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", str(text))
+    if not m:
+        raise KdeployError(f"duration {text!r} is not understood", "write e.g. 24h, 90m, 3600s or 0")
+    n, unit = int(m.group(1)), m.group(2) or "s"
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    return timedelta(**{units[unit]: n})
+
+
+def run_rotate_sa_key(cluster: Cluster, *, transports: Mapping, drop_after,
+                      artifacts_dir: Path | None = None, arch: str = "amd64",
+                      emit: Callable[[dict], None] = lambda e: None,
+                      confirm: Callable[[tuple[str, ...], str | None], bool] = lambda n, at: True
+                      ) -> RotateOutcome:
+    """`kdeploy certs rotate-sa-key`: the same three stages for the service-account key.
+    trust: sa.pub lists old+new; reissue: the new key signs (CoreDNS restarted: its token is
+    then signed by the new key); drop, once `drop_after` passed since the reissue stage was
+    rolled out (kubelet refreshes every pod's projected token within 24 h): sa.pub holds only
+    the new key. Before that the run stops and says when to run it again."""
+    from datetime import datetime
+    from kdeploy.pki.store import SA_KEY_TYPE
+
+    def begin(dep):
+        return rotation.begin_sa(dep.state_dir / "pki", kind=SA_KEY_TYPE)
+
+    def follow_up(stage, dep, api, emit):
+        if stage == rotation.REISSUE:
+            restart_coredns(api, emit=emit)
+
+    def hold(rot, now):
+        if rot.stage != rotation.REISSUE or not rot.rolled_out:
+            return None
+        until = datetime.fromisoformat(rot.rolled_out) + drop_after
+        return until if now < until else None
+
+    kind = _Kind("rotate-sa-key", rotation.SA_ROTATION_FILE, "service-account key", begin,
+                 rotation.finish_sa, follow_up, hold)
+    return _run_rotation(kind, cluster, transports, names=(rotation.SA,), artifacts_dir=artifacts_dir,
+                         arch=arch, emit=emit, confirm=confirm, out=RotateOutcome())

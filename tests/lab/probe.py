@@ -22,20 +22,38 @@ import time
 out, svc, node = sys.argv[1], sys.argv[2], sys.argv[3]
 limit = float(sys.argv[4]) if len(sys.argv) > 4 else 1800.0
 os.makedirs(out, exist_ok=True)
-conf = open("/etc/kubernetes/kubelet.conf").read()
+KUBECONFIG = "/etc/kubernetes/kubelet.conf"
 
 
-def field(name):
-    return base64.b64decode(re.search(rf"{name}: (\S+)", conf).group(1))
+def load_context():
+    """The kubelet's credentials as a TLS context; re-read when kubelet.conf changes (a CA
+    rotation replaces its CA data and client certificate, as it restarts the kubelet)."""
+    conf = open(KUBECONFIG).read()
+
+    def field(name):
+        return base64.b64decode(re.search(rf"{name}: (\S+)", conf).group(1))
+
+    for name, fname in (("certificate-authority-data", "ca.pem"), ("client-certificate-data", "crt.pem"),
+                        ("client-key-data", "key.pem")):
+        fd = os.open(os.path.join(out, fname), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, field(name))
+        os.close(fd)
+    c = ssl.create_default_context(cafile=os.path.join(out, "ca.pem"))
+    c.load_cert_chain(os.path.join(out, "crt.pem"), os.path.join(out, "key.pem"))
+    return c
 
 
-for name, fname in (("certificate-authority-data", "ca.pem"), ("client-certificate-data", "crt.pem"),
-                    ("client-key-data", "key.pem")):
-    fd = os.open(os.path.join(out, fname), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.write(fd, field(name))
-    os.close(fd)
-ctx = ssl.create_default_context(cafile=os.path.join(out, "ca.pem"))
-ctx.load_cert_chain(os.path.join(out, "crt.pem"), os.path.join(out, "key.pem"))
+ctx, ctx_mtime = load_context(), os.stat(KUBECONFIG).st_mtime
+
+
+def api_conn():
+    global ctx, ctx_mtime
+    m = os.stat(KUBECONFIG).st_mtime
+    if m != ctx_mtime:
+        ctx, ctx_mtime = load_context(), m
+    return http.client.HTTPSConnection("127.0.0.1", 7443, context=ctx, timeout=2)
+
+
 deadline = time.time() + limit
 stop = os.path.join(out, "stop")
 
@@ -59,8 +77,7 @@ def loop(name, make, path):
 
 
 threads = [
-    threading.Thread(target=loop, args=("api", lambda: http.client.HTTPSConnection(
-        "127.0.0.1", 7443, context=ctx, timeout=2), f"/api/v1/nodes/{node}")),
+    threading.Thread(target=loop, args=("api", api_conn, f"/api/v1/nodes/{node}")),
     threading.Thread(target=loop, args=("service", lambda: http.client.HTTPConnection(
         svc, 80, timeout=2), "/hostname")),
 ]

@@ -275,3 +275,82 @@ def test_rotate_ca_killed_and_resumed_cluster_serving_throughout(rot_lab):
     assert [c.fingerprint(hashes.SHA256()).hex() for c in x509.load_pem_x509_certificates(ca_data)] \
         == [new["ca"]]
     print(f"ROTATE-CA killed run {killed_s:.1f} s + resumed run {rotate_s:.1f} s")
+
+
+def incluster_pod(lab, image: str, name: str) -> None:
+    rc, _, err = lab.run("m1", f"cat > /root/{name}.yaml <<'EOF'\n"
+                               f"{INCLUSTER.replace('NAME', name).replace('IMAGE', image)}EOF\n"
+                               f"{KUBECTL} -n {NS} delete pod {name} --ignore-not-found --wait && "
+                               f"{KUBECTL} apply -f /root/{name}.yaml && "
+                               f"{KUBECTL} -n {NS} wait --for=condition=Ready pod/{name} --timeout=120s")
+    assert rc == 0, err
+
+
+def incluster_ok(lab, name: str, calls: int = 3) -> None:
+    """The pod's in-cluster client made `calls` requests in a row without an error, and never
+    had its token or the server's certificate refused. (With one apiserver, its restarts
+    refuse connections for a few seconds: "connection refused" is not an auth failure.)"""
+    deadline = time.monotonic() + 90
+    logs = ""
+    ok_since_failure = 0
+    while time.monotonic() < deadline:
+        logs = kubectl(lab, f"-n {NS} logs {name}")
+        tail = logs.rsplit("status=failed", 1)[-1]
+        ok_since_failure = tail.count("calling /healthz")
+        if ok_since_failure > calls:
+            break
+        time.sleep(3)
+    for bad in ("Unauthorized", "401", "x509", "certificate"):
+        assert bad not in logs, f"{name}: {bad} in\n{logs[-2000:]}"
+    assert ok_since_failure > calls, logs[-2000:]
+
+
+def test_rotate_sa_key_waits_for_tokens_then_drops_the_old_key(rot_lab):
+    lab, art = rot_lab
+    inv = Path(lab.inventory)
+    image = "registry.k8s.io/e2e-test-images/agnhost:" + json.loads(
+        (art / "manifest.json").read_text())["components"]["agnhost"]
+    pki = state_pki(inv)
+    if (pki / "rotate-sa.json").exists():          # left by an earlier, failed run: finish it
+        assert_ok(kdeploy("certs", "rotate-sa-key", "-i", str(inv), "--yes", "--drop-after", "0"))
+    old_pub = (pki / "sa.pub").read_bytes()
+    incluster_pod(lab, image, "before-sa")          # its token is signed by the old key
+    incluster_ok(lab, "before-sa")
+
+    # trust + reissue; the drop waits (default 24 h) and the run says so
+    t = time.monotonic()
+    p = kdeploy("certs", "rotate-sa-key", "-i", str(inv), "--yes", "--json")
+    first_s = time.monotonic() - t
+    assert_ok(p)
+    out = [e for e in events(p.stdout) if e.get("event") == "rotated-sa-key"][0]
+    assert out["finished"] is False and out["dropNotBefore"], out
+    assert [s["stage"] for s in out["stages"]] == ["trust", "reissue"], out
+    new_pub = (pki / "sa.new.pub").read_bytes()
+    rc, pub_on_host, _ = lab.run("m1", "cat /etc/kubernetes/pki/sa.pub")
+    assert pub_on_host.encode() == old_pub.rstrip(b"\n") + b"\n" + new_pub, "sa.pub must list old+new"
+    incluster_ok(lab, "before-sa")                 # an old token still works
+    incluster_pod(lab, image, "during-sa")
+    incluster_ok(lab, "during-sa")                 # a new token (new key) works
+    # a second run before the time is up changes nothing
+    p = kdeploy("certs", "rotate-sa-key", "-i", str(inv), "--yes", "--json")
+    assert_ok(p)
+    out = [e for e in events(p.stdout) if e.get("event") == "rotated-sa-key"][0]
+    assert out["finished"] is False and out["stages"] == [], out
+
+    # drop now (as if 24 h had passed)
+    t = time.monotonic()
+    p = kdeploy("certs", "rotate-sa-key", "-i", str(inv), "--yes", "--json", "--drop-after", "0")
+    drop_s = time.monotonic() - t
+    assert_ok(p)
+    out = [e for e in events(p.stdout) if e.get("event") == "rotated-sa-key"][0]
+    assert out["finished"] is True and out["resumedAt"] == "reissue", out
+    assert (pki / "sa.pub").read_bytes() == new_pub and not (pki / "rotate-sa.json").exists()
+    rc, pub_on_host, _ = lab.run("m1", "cat /etc/kubernetes/pki/sa.pub")
+    assert pub_on_host.encode() == new_pub
+    incluster_pod(lab, image, "after-sa")
+    incluster_ok(lab, "after-sa")
+    kubectl(lab, f"-n {NS} delete pod before-sa during-sa after-sa --wait=false")
+    assert_ok(kdeploy("verify", "-i", str(inv)))
+    p = kdeploy("plan", "-i", str(inv), "--artifacts", str(art))
+    assert p.returncode == 0, p.stdout[-3000:]
+    print(f"\nROTATE-SA-KEY trust+reissue {first_s:.1f} s, drop {drop_s:.1f} s")

@@ -209,3 +209,48 @@ def test_corrupt_record_is_a_clear_error(cluster, tmp_path):
     (state / "pki" / rotation.ROTATION_FILE).write_text("{not json")
     with pytest.raises(PKIError, match="corrupt"):
         ensure_pki(cluster, state)
+
+
+# --- the service-account key -------------------------------------------------------------
+
+def pubs(pem: bytes) -> list[bytes]:
+    from cryptography.hazmat.primitives import serialization
+    blocks = [b for b in pem.split(b"-----END PUBLIC KEY-----") if b.strip()]
+    return [serialization.load_pem_public_key(b + b"-----END PUBLIC KEY-----\n").public_bytes(*_spki())
+            for b in blocks]
+
+
+def test_sa_key_stages_and_finish(cluster, tmp_path):
+    state = tmp_path / "state"
+    pki = ensure_pki(cluster, state)
+    old_key, old_pub = files(pki, "cp1")[paths.SA_KEY], files(pki, "cp1")[paths.SA_PUB]
+    rot = rotation.begin_sa(state / "pki", kind="rsa-2048")
+    new_key = (state / "pki" / "sa.new.key").read_bytes()
+    new_pub = (state / "pki" / "sa.new.pub").read_bytes()
+    assert stat.S_IMODE((state / "pki" / "sa.new.key").stat().st_mode) == 0o600
+    f = files(ensure_pki(cluster, state), "cp1")                     # trust: both verify, old signs
+    assert f[paths.SA_KEY] == old_key and pubs(f[paths.SA_PUB]) == pubs(old_pub) + pubs(new_pub)
+    rot = rotation.advance(state / "pki", rot)                        # reissue: the new key signs
+    f = files(ensure_pki(cluster, state), "cp1")
+    assert f[paths.SA_KEY] == new_key and pubs(f[paths.SA_PUB]) == pubs(old_pub) + pubs(new_pub)
+    rot = rotation.advance(state / "pki", rot)                        # drop: only the new key
+    drop = {h.name: files(ensure_pki(cluster, state), h.name) for h in cluster.hosts}
+    assert drop["cp1"][paths.SA_KEY] == new_key and drop["cp1"][paths.SA_PUB] == new_pub
+    kept = rotation.finish_sa(state / "pki", rot)
+    assert sorted(p.suffix for p in kept) == [".key", ".pub"]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in kept)
+    assert [p for p in kept if p.suffix == ".key"][0].read_bytes() == old_key
+    after = ensure_pki(cluster, state)
+    assert after.issued == [] and after.sa_rotation is None
+    assert {h.name: files(after, h.name) for h in cluster.hosts} == drop
+    assert rotation.finish_sa(state / "pki", rot) == []               # repeated: nothing more
+
+
+def test_sa_and_ca_rotations_are_independent(cluster, tmp_path):
+    state = tmp_path / "state"
+    pki = ensure_pki(cluster, state)
+    rotation.begin_sa(state / "pki", kind="rsa-2048")
+    assert rotation.read(state / "pki") is None
+    begin(pki)
+    p = ensure_pki(cluster, state)
+    assert p.rotation.cas == rotation.ALL_CAS and p.sa_rotation.cas == (rotation.SA,)

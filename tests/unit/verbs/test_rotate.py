@@ -137,3 +137,21 @@ def test_plan_after_the_last_stage_is_empty_and_matches_a_fresh_up(tmp_path):
         # everything but freshly issued leaves (new keys) is identical
         same = [p for p in ours if ours[p].content == theirs[p].content]
         assert any("systemd" in p for p in same)
+
+
+def test_parse_duration():
+    from datetime import timedelta
+    assert rotate.parse_duration("24h") == timedelta(hours=24)
+    assert rotate.parse_duration("0") == timedelta(0)
+    with pytest.raises(KdeployError, match="not understood"):
+        rotate.parse_duration("soon")
+
+
+def test_ca_rotation_in_progress_refuses_other_cas(tmp_path, monkeypatch):
+    cluster = load(write_inventory(tmp_path))
+    from kdeploy.execute import run
+    state = run.state_dir_for(cluster)
+    pki = ensure_pki(cluster, state)
+    rotation.begin(pki.dir, ("ca",), {s.name: s.cn for s in pki.table.cas}, days=10, kind="ecdsa-p256")
+    with pytest.raises(KdeployError, match="in progress"):
+        rotate.run_rotate_ca(cluster, transports={}, cas=("etcd/ca",))
