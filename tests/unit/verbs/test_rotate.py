@@ -155,3 +155,19 @@ def test_ca_rotation_in_progress_refuses_other_cas(tmp_path, monkeypatch):
     rotation.begin(pki.dir, ("ca",), {s.name: s.cn for s in pki.table.cas}, days=10, kind="ecdsa-p256")
     with pytest.raises(KdeployError, match="in progress"):
         rotate.run_rotate_ca(cluster, transports={}, cas=("etcd/ca",))
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["rotate-ca", "--ca", "bogus"], "unknown CA 'bogus'"),
+    (["rotate-sa-key", "--drop-after", "soon"], "not understood"),
+])
+def test_cli_bad_input_is_a_clear_error_without_traceback(args, msg):
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[3]
+    p = subprocess.run([sys.executable, "-m", "kdeploy", "certs", args[0], "-i",
+                        str(repo / "inventories/sample/cluster.yaml"), *args[1:]],
+                       capture_output=True, text=True, cwd=repo, timeout=120)
+    assert p.returncode != 0
+    assert msg in p.stderr + p.stdout and "Traceback" not in p.stderr
