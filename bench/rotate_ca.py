@@ -26,7 +26,7 @@ from tests.lab.test_upgrade import deploy_workload, start_probe, stop_probe  # n
 LAB = "rot"
 
 
-def lab_rot(inv: Path) -> tuple[LabCluster, bool]:
+def lab_rot(inv: Path, masters: int = 1, workers: int = 2) -> tuple[LabCluster, bool]:
     from dataclasses import asdict
     from kdeploy.lab import api
     from kdeploy.lab.state import LabState
@@ -37,7 +37,7 @@ def lab_rot(inv: Path) -> tuple[LabCluster, bool]:
                 "machines": [asdict(m) for m in rec.machines]}
         return LabCluster(name=LAB, inventory=Path(rec.inventory), info=info), False
     inv.parent.mkdir(parents=True, exist_ok=True)
-    info = api.up(name=LAB, masters=1, workers=2, output=inv, log=lambda s: None)
+    info = api.up(name=LAB, masters=masters, workers=workers, output=inv, log=lambda s: None)
     return LabCluster(name=LAB, inventory=inv, info=info), True
 
 
@@ -45,10 +45,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--artifacts", default=os.environ.get("KDEPLOY_ARTIFACTS"))
     ap.add_argument("--keep", action="store_true", help="leave the lab up")
+    ap.add_argument("--masters", type=int, default=1, help="when the lab is started here")
+    ap.add_argument("--workers", type=int, default=2, help="when the lab is started here")
     a = ap.parse_args()
     if not a.artifacts:
         sys.exit("pass --artifacts DIR (a built 1.37.2 set) or set KDEPLOY_ARTIFACTS")
-    lab, started = lab_rot(Path("/tmp/rot/inv.yaml"))
+    lab, started = lab_rot(Path("/tmp/rot/inv.yaml"), a.masters, a.workers)
+    probe = lab.machines[-1]["name"]                  # the last machine: a worker
+    masters = sum("control-plane" in m["roles"] for m in lab.machines)
     inv = str(lab.inventory)
     try:
         p = subprocess.run([sys.executable, "-m", "kdeploy", "up", "-i", inv, "--artifacts", a.artifacts],
@@ -56,21 +60,21 @@ def main() -> None:
         if p.returncode != 0:
             sys.exit(f"kdeploy up failed:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
         svc = deploy_workload(lab, Path(a.artifacts))
-        start_probe(lab, "m2", svc)
+        start_probe(lab, probe, svc)
         t = time.monotonic()
         p = subprocess.run([sys.executable, "-m", "kdeploy", "certs", "rotate-ca", "-i", inv, "--yes",
                             "--json"], capture_output=True, text=True)
         secs = time.monotonic() - t
-        probes = stop_probe(lab, "m2")
+        probes = stop_probe(lab, probe)
         if p.returncode != 0:
             sys.exit(f"rotate-ca failed (rc {p.returncode}):\n{p.stdout[-3000:]}{p.stderr[-3000:]}")
         done = next(json.loads(ln) for ln in p.stdout.splitlines()
                     if ln.startswith("{") and '"rotated"' in ln)
-        print(f"rotate-ca (3 CAs, 1+2 lab, with verify): {secs:.1f} s")
+        print(f"rotate-ca (3 CAs, {masters}+{len(lab.machines) - masters} lab, with verify): {secs:.1f} s")
         for s in done["stages"]:
             print(f"  stage {s['stage']:<8} {s['seconds']:>6} s  ({s['changes']} changes)")
         for name, r in probes.items():
-            print(f"  probe {name:<8} {r['failed']} of {r['requests']} failed, longest gap "
+            print(f"  probe {name:<8} on {probe}: {r['failed']} of {r['requests']} failed, longest gap "
                   f"{r['longest_gap_s']} s {r['errors'] if r['failed'] else ''}")
     finally:
         if started and not a.keep:
