@@ -16,10 +16,6 @@ def certs(pem: bytes) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(pem)
 
 
-def subjects_key(pem: bytes) -> list[bytes]:
-    return [c.public_key().public_bytes(*_spki()) for c in certs(pem)]
-
-
 def _spki():
     from cryptography.hazmat.primitives import serialization
     return serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -145,7 +141,7 @@ def test_resume_from_each_stage_renders_the_same(cluster, tmp_path, stage):
     """A new process (a re-run after a failure) renders exactly what the stage rendered."""
     state = tmp_path / "state"
     pki = ensure_pki(cluster, state)
-    rot = stage_to(state, begin(pki), stage)
+    assert stage_to(state, begin(pki), stage).stage == stage
     first = ensure_pki(cluster, state)
     want = {h.name: files(first, h.name) for h in cluster.hosts}
     again = ensure_pki(cluster, state)                 # the re-run
