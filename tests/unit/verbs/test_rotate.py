@@ -171,3 +171,86 @@ def test_cli_bad_input_is_a_clear_error_without_traceback(args, msg):
                        capture_output=True, text=True, cwd=repo, timeout=120)
     assert p.returncode != 0
     assert msg in p.stderr + p.stdout and "Traceback" not in p.stderr
+
+
+# --- the whole verb on in-memory hosts: a failure in the reissue stage, then a re-run -----
+
+class FakeAPI:
+    """kubectl answers: kube-root-ca.crt ConfigMaps carry what the controller-manager's
+    --root-ca-file (ca.crt on the first control-plane host) holds; leases renew on each read."""
+
+    def __init__(self, cp):
+        self.cp = cp
+        self.renew = 0
+        self.calls: list[str] = []
+
+    def __call__(self, text, input):
+        from kdeploy.transport.base import CommandResult
+        if "run.lock" in text:
+            return CommandResult("lock", 0, b"acquired\n")
+        if "kubectl" not in text:
+            return None
+        self.calls.append(text)
+        if "kube-root-ca.crt" in text:
+            pem = self.cp.fs["/etc/kubernetes/pki/ca.crt"].data.decode()
+            items = [cm("default", pem), cm("kube-system", pem)]
+            return CommandResult(text, 0, json.dumps({"items": items}).encode())
+        if "lease" in text:
+            self.renew += 1
+            return CommandResult(text, 0, f"2026-01-01T00:00:{self.renew % 60:02d}Z".encode())
+        if "Ready" in text:
+            return CommandResult(text, 0, b"True")
+        return CommandResult(text, 0, b"")
+
+
+def test_verb_fails_in_reissue_and_a_rerun_finishes(tmp_path, monkeypatch):
+    from kdeploy.errors import ApplyError
+    from kdeploy.execute import run
+    from kdeploy.transport.base import CommandResult
+    from kdeploy.transport.fake import FakeTransport
+    monkeypatch.setattr(rotate.time, "sleep", lambda s: None)
+    hosts = [{"name": "cp1", "address": "192.0.2.10", "roles": ["control-plane", "etcd"]},
+             {"name": "w1", "address": "192.0.2.21", "roles": ["worker"]}]
+    cluster = load(write_inventory(tmp_path, hosts=hosts))
+    # hosts as `up` left them
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = {}
+    for h in cluster.hosts:
+        res = dep.desired[h.name]
+        fakes[h.name] = FakeTransport(h.name, address=h.address, files={
+            f.path: (f.content, f.mode, f.owner, f.group) for f in res.files},
+            units={u.name: {"active": "active", "enabled": "enabled"} for u in res.units})
+    api = FakeAPI(fakes["cp1"])
+    broken = {"on": True}
+
+    def cp1(text, input):
+        # the reissue stage's apiserver restart fails once (as if the host went away)
+        if broken["on"] and "restart" in text and "kube-apiserver" in text and \
+                rotation.read(run.state_dir_for(cluster) / "pki").stage == rotation.REISSUE:
+            broken["on"] = False
+            return CommandResult(text, 1, b"", b"Job for kube-apiserver.service failed")
+        return api(text, input)
+    fakes["cp1"].responses = cp1
+    fakes["w1"].responses = api
+    old_ca = (run.state_dir_for(cluster) / "pki" / "ca.crt").read_bytes()
+
+    with pytest.raises(ApplyError):
+        rotate.run_rotate_ca(cluster, transports=fakes)
+    state = run.state_dir_for(cluster)
+    assert rotation.read(state / "pki").stage == rotation.REISSUE
+    # CoreDNS was restarted after the trust stage, once every ConfigMap had both CAs
+    assert any("rollout restart deploy/coredns" in c for c in api.calls)
+
+    out = rotate.run_rotate_ca(cluster, transports=fakes)
+    assert out.resumed_at == rotation.REISSUE and out.finished
+    assert [s["stage"] for s in out.stages] == [rotation.REISSUE, rotation.DROP]
+    assert rotation.read(state / "pki") is None
+    new_ca = (state / "pki" / "ca.crt").read_bytes()
+    assert new_ca != old_ca and any(p.read_bytes() == old_ca for p in out.archived)
+    for name, t in fakes.items():                         # only the new CA on every host
+        assert t.fs["/etc/kubernetes/pki/ca.crt"].data == new_ca, name
+    # and the plan against these hosts is empty
+    from kdeploy.plan.planner import plan as make_plan
+    dep = run.prepare(cluster, need_artifacts=False, write_state=False)
+    _, observed = run.gather(dep, fakes)
+    assert make_plan(dep.desired, observed).empty
