@@ -29,13 +29,15 @@ def boot(res) -> str | None:
 
 def test_member_list_is_parsed_from_etcdctl_json():
     out = json.dumps({"header": {}, "members": [
-        {"ID": 12345678901234567890, "name": "m1", "peerURLs": ["https://192.0.2.1:2380"]},
+        {"ID": 12345678901234567890, "name": "m1", "peerURLs": ["https://192.0.2.1:2380"],
+         "clientURLs": ["https://192.0.2.1:2379"]},
         {"ID": 17, "peerURLs": ["https://192.0.2.2:2380"], "isLearner": True}]})
     data, ms = parse_etcd("data\n" + out)
     assert data is True
     assert ms == ({"id": "ab54a98ceb1f0ad2", "name": "m1", "peer_urls": ("https://192.0.2.1:2380",),
-                   "learner": False},
-                  {"id": "11", "name": "", "peer_urls": ("https://192.0.2.2:2380",), "learner": True})
+                   "learner": False, "client_urls": ("https://192.0.2.1:2379",)},
+                  {"id": "11", "name": "", "peer_urls": ("https://192.0.2.2:2380",), "learner": True,
+                   "client_urls": ()})
     assert parse_etcd("") == (False, None)
     assert parse_etcd("{garbage") == (False, None)
 
