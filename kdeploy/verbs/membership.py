@@ -74,6 +74,14 @@ def etcd_view(cluster: Cluster, facts: Mapping) -> EtcdView:
     return EtcdView(True, members, joiners, tuple(problems))
 
 
+def notes(view: EtcdView | None) -> list[str]:
+    """What a plan cannot show as file changes: etcd members that will join."""
+    if view is None or not view.joiners:
+        return []
+    return [f"etcd: {', '.join(view.joiners)} join the running cluster, one at a time (each added "
+            "as a learner by a running member, started, promoted once in sync)"]
+
+
 def refuse_joiners(view: EtcdView | None, verb: str) -> None:
     """Verbs other than `up` act on an etcd cluster of settled membership."""
     if view is not None and view.joiners:

@@ -107,3 +107,12 @@ def test_a_learner_left_unpromoted_joins_again():
                            etcd_members=ms if h.name == first.name else None) for h in c.hosts}
     view = etcd_view(c, f)
     assert view.joiners == (second.name, third.name) and not view.problems
+
+
+def test_the_plan_says_who_joins_etcd():
+    from kdeploy.verbs.membership import notes
+    c = load_sample("ha")
+    view = etcd_view(c, facts_for(c, [c.etcd[0].name]))
+    assert notes(view) == [f"etcd: {c.etcd[1].name}, {c.etcd[2].name} join the running cluster, one at a "
+                           "time (each added as a learner by a running member, started, promoted once in sync)"]
+    assert notes(etcd_view(c, facts_for(c, [h.name for h in c.etcd]))) == [] and notes(None) == []
