@@ -90,6 +90,18 @@ def foreign_changes(plan, dep) -> list[str]:
     return out
 
 
+def refuse_new_roots(pki) -> None:
+    """`certs renew` reissues leaves only: a CA, service-account key or encryption key that
+    would be created now means the state dir lost it (a new CA would cut every host off)."""
+    roots = {ca.name for ca in pki.table.cas} | {"sa", "encryption"}
+    new = [n for n in pki.issued if n in roots]
+    if new:
+        raise PreflightError(
+            f"the state dir {pki.state_dir} has no {', '.join(new)}: certs renew never creates a CA "
+            "or key pair; nothing was changed",
+            "restore the state dir (pki/) from a backup; for a new cluster use `kdeploy up`")
+
+
 @dataclass
 class RenewOutcome:
     renewed: dict[str, str] = field(default_factory=dict)     # name -> why
@@ -142,6 +154,7 @@ def run_renew(cluster: Cluster, *, transports: Mapping, renew_all: bool = False,
                     "changed:\n" + "\n".join(f"  {f}" for f in foreign[:10])
                     + (f"\n  ... and {len(foreign) - 10} more" if len(foreign) > 10 else ""),
                     "converge them first with `kdeploy up` (or `kdeploy upgrade`), then renew")
+            refuse_new_roots(scratch.pki)
             out.renewed = {n: scratch.pki.reasons[n] for n in scratch.pki.issued}
             steps = renew_steps(cluster, batch)
             out.plan, out.steps = p, describe_steps(steps, p)

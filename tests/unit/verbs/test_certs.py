@@ -64,3 +64,16 @@ def test_check_reads_every_host_once_and_names_the_unreachable(tmp_path):
     assert flagged == [("w1", "/var/lib/kubelet/pki/kubelet.crt", "mismatch"),
                        ("w2", "-", "unreachable")]
     assert [r.host for r in rows][0] == "cp1" and rows[-1].detail == "timed out"
+
+
+def test_renew_never_creates_a_ca(tmp_path):
+    import pytest
+    from kdeploy.errors import PreflightError
+    from kdeploy.verbs.certs import refuse_new_roots
+    cluster = load(write_inventory(tmp_path))
+    ensure_pki(cluster)
+    refuse_new_roots(ensure_pki(cluster, renew=True))            # leaves only: fine
+    (tmp_path / ".kdeploy/demo/pki/etcd/ca.key").unlink()
+    (tmp_path / ".kdeploy/demo/pki/etcd/ca.crt").unlink()
+    with pytest.raises(PreflightError, match="has no etcd/ca: certs renew never creates a CA"):
+        refuse_new_roots(ensure_pki(cluster))
