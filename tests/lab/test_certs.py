@@ -61,6 +61,8 @@ def crt():
     finally:
         if not reuse:
             lab.down()
+            import shutil
+            shutil.rmtree(inv.parent, ignore_errors=True)   # the inventory and its state dir (keys)
 
 
 def check_json(inv: Path) -> tuple[int, dict]:
