@@ -38,16 +38,17 @@ class Deployment:
 
 
 def prepare(cluster: Cluster, *, artifacts_dir: Path | None = None, need_artifacts: bool = True,
-            arch: str = "amd64", write_state: bool = True) -> Deployment:
+            arch: str = "amd64", write_state: bool = True, renew=False) -> Deployment:
     """Everything that happens on this machine only: PKI, artifacts, rendering.
     write_state=False (plan, verify): the state dir is left as it is; what `up` would issue
-    (missing or expiring certificates, new pod CIDRs) is computed in a private scratch copy."""
+    (missing or expiring certificates, new pod CIDRs) is computed in a private scratch copy.
+    renew: leaf certificates to reissue although valid (True: all; `kdeploy certs renew`)."""
     from kdeploy.pki import ensure_pki
     from kdeploy.verbs.node import refuse_removed
     state = state_dir_for(cluster)
     refuse_removed(cluster, state, forget_absent=write_state)
     cluster = pin_pod_cidrs(cluster, state, write=write_state)
-    pki = ensure_pki(cluster, state if write_state else _scratch_state(state))
+    pki = ensure_pki(cluster, state if write_state else _scratch_state(state), renew=renew)
     arts: list = []
     a_dir = artifacts_dir
     if a_dir is None and cluster.spec.artifacts.dir:  # relative to the inventory, like key files
