@@ -12,26 +12,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.lab.conftest import LabCluster  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from labbench import kdeploy as run, lab as bench_lab  # noqa: E402
 from tests.lab.test_upgrade import KUBECTL  # noqa: E402
 
 
 def kdeploy(*args: str) -> tuple[float, dict]:
-    t = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "kdeploy", *args], capture_output=True, text=True)
-    secs = time.monotonic() - t
-    if p.returncode != 0:
-        print(p.stdout[-3000:], p.stderr[-3000:])
-        sys.exit(f"kdeploy {' '.join(args[:2])} failed (rc {p.returncode})")
-    last = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("{")), "{}")
-    return secs, json.loads(last)
+    """(seconds, its last JSON line)."""
+    secs, out = run(*args)
+    return secs, json.loads(next((ln for ln in reversed(out.splitlines()) if ln.startswith("{")), "{}"))
 
 
 def main() -> None:
@@ -42,32 +34,24 @@ def main() -> None:
     a = ap.parse_args()
     if not a.artifacts:
         sys.exit("pass --artifacts DIR (a built 1.37.2 set) or set KDEPLOY_ARTIFACTS")
-    from kdeploy.lab import api
-    name = "bench-etcd"
-    with tempfile.TemporaryDirectory() as d:
-        inv = Path(d) / "cluster.yaml"
-        info = api.up(name=name, masters=3, workers=1, output=inv, log=lambda s: None)
-        lab = LabCluster(name=name, inventory=inv, info=info)
-        try:
-            kdeploy("up", "-i", str(inv), "--artifacts", a.artifacts)
-            rc, _, err = lab.run("m1", f"for i in $(seq 1 {a.configmaps}); do echo '---'; echo 'apiVersion: v1'; "
-                                       "echo 'kind: ConfigMap'; echo \"metadata: {name: bench-$i}\"; "
-                                       "echo \"data: {k: $(head -c 512 /dev/urandom | base64 -w0)}\"; done "
-                                       f"> /root/cms.yaml && {KUBECTL} apply -f /root/cms.yaml >/dev/null",
-                                 timeout=600)
-            assert rc == 0, err
-            backups, restores, stages = [], [], []
-            for _ in range(a.runs):
-                s, b = kdeploy("etcd", "backup", "-i", str(inv), "--json")
-                backups.append(s)
-            for _ in range(a.runs):
-                s, r = kdeploy("etcd", "restore", "-i", str(inv), b["path"], "--yes", "--force",
-                               "--no-verify", "--json")
-                restores.append(s)
-                stages.append(r["timings"])
-            s_verify, _ = kdeploy("etcd", "restore", "-i", str(inv), b["path"], "--yes", "--force", "--json")
-        finally:
-            lab.down()
+    with bench_lab("bench-etcd", 3, 1) as (lab, inv):
+        kdeploy("up", "-i", str(inv), "--artifacts", a.artifacts)
+        rc, _, err = lab.run("m1", f"for i in $(seq 1 {a.configmaps}); do echo '---'; echo 'apiVersion: v1'; "
+                                   "echo 'kind: ConfigMap'; echo \"metadata: {name: bench-$i}\"; "
+                                   "echo \"data: {k: $(head -c 512 /dev/urandom | base64 -w0)}\"; done "
+                                   f"> /root/cms.yaml && {KUBECTL} apply -f /root/cms.yaml >/dev/null",
+                             timeout=600)
+        assert rc == 0, err
+        backups, restores, stages = [], [], []
+        for _ in range(a.runs):
+            s, b = kdeploy("etcd", "backup", "-i", str(inv), "--json")
+            backups.append(s)
+        for _ in range(a.runs):
+            s, r = kdeploy("etcd", "restore", "-i", str(inv), b["path"], "--yes", "--force",
+                           "--no-verify", "--json")
+            restores.append(s)
+            stages.append(r["timings"])
+        s_verify, _ = kdeploy("etcd", "restore", "-i", str(inv), b["path"], "--yes", "--force", "--json")
     print(f"snapshot: {b['bytes']} bytes, {b['keys']} keys, revision {b['revision']}")
     print(f"backup  median {statistics.median(backups):6.1f} s  (runs: {', '.join(f'{x:.1f}' for x in backups)})")
     print(f"restore median {statistics.median(restores):6.1f} s  (runs: {', '.join(f'{x:.1f}' for x in restores)})")

@@ -127,9 +127,7 @@ def run_renew(cluster: Cluster, *, transports: Mapping, renew_all: bool = False,
     """Everything `kdeploy certs renew` does on connected transports (the CLI connects, asks,
     prints and verifies). Holds the cluster's run lock and, unless a dry run, the hosts'."""
     from kdeploy.execute import run
-    from kdeploy.execute.engine import Engine
     from kdeploy.execute.steps import Policy
-    from kdeploy.plan.desired import roles_of
     from kdeploy.plan.planner import plan as make_plan
     from kdeploy.verbs.membership import refuse_joiners, with_membership
     from kdeploy.verbs.upgrade import api_runner, describe_steps, refuse_unhealthy
@@ -182,19 +180,7 @@ def run_renew(cluster: Cluster, *, transports: Mapping, renew_all: bool = False,
             record.write("renewed.json", {"renewed": out.renewed, "steps": out.steps})
             tm["reissue"] = time.monotonic() - t
             if not p.empty:
-                engine = Engine(dep.desired, transports, roles=roles_of(cluster), gates=(),
-                                emit=record.tee(emit), api_runner=api)
-                t = time.monotonic()
-                try:
-                    out.result = engine.apply(p, steps)
-                except ApplyError as e:
-                    out.result = getattr(e, "result", None)
-                    raise
-                finally:
-                    tm["rollout"] = time.monotonic() - t
-                    if out.result is not None:
-                        record.write("results.json",
-                                     {"phases": [ph.__dict__ for ph in out.result.phases]})
+                out.result = run.rollout(dep, transports, p, steps, record, emit, api, tm)
             run.write_admin_kubeconfig(dep)     # the deployer's admin.conf carries a renewed cert
             return out
         finally:

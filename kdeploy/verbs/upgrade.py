@@ -302,8 +302,6 @@ def run_upgrade(cluster: Cluster, *, to: str, transports: Mapping, artifacts_dir
     """Everything `kdeploy upgrade` does, given connected transports (the CLI connects, prints
     and verifies). Holds the cluster's run lock and, unless a dry run, the hosts' locks."""
     from kdeploy.execute import run
-    from kdeploy.execute.engine import Engine
-    from kdeploy.plan.desired import roles_of
     from kdeploy.plan.planner import plan as make_plan
 
     check_target(cluster, to)
@@ -337,19 +335,7 @@ def run_upgrade(cluster: Cluster, *, to: str, transports: Mapping, artifacts_dir
             t = time.monotonic()
             out.snapshot = snapshot(cluster, transports, dep.state_dir, emit)
             tm["etcd snapshot"] = time.monotonic() - t
-            engine = Engine(dep.desired, transports, roles=roles_of(cluster), gates=(),
-                            emit=record.tee(emit), api_runner=api)
-            t = time.monotonic()
-            try:
-                out.result = engine.apply(p, steps)
-            except ApplyError as e:
-                out.result = getattr(e, "result", None)
-                raise
-            finally:
-                tm["rollout"] = time.monotonic() - t
-                if out.result is not None:
-                    record.write("results.json",
-                                 {"phases": [ph.__dict__ for ph in out.result.phases]})
+            out.result = run.rollout(dep, transports, p, steps, record, emit, api, tm)
             run.write_admin_kubeconfig(dep)
             return out
         finally:
