@@ -13,26 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.lab.conftest import LabCluster  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from labbench import kdeploy as run, lab as bench_lab  # noqa: E402
 from tests.lab.test_membership import write_inventory  # noqa: E402
 from tests.lab.test_upgrade import deploy_workload, start_probe, stop_probe  # noqa: E402
 
 
 def kdeploy(*args: str) -> float:
-    t = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "kdeploy", *args], capture_output=True, text=True)
-    secs = time.monotonic() - t
-    if p.returncode != 0:
-        print(p.stdout[-3000:], p.stderr[-3000:])
-        sys.exit(f"kdeploy {' '.join(args[:2])} failed (rc {p.returncode})")
-    return round(secs, 1)
+    return round(run(*args)[0], 1)
 
 
 def main() -> None:
@@ -41,38 +32,30 @@ def main() -> None:
     a = ap.parse_args()
     if not a.artifacts:
         sys.exit("pass --artifacts DIR (a built 1.37.2 set) or set KDEPLOY_ARTIFACTS")
-    from kdeploy.lab import api
-    name = "bench-members"
     fig: dict[str, float] = {}
     probes: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as d:
-        full = Path(d) / "full.yaml"
-        info = api.up(name=name, masters=3, workers=2, output=full, log=lambda s: None)
-        lab = LabCluster(name=name, inventory=full, info=info)
-        inv = Path(d) / "cluster.yaml"
+    with bench_lab("bench-members", 3, 2) as (lab, full):
+        inv = full.with_name("members.yaml")
         art = ("--artifacts", a.artifacts)
-        try:
-            write_inventory(full, inv, ["m1", "m4", "m5"])
-            fig["up 1+2 (bare)"] = kdeploy("up", "-i", str(inv), *art)
-            svc = deploy_workload(lab, Path(a.artifacts))
+        write_inventory(full, inv, ["m1", "m4", "m5"])
+        fig["up 1+2 (bare)"] = kdeploy("up", "-i", str(inv), *art)
+        svc = deploy_workload(lab, Path(a.artifacts))
 
-            def probed(label: str, *args: str) -> None:
-                start_probe(lab, "m4", svc)
-                fig[label] = kdeploy(*args)
-                probes[label] = stop_probe(lab, "m4")
+        def probed(label: str, *args: str) -> None:
+            start_probe(lab, "m4", svc)
+            fig[label] = kdeploy(*args)
+            probes[label] = stop_probe(lab, "m4")
 
-            write_inventory(full, inv, ["m1", "m2", "m3", "m4", "m5"])
-            probed("add 2 control-plane hosts (1 -> 3)", "up", "-i", str(inv), *art)
-            probed("node remove control-plane host (3 -> 2)", "node", "remove", "-i", str(inv), "m3",
-                   "--yes", *art)
-            write_inventory(full, inv, ["m1", "m2", "m4", "m5"])
-            probed("node remove worker (drained)", "node", "remove", "-i", str(inv), "m5", "--yes", *art)
-            write_inventory(full, inv, ["m1", "m2", "m4"])
-            fig["reset 2+1"] = kdeploy("reset", "-i", str(inv), "--yes")
-            fig["reset again (no-op)"] = kdeploy("reset", "-i", str(inv), "--yes")
-            fig["up 2+1 after reset"] = kdeploy("up", "-i", str(inv), *art)
-        finally:
-            lab.down()
+        write_inventory(full, inv, ["m1", "m2", "m3", "m4", "m5"])
+        probed("add 2 control-plane hosts (1 -> 3)", "up", "-i", str(inv), *art)
+        probed("node remove control-plane host (3 -> 2)", "node", "remove", "-i", str(inv), "m3",
+               "--yes", *art)
+        write_inventory(full, inv, ["m1", "m2", "m4", "m5"])
+        probed("node remove worker (drained)", "node", "remove", "-i", str(inv), "m5", "--yes", *art)
+        write_inventory(full, inv, ["m1", "m2", "m4"])
+        fig["reset 2+1"] = kdeploy("reset", "-i", str(inv), "--yes")
+        fig["reset again (no-op)"] = kdeploy("reset", "-i", str(inv), "--yes")
+        fig["up 2+1 after reset"] = kdeploy("up", "-i", str(inv), *art)
     for k, v in fig.items():
         print(f"{k:<42} {v:>7.1f} s")
     for k, p in probes.items():

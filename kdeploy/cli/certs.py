@@ -1,4 +1,5 @@
-"""kdeploy certs [generate] | check: the cluster PKI kept beside the inventory."""
+"""kdeploy certs [generate] | check | renew: the cluster PKI kept beside the inventory, as the
+hosts hold it, and its renewal (orchestration in kdeploy.verbs.certs)."""
 from __future__ import annotations
 
 import json
@@ -7,11 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from kdeploy.cli.common import InventoryOpt, JsonOpt, load
+from kdeploy.cli.common import InventoryOpt, JsonOpt, confirm_change, load
+from kdeploy.cli.plan import ArtifactsOpt, TransportOpt, factory_for
 
 app = typer.Typer(
-    help="Issue the cluster's certificates and keys (reusing what is valid) or check their expiry. "
-         "`kdeploy certs -i INV` issues; `kdeploy certs check -i INV` reports.",
+    help="Issue the cluster's certificates and keys (reusing what is valid), check their expiry "
+         "on the hosts, renew them. `kdeploy certs -i INV` issues; `kdeploy certs check -i INV` "
+         "reports; `kdeploy certs renew -i INV` reissues and rolls out.",
     invoke_without_command=True,
 )
 
@@ -58,9 +61,70 @@ def generate(inventory: InventoryOpt, state_dir: StateDirOpt = None) -> None:
 
 
 @app.command()
-def check(inventory: InventoryOpt, state_dir: StateDirOpt = None, as_json: JsonOpt = False) -> None:
-    """List every certificate with its expiry; exit 1 if any is missing, stale or expires
-    within the renewal window. Writes nothing."""
+def check(
+    inventory: InventoryOpt, state_dir: StateDirOpt = None, as_json: JsonOpt = False,
+    offline: Annotated[bool, typer.Option(
+        "--offline", help="Open no connection: report the deployer's copies only (state dir).")] = False,
+    transport: TransportOpt = "ssh",
+) -> None:
+    """The expiry of every certificate as placed on every host (read from the hosts, one round
+    trip each; never a key), flagged when missing, different from the deployer's copy, or
+    expiring within the renewal window: exit 2 then. --offline: the deployer's copies only
+    (exit 1 when any is missing, stale or expiring). Writes nothing."""
+    if offline:
+        _check_offline(inventory, state_dir, as_json)
+    else:
+        _check_hosts(inventory, state_dir, as_json, transport)
+
+
+def _check_hosts(inventory: Path, state_dir: Path | None, as_json: bool, transport: str) -> None:
+    from kdeploy.execute.session import connect
+    from kdeploy.model import defaults
+    from kdeploy.pki import load_pki
+    from kdeploy.transport.pool import close_all
+    from kdeploy.verbs.certs import CertificatesFlagged, check_hosts
+    cluster = load(inventory, quiet=as_json)
+    pki = load_pki(cluster, state_dir)
+    transports, failed = connect(cluster, factory=factory_for(transport))
+    try:
+        rows = check_hosts(cluster, transports, pki, failed=failed)
+    finally:
+        close_all(transports)
+    flagged = [r for r in rows if r.flagged]
+    if as_json:
+        typer.echo(json.dumps({"stateDir": str(pki.state_dir), "renewBeforeDays": defaults.RENEW_BEFORE_DAYS,
+                               "ok": not flagged, "certificates": [r.to_dict() for r in rows]}, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+        colors = {"ok": "green", "expiring": "yellow"}
+        table = Table(title=f"certificates on the hosts of {cluster.name}")
+        for col in ("HOST", "PATH", "NAME", "SUBJECT CN", "EXPIRES (UTC)", "DAYS LEFT", "STATUS"):
+            table.add_column(col, justify="right" if col == "DAYS LEFT" else "left",
+                             no_wrap=col in ("HOST", "STATUS"), overflow="fold")
+        for r in rows:
+            status = f"[{colors.get(r.status, 'red')}]{r.status}[/]"
+            if r.detail and r.status != "ok":
+                status += f" ({r.detail})"
+            table.add_row(r.host, r.path, r.name + (" (CA)" if r.is_ca else ""), r.cn or "-",
+                          r.not_after.strftime("%Y-%m-%d %H:%M") if r.not_after else "-",
+                          str(r.days_left) if r.days_left is not None else "-", status)
+        Console().print(table)
+        for w in pki.warnings:
+            typer.secho(f"warning: {w}", fg="yellow", err=True)
+        if not flagged:
+            typer.echo(f"all {len(rows)} certificates on {len(cluster.hosts)} hosts match the "
+                       f"deployer's copies and are valid for more than {defaults.RENEW_BEFORE_DAYS} days")
+    if flagged:
+        names = [f"{r.host}:{r.path} ({r.status})" for r in flagged]
+        raise CertificatesFlagged(
+            f"{len(flagged)} of {len(rows)} certificates on the hosts are flagged: "
+            + ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""),
+            f"renew and roll out with `kdeploy certs renew -i {inventory}` (unreachable hosts: "
+            "check the connection)")
+
+
+def _check_offline(inventory: Path, state_dir: Path | None, as_json: bool) -> None:
     from kdeploy.model import defaults
     from kdeploy.pki import PKIError, load_pki
     cluster = load(inventory, quiet=as_json)
@@ -97,6 +161,92 @@ def check(inventory: InventoryOpt, state_dir: StateDirOpt = None, as_json: JsonO
                        f"{defaults.RENEW_BEFORE_DAYS} days: " + ", ".join(c.name for c in bad[:5])
                        + (" ..." if len(bad) > 5 else ""),
                        f"run `kdeploy certs -i {inventory}` and deploy the result")
+
+
+@app.command()
+def renew(
+    inventory: InventoryOpt,
+    renew_all: Annotated[bool, typer.Option(
+        "--all", help="Reissue every leaf certificate, not only those within the renewal window "
+                      "(never the CAs, the service-account key or the encryption key).")] = False,
+    artifacts: ArtifactsOpt = None,
+    batch: Annotated[str, typer.Option(help="Workers per batch: a count (2) or a percentage (25%).")] = "1",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before changing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be reissued and "
+                                          "rolled out; change nothing (exit 2: work to do).")] = False,
+    force: Annotated[bool, typer.Option(help="Go on although etcd or a node is unhealthy.")] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    as_json: JsonOpt = False,
+    arch: Annotated[str, typer.Option(help="Host architecture.")] = "amd64",
+    transport: TransportOpt = "ssh",
+) -> None:
+    """Reissue leaf certificates expiring within the renewal window (--all: every leaf) and roll
+    them out: etcd members one at a time, control-plane hosts one at a time, then the nodes in
+    batches; only the units reading a renewed file restart. Nothing to renew: a no-op."""
+    from kdeploy.cli.output import console, progress_printer, show_plan
+    from kdeploy.cli.up import _verify
+    from kdeploy.errors import VerifyError
+    from kdeploy.execute.session import connect
+    from kdeploy.execute.steps import Policy
+    from kdeploy.transport.pool import UnreachableHosts, close_all
+    from kdeploy.verbs.certs import run_renew
+
+    policy = Policy.parse(batch)
+    cluster = load(inventory, quiet=as_json)
+    emit = progress_printer(as_json)
+
+    def show(o) -> None:
+        if o.renewed:
+            console.print(f"Reissue {len(o.renewed)} certificate(s):", markup=False, highlight=False)
+            for n, why in o.renewed.items():
+                console.print(f"  {n}  ({why})", markup=False, highlight=False)
+        show_plan(o.plan, diffs=False)
+        console.print("Rollout:")
+        for s in o.steps:
+            hooks = f"  [{', '.join(s['hooks'])}]" if s["hooks"] else ""
+            console.print(f"  {s['step']:<20} {s['policy']:<14} {', '.join(s['hosts'])}{hooks}",
+                          markup=False, highlight=False)
+
+    def confirm(o) -> bool:
+        return confirm_change(f"Renew certificates of cluster {cluster.name}?", lambda: show(o),
+                              yes=yes, as_json=as_json)
+
+    transports, failed = connect(cluster, factory=factory_for(transport))
+    if failed:
+        close_all(transports)
+        raise UnreachableHosts(failed)
+    try:
+        out = run_renew(cluster, transports=transports, renew_all=renew_all, batch=policy,
+                        artifacts_dir=artifacts, force=force, dry_run=dry_run, arch=arch, emit=emit,
+                        confirm=confirm)
+        nothing = out.plan.empty and not out.renewed
+        if dry_run:
+            if as_json:
+                typer.echo(json.dumps({**out.plan.to_dict(), "renewed": out.renewed,
+                                       "steps": out.steps}, indent=2))
+            elif nothing:
+                console.print("Nothing to renew: every certificate on every host is current.")
+            else:
+                show(out)
+            raise typer.Exit(0 if nothing else 2)
+        if nothing:
+            emit({"event": "no-changes"}) if as_json else console.print(
+                "Nothing to renew: no certificate expires within the renewal window and every "
+                "host has the deployer's copies.")
+            return
+        if as_json:
+            emit({"event": "renewed", "certificates": out.renewed,
+                  "timings": {k: round(v, 2) for k, v in out.timings.items()}})
+        if verify and out.deployment is not None:
+            results = _verify(out.deployment, transports, as_json)
+            if not all(r.ok for r in results):
+                raise VerifyError("the certificates were renewed but some checks failed (see the table)",
+                                  f"details: kdeploy verify -i {inventory}")
+        if not as_json:
+            console.print(f"Renewed {len(out.renewed)} certificate(s) of cluster {cluster.name} and "
+                          f"rolled them out in {out.timings.get('rollout', 0.0):.1f} s.")
+    finally:
+        close_all(transports)
 
 
 @app.command("rotate-ca")

@@ -14,13 +14,18 @@ app = typer.Typer(help="etcd snapshots: backup to the deployer, restore the whol
                   no_args_is_help=True)
 
 
-def _connect(cluster, transport: str, hosts=None):
+def _connect(cluster, transport: str, hosts=None, *, partial: bool = False):
+    """partial: go on with the hosts reached (a backup needs one healthy member), saying which
+    were not."""
+    from kdeploy.cli.output import err_console
     from kdeploy.execute.session import connect
     from kdeploy.transport.pool import UnreachableHosts, close_all
     transports, failed = connect(cluster, factory=factory_for(transport), hosts=hosts)
-    if failed:
+    if failed and not (partial and transports):
         close_all(transports)
         raise UnreachableHosts(failed)
+    for name, e in failed.items():
+        err_console.print(f"[yellow]{name} unreachable, left out: {e.message}[/yellow]")
     return transports
 
 
@@ -42,7 +47,7 @@ def backup(
     from kdeploy.transport.pool import close_all
     from kdeploy.verbs.etcd import backup as take
     cluster = load(inventory, quiet=as_json)
-    transports = _connect(cluster, transport, hosts=[h.name for h in cluster.etcd])
+    transports = _connect(cluster, transport, hosts=[h.name for h in cluster.etcd], partial=True)
     try:
         b = take(cluster, transports, state_dir_for(cluster), out=output, keep=keep)
     finally:

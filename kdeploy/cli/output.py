@@ -14,7 +14,9 @@ _SYMBOL = {"create": ("+", "green"), "update": ("~", "yellow"), "start": ("▶",
            "enable": ("●", "cyan"), "restart": ("↻", "magenta"), "run": ("$", "blue")}
 
 
-def show_plan(p: Plan, *, diffs: bool = True) -> None:
+def show_plan(p: Plan, *, diffs: bool = True, notes: list[str] = ()) -> None:
+    for n in notes:
+        console.print(Text(n, style="yellow"))
     if p.empty:
         console.print("No changes. The hosts match the inventory.")
         return

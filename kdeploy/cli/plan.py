@@ -57,11 +57,12 @@ def register(app: typer.Typer) -> None:
                     _, observed = gather(dep, transports)
                 finally:
                     close_all(transports)
+        from kdeploy.verbs.membership import notes
         p = make_plan(dep.desired, observed)
         if as_json:
             typer.echo(p.to_json())
         else:
             if not dep.artifacts:
                 console.print("[dim](binaries not shown: pass --artifacts DIR to include them)[/dim]")
-            show_plan(p, diffs=diffs)
+            show_plan(p, diffs=diffs, notes=notes(dep.etcd))
         raise typer.Exit(0 if p.empty else 2)

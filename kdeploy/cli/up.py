@@ -56,7 +56,8 @@ def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool
             "No changes: every host matches the inventory; nothing was restarted.")
     if dry_run:
         if not p.empty:
-            show_plan(p) if not as_json else typer.echo(p.to_json())
+            from kdeploy.verbs.membership import notes
+            show_plan(p, notes=notes(out.deployment.etcd)) if not as_json else typer.echo(p.to_json())
         raise typer.Exit(0 if p.empty else 2)
     if out.checks:
         _print_checks(out.checks, as_json)

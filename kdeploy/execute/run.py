@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping
 
-from kdeploy.errors import PreflightError
+from kdeploy.errors import ApplyError, PreflightError
 from kdeploy.execute import journal
 from kdeploy.execute.engine import Engine
 from kdeploy.execute.preflight import check_all, ports_for
@@ -38,16 +38,17 @@ class Deployment:
 
 
 def prepare(cluster: Cluster, *, artifacts_dir: Path | None = None, need_artifacts: bool = True,
-            arch: str = "amd64", write_state: bool = True) -> Deployment:
+            arch: str = "amd64", write_state: bool = True, renew=False) -> Deployment:
     """Everything that happens on this machine only: PKI, artifacts, rendering.
     write_state=False (plan, verify): the state dir is left as it is; what `up` would issue
-    (missing or expiring certificates, new pod CIDRs) is computed in a private scratch copy."""
+    (missing or expiring certificates, new pod CIDRs) is computed in a private scratch copy.
+    renew: leaf certificates to reissue although valid (True: all; `kdeploy certs renew`)."""
     from kdeploy.pki import ensure_pki
     from kdeploy.verbs.node import refuse_removed
     state = state_dir_for(cluster)
     refuse_removed(cluster, state, forget_absent=write_state)
     cluster = pin_pod_cidrs(cluster, state, write=write_state)
-    pki = ensure_pki(cluster, state if write_state else _scratch_state(state))
+    pki = ensure_pki(cluster, state if write_state else _scratch_state(state), renew=renew)
     arts: list = []
     a_dir = artifacts_dir
     if a_dir is None and cluster.spec.artifacts.dir:  # relative to the inventory, like key files
@@ -221,6 +222,26 @@ def write_admin_kubeconfig(dep: Deployment) -> Path:
     path = dep.state_dir / "admin.conf"
     write_atomic(path, dep.pki.admin_kubeconfig(), 0o600)
     return path
+
+
+def rollout(dep: Deployment, transports: Mapping, the_plan: Plan, steps, record: RunRecord,
+            emit: Callable[[dict], None], api, timings: dict[str, float]):
+    """A lifecycle verb's rolling steps on the engine (the steps carry their own gates); the
+    result (also of a failed run) goes to the run record, the time to timings["rollout"]."""
+    engine = Engine(dep.desired, transports, roles=roles_of(dep.cluster), gates=(),
+                    emit=record.tee(emit), api_runner=api)
+    t = time.monotonic()
+    result = None
+    try:
+        result = engine.apply(the_plan, steps)
+        return result
+    except ApplyError as e:
+        result = getattr(e, "result", None)
+        raise
+    finally:
+        timings["rollout"] = time.monotonic() - t
+        if result is not None:
+            record.write("results.json", {"phases": [ph.__dict__ for ph in result.phases]})
 
 
 def apply(dep: Deployment, transports: Mapping, the_plan: Plan,

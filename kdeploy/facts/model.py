@@ -83,7 +83,8 @@ class HostFacts:
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}  # unknown keys: newer writer, ignore
         if kw.get("etcd_members") is not None:
-            kw["etcd_members"] = tuple({**m, "peer_urls": tuple(m.get("peer_urls", ()))}
+            kw["etcd_members"] = tuple({**m, "peer_urls": tuple(m.get("peer_urls", ())),
+                                        "client_urls": tuple(m.get("client_urls", ()))}
                                        for m in kw["etcd_members"])
         if "ports_in_use" in kw:
             kw["ports_in_use"] = tuple(int(p) for p in kw["ports_in_use"])

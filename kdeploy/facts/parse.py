@@ -328,7 +328,8 @@ def parse_etcd(text: str) -> tuple[bool, tuple[dict, ...] | None]:
                 doc = json.loads(line)
                 members = tuple(
                     {"id": format(int(m["ID"]), "x"), "name": m.get("name", ""),
-                     "peer_urls": tuple(m.get("peerURLs", ())), "learner": bool(m.get("isLearner"))}
+                     "peer_urls": tuple(m.get("peerURLs", ())), "learner": bool(m.get("isLearner")),
+                     "client_urls": tuple(m.get("clientURLs", ()))}
                     for m in doc.get("members", ()))
             except (ValueError, KeyError, TypeError, AttributeError):
                 members = None

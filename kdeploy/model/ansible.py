@@ -22,6 +22,9 @@ GROUPS = {
 }
 
 
+NO_ADDRESS = "x-kdeploy-no-address"   # hosts named only in a group: (index, name, group)
+
+
 def load_ansible(path: Path) -> dict[str, Any]:
     """Return the kdeploy document (dict) equivalent to the Ansible inventory at path."""
     # only the static parsers: an executable inventory (the script plugin) must never run
@@ -63,6 +66,7 @@ def load_ansible(path: Path) -> dict[str, Any]:
         raise InventoryError("the Ansible inventory has none of the groups kube_control_plane, "
                              "etcd, kube_node", "put hosts into kubespray's groups", file=str(path))
     hosts = []
+    no_address: list[tuple[int, str, str]] = []   # (index, host, a group naming it)
     cluster_vars: dict[str, Any] = {}
     for name in sorted(roles, key=lambda n: list(inv.hosts).index(n)):
         hv = vm.get_vars(host=inv.get_host(name), include_hostvars=False)
@@ -72,6 +76,10 @@ def load_ansible(path: Path) -> dict[str, Any]:
             "address": str(hv.get("ip") or hv.get("ansible_host") or name),
             "roles": roles[name],
         }
+        if not (hv.get("ip") or hv.get("ansible_host")):
+            group = next(g for role in roles[name] for g in GROUPS[role] if g in inv.groups
+                         and name in {h.name for h in inv.groups[g].get_hosts()})
+            no_address.append((len(hosts), name, group))
         ssh: dict[str, Any] = {}
         if "ansible_user" in hv:
             ssh["user"] = str(hv["ansible_user"])
@@ -103,4 +111,5 @@ def load_ansible(path: Path) -> dict[str, Any]:
                            "hosts": hosts}
     if "cluster_name" in v:
         doc["metadata"] = {"name": str(v["cluster_name"]).split(".")[0]}
+    doc[NO_ADDRESS] = no_address
     return doc

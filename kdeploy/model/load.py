@@ -76,8 +76,7 @@ def load_inventory(path: str | Path) -> tuple[Cluster, list[Problem]]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         if _looks_like_ini(text):
-            from kdeploy.model.ansible import load_ansible
-            return _finish(load_ansible(path), path, _LineMap(), [])
+            return _finish_ansible(path)
         raise InventoryError(f"not valid YAML: {getattr(e, 'problem', e)}",
                              "fix the YAML syntax (indentation, quotes, colons)", file=str(path),
                              line=mark.line + 1 if mark else None) from None
@@ -86,8 +85,7 @@ def load_inventory(path: str | Path) -> tuple[Cluster, list[Problem]]:
                              "see inventories/sample/ for a complete example", file=str(path))
     if not isinstance(data, dict) or _is_ansible(data):
         if isinstance(data, dict) or _looks_like_ini(text):
-            from kdeploy.model.ansible import load_ansible
-            return _finish(load_ansible(path), path, _LineMap(), [])
+            return _finish_ansible(path)
         raise InventoryError(f"the top level must be a mapping, not {type(data).__name__}",
                              f"start the file with 'apiVersion: {API_VERSION}'", file=str(path))
     lines = _LineMap()
@@ -118,6 +116,29 @@ def _is_ansible(data: dict) -> bool:
 def _looks_like_ini(text: str) -> bool:
     return any(line.strip().startswith("[") and line.strip().endswith("]")
                for line in text.splitlines())
+
+
+def _finish_ansible(path: Path):
+    """An Ansible inventory: a host named only in a group (no ip, no ansible_host) would get
+    its name as its address: said as a warning, refused on control-plane and etcd hosts, whose
+    certificates and etcd peer URLs need a real address."""
+    from kdeploy.model.ansible import NO_ADDRESS, load_ansible
+    doc = load_ansible(path)
+    problems, notes = [], []
+    for i, name, group in doc.pop(NO_ADDRESS, []):
+        roles = doc["hosts"][i]["roles"]
+        what = (f"host {name} (group {group}) has no address: neither ip nor ansible_host is set, "
+                "so its name is used as its address")
+        hint = f"set ip=... (or ansible_host=...) for {name}"
+        if "control-plane" in roles or "etcd" in roles:
+            problems.append(Problem(f"hosts[{i}].address", what + "; a control-plane or etcd host's "
+                                    "certificates and etcd peer URL need a real one", hint))
+        else:
+            notes.append(Problem(f"hosts[{i}].address", what + " (it must resolve on every node)",
+                                 hint, warning=True))
+    _raise_if(problems, path, _LineMap())
+    cluster, warnings = _finish(doc, path, _LineMap(), [])
+    return cluster, notes + warnings
 
 
 def _finish(data: dict, path: Path, lines: _LineMap, problems: list[Problem]):

@@ -32,6 +32,13 @@ def is_dns_subdomain(name: str) -> bool:
     return 0 < len(name) <= 253 and all(_LABEL.match(p) for p in name.split("."))
 
 
+def is_host_name(name: str) -> bool:
+    """A DNS name a host can have: an RFC 1123 subdomain whose labels are not all numbers
+    (192.0.2.300 or 10.1.1 are mistyped IPv4 addresses, not names; RFC 3696: a top-level
+    label is never all-numeric)."""
+    return is_dns_subdomain(name) and not all(p.isdigit() for p in name.split("."))
+
+
 def check_kubernetes_version(version: str) -> str | None:
     """None when supported, else the reason."""
     m = _VERSION.match(version.strip())
@@ -89,7 +96,10 @@ def check_cluster(c: Cluster, line_for: Callable[[tuple], int | None] = lambda p
             key = str(ip)
         except ValueError:
             key = h.address.lower()
-            if not is_dns_subdomain(key):
+            if all(p.isdigit() for p in key.split(".")):
+                err(("hosts", i, "address"), f"'{h.address}' is not an IP address: an IPv4 address is "
+                    "four numbers from 0 to 255", "correct the typo, e.g. 192.0.2.10")
+            elif not is_host_name(key):
                 err(("hosts", i, "address"), f"'{h.address}' is neither an IP address nor a DNS name",
                     "use the address kdeploy connects to, e.g. 192.0.2.10")
         if key in addrs:
@@ -205,7 +215,7 @@ def check_cluster(c: Cluster, line_for: Callable[[tuple], int | None] = lambda p
             try:
                 ipaddress.ip_address(host)
             except ValueError:
-                if not is_dns_subdomain(host.lower()):
+                if not is_host_name(host.lower()):
                     raise
         except ValueError:
             err(("spec", "controlPlane", "endpoint"), f"'{ep}' is not host[:port]",

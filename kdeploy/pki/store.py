@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Collection
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -41,7 +42,7 @@ ENCRYPTION_FILE = "encryption.json"
 
 OK, EXPIRING, EXPIRED, MISSING, CORRUPT, CHANGED = "ok", "expiring", "expired", "missing", "corrupt", "changed"
 _REASONS = {MISSING: "new", CORRUPT: "missing or corrupt file", CHANGED: "spec changed",
-            EXPIRING: "expires soon", EXPIRED: "expired"}
+            EXPIRING: "expires soon", EXPIRED: "expired", OK: "renewed on request"}
 _DNS = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
 
 
@@ -201,7 +202,7 @@ class PKI:
                 if left <= renew:
                     self.warnings.append(
                         f"CA {name} expires {ca.cert.not_valid_after_utc:%Y-%m-%d} "
-                        f"({left.days} days left); CA renewal is not automated yet")
+                        f"({left.days} days left); replace it with `kdeploy certs rotate-ca`")
 
     def _scan_ca(self, spec: CASpec, name: str | None = None) -> _CA:
         name = name or spec.name
@@ -319,8 +320,17 @@ class PKI:
         finally:
             os.close(fd)
 
-    def _ensure(self) -> None:
+    def _ensure(self, renew: bool | Collection[str] = False) -> None:
         self.issued, self.reasons = [], {}
+        names = {i.name for i in self.table.identities}
+        if renew is True:
+            force = names
+        else:
+            force = set(renew or ())
+            unknown = sorted(force - names)
+            if unknown:
+                raise PKIError(f"no leaf certificate named {', '.join(unknown)}",
+                               "`kdeploy certs check --offline -i INV` lists them (CAs are never renewed)")
         with self._locked():
             self._scan()
             for spec in self.table.cas:
@@ -329,7 +339,7 @@ class PKI:
             self._ensure_encryption()
             for ident in self.table.identities:
                 leaf = self._leaves[ident.name]
-                if leaf.status != OK:
+                if leaf.status != OK or ident.name in force:
                     self._issue(ident, leaf)
         self._render_cache.clear()
         self._parsed.clear()
@@ -417,8 +427,9 @@ class PKI:
         if ca.status == EXPIRED:
             raise PKIError(f"CA {ident.signer} expired on {ca.cert.not_valid_after_utc:%Y-%m-%d}; "
                            f"cannot issue {ident.name}",
-                           "CA renewal is not automated: create a new cluster PKI (delete the CA pair "
-                           "in the state dir and redeploy every host) or renew the CA by hand")
+                           "replace CAs before they expire (`kdeploy certs rotate-ca`); an expired "
+                           "CA: create a new cluster PKI (delete the CA pair in the state dir and "
+                           "redeploy every host) or renew the CA by hand")
         key, cert = crypto.issue(
             ca.key_obj(), ca.cert, cn=ident.cn, orgs=ident.orgs, dns=ident.dns_sans,
             ips=ident.ip_sans, usages=ident.usages, days=defaults.CERT_VALIDITY_DAYS,
@@ -523,6 +534,29 @@ class PKI:
                      restarts=tuple(m["restarts"]))
                 for p, m in sorted(merged.items())]
 
+    def placed_certificates(self, host: Host | str) -> list:
+        """Every certificate this host holds (kdeploy.pki.hosts.Placed), by path: CA certs, leaf
+        .crt files and the client certificate inside each kubeconfig, with the deployer's copy.
+        Keys, the service-account pair and the encryption config are not certificates."""
+        from kdeploy.pki.hosts import Placed
+        name = host if isinstance(host, str) else host.name
+        idx = self._host_index()
+        if name not in idx:
+            raise PKIError(f"host '{name}' is not in the inventory", "check the host name")
+        out: dict[str, Placed] = {}
+        for src, place in idx[name]:
+            if place.what not in ("crt", "kubeconfig") or place.path in out:
+                continue
+            if isinstance(src, CASpec):
+                ca = self._signer(src.name)      # the first of the bundle while it is rotated
+                out[place.path] = Placed(place.path, src.name, "crt",
+                                         ca.crt if ca.cert is not None else None, True)
+            elif isinstance(src, Identity):
+                leaf = self._leaves[src.name]
+                pem = leaf.crt if leaf.status not in (MISSING, CORRUPT) else None
+                out[place.path] = Placed(place.path, src.name, place.what, pem)
+        return [out[p] for p in sorted(out)]
+
     def admin_kubeconfig(self, server: str | None = None) -> bytes:
         """A cluster-admin kubeconfig for the user (default server: the cluster's API endpoint)."""
         ident = next(i for i in self.table.identities if i.name == "admin")
@@ -587,9 +621,12 @@ def load_pki(cluster: Cluster, state_dir: Path | None = None, *, now: datetime |
     return PKI(cluster, Path(state_dir) if state_dir else default_state_dir(cluster), now)
 
 
-def ensure_pki(cluster: Cluster, state_dir: Path | None = None, *, now: datetime | None = None) -> PKI:
+def ensure_pki(cluster: Cluster, state_dir: Path | None = None, *, now: datetime | None = None,
+               renew: bool | Collection[str] = False) -> PKI:
     """Load the PKI and issue whatever is missing, changed, corrupt or about to expire.
+    renew: also reissue these leaf certificates although valid (True: every leaf). CAs, the
+    service-account key pair and the encryption key are never renewed here.
     pki.issued names what was (re)issued in this call."""
     pki = PKI(cluster, Path(state_dir) if state_dir else default_state_dir(cluster), now, scan=False)
-    pki._ensure()
+    pki._ensure(renew)
     return pki

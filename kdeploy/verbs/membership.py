@@ -74,6 +74,14 @@ def etcd_view(cluster: Cluster, facts: Mapping) -> EtcdView:
     return EtcdView(True, members, joiners, tuple(problems))
 
 
+def notes(view: EtcdView | None) -> list[str]:
+    """What a plan cannot show as file changes: etcd members that will join."""
+    if view is None or not view.joiners:
+        return []
+    return [f"etcd: {', '.join(view.joiners)} join the running cluster, one at a time (each added "
+            "as a learner by a running member, started, promoted once in sync)"]
+
+
 def refuse_joiners(view: EtcdView | None, verb: str) -> None:
     """Verbs other than `up` act on an etcd cluster of settled membership."""
     if view is not None and view.joiners:
@@ -134,12 +142,19 @@ def member_list(transport) -> tuple[dict, ...]:
     return members
 
 
-def healthy(transport, *, timeout: float = 120, stop: Callable[[], bool] = lambda: False) -> None:
-    """Every member of the cluster answers (`endpoint health --cluster`), within timeout."""
+def healthy(transport, *, timeout: float = 120, stop: Callable[[], bool] = lambda: False,
+            leaving: str | None = None) -> None:
+    """Every member of the cluster answers (`endpoint health --cluster`), within timeout;
+    leaving: the peer URL of a member about to be removed (it may be dead): the others."""
     deadline = time.monotonic() + timeout
     last = ""
+    cmd = f"{ETCDCTL} endpoint health --cluster"
+    if leaving:
+        urls = [u for m in member_list(transport) if leaving not in m["peer_urls"]
+                for u in m["client_urls"]]
+        cmd = f"{ETCDCTL} endpoint health --endpoints={','.join(urls)}"
     while True:
-        r = transport.run(f"{ETCDCTL} endpoint health --cluster", timeout=60, check=False)
+        r = transport.run(cmd, timeout=60, check=False)
         if r.ok:
             return
         last = ((r.err or r.out).strip().splitlines() or ["?"])[-1]

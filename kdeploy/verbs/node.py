@@ -134,7 +134,9 @@ class Removal:
         via = next((self.transports[h.name] for h in self.stay.etcd if h.name in self.transports), None)
         if via is None:
             raise ApplyError("no etcd member that stays is reachable to remove " + host)
-        mid = remove_member(via, peer_url(self.cluster.host(host)))
+        url = peer_url(self.cluster.host(host))
+        healthy(via, leaving=url)            # the members that stay, before the change
+        mid = remove_member(via, url)
         ctx.emit({"event": "note", "host": host,
                   "what": f"etcd member {mid} removed" if mid else "not an etcd member (already removed)"})
         healthy(via)

@@ -248,8 +248,8 @@ def partial_etcd_warning(cluster: Cluster, hosts: Sequence[str]) -> str | None:
     kept = [h for h in etcd if h not in hosts]
     if reset and kept:
         return (f"etcd members {', '.join(reset)} are reset while {', '.join(kept)} keep their data: "
-                "remove those members from the etcd cluster (etcdctl member remove) before "
-                "`kdeploy up` brings them back")
+                "they stay in the etcd member list until `kdeploy up` brings them back (it removes "
+                "each stale member and adds it again) or `kdeploy node remove` takes them out")
     return None
 
 

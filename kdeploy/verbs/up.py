@@ -109,7 +109,8 @@ def run_up(cluster: Cluster, transports: Mapping, *, inventory, artifacts_dir: P
             record.write("plan.json", p.to_dict())
             if dry_run:
                 return out
-            if not p.empty:
+            joining = bool(dep.etcd is not None and dep.etcd.joiners)   # a learner to promote
+            if not p.empty or joining:
                 on_apply(p)
                 try:
                     out.result = run.apply(dep, transports, p, record.tee(emit),

@@ -103,6 +103,24 @@ def skew_problems(cluster: Cluster, facts: Mapping, target: str) -> list[str]:
 
 # ---------------------------------------------------------------------------- steps
 
+def wait_ready(ctx, node: str, version: str, timeout: float = READY_TIMEOUT) -> None:
+    """Wait until the Node is Ready and its kubelet reports `version`."""
+    want = f"v{version} True"
+    jp = ('jsonpath={.status.nodeInfo.kubeletVersion} '
+          '{.status.conditions[?(@.type=="Ready")].status}')
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        r = ctx.api(["get", "node", node, "-o", jp], timeout=30, check=False)
+        last = r.out.strip() if r.ok else (r.err or r.out).strip()
+        if last == want:
+            return
+        time.sleep(2)
+    raise ApplyError(f"node {node} is not Ready at v{version} after {int(timeout)} s "
+                     f"(now: {last or '?'})",
+                     f"look at its kubelet: journalctl -u kubelet on {node}")
+
+
 @dataclass
 class NodeHooks:
     """cordon + drain before a node's turn; Ready at the new version + uncordon after."""
@@ -130,20 +148,7 @@ class NodeHooks:
                              "the node was uncordoned; fix it and run `kdeploy upgrade` again")
 
     def ready(self, ctx, node: str) -> None:
-        want = f"v{self.version} True"
-        jp = ('jsonpath={.status.nodeInfo.kubeletVersion} '
-              '{.status.conditions[?(@.type=="Ready")].status}')
-        deadline = time.monotonic() + self.ready_timeout
-        last = ""
-        while time.monotonic() < deadline:
-            r = ctx.api(["get", "node", node, "-o", jp], timeout=30, check=False)
-            last = r.out.strip() if r.ok else (r.err or r.out).strip()
-            if last == want:
-                return
-            time.sleep(2)
-        raise ApplyError(f"node {node} is not Ready at v{self.version} after {self.ready_timeout} s "
-                         f"(now: {last or '?'})",
-                         f"look at its kubelet: journalctl -u kubelet on {node}")
+        wait_ready(ctx, node, self.version, self.ready_timeout)
 
     def uncordon(self, ctx, node: str) -> None:
         if node in self.operator_cordoned:
@@ -156,13 +161,19 @@ class NodeHooks:
         self.ledger.remove(node)
 
 
-def upgrade_steps(cluster: Cluster, hooks: NodeHooks, batch: Policy) -> tuple[Step, ...]:
+def rolling_steps(cluster: Cluster, batch: Policy, *, node_before: tuple[Hook, ...] = (),
+                  node_after: tuple[Hook, ...] = ()) -> tuple[Step, ...]:
+    """A rolling rollout of whatever the plan changes: etcd members one at a time (the whole
+    etcd cluster healthy before the next), the API load balancers, control-plane hosts one at
+    a time (readyz, the API through the LB, leaders elected), images and addons, then the
+    nodes' runtime and kubelet/kube-proxy: control-plane nodes one at a time, workers in
+    `batch`es, each between node_before and node_after hooks. Steps without changes are
+    skipped by the engine. `upgrade` (drain hooks) and `certs renew` (Ready hook) use it."""
     etcd = tuple(h.name for h in cluster.etcd)
     cp = tuple(h.name for h in cluster.control_plane)
     workers = tuple(h.name for h in cluster.hosts if not h.has(Role.control_plane))
     gates = component_gates(cluster, rollout=True)   # etcd cluster health, readyz, LB, leaders
-    node_hooks = dict(before=(Hook("drain", hooks.drain),),
-                      after=(Hook("ready", hooks.ready), Hook("uncordon", hooks.uncordon)))
+    node_hooks = dict(before=tuple(node_before), after=tuple(node_after))
     return (
         Step("os", (Phase.os,), PARALLEL, gates=gates),
         Step("etcd", (Phase.etcd,), SERIAL, hosts=etcd, gates=gates),
@@ -174,6 +185,11 @@ def upgrade_steps(cluster: Cluster, hooks: NodeHooks, batch: Policy) -> tuple[St
              **node_hooks),
         Step("workers", (Phase.runtime, Phase.node), batch, hosts=workers, gates=gates, **node_hooks),
     )
+
+
+def upgrade_steps(cluster: Cluster, hooks: NodeHooks, batch: Policy) -> tuple[Step, ...]:
+    return rolling_steps(cluster, batch, node_before=(Hook("drain", hooks.drain),),
+                         node_after=(Hook("ready", hooks.ready), Hook("uncordon", hooks.uncordon)))
 
 
 def describe_steps(steps: tuple[Step, ...], plan) -> list[dict]:
@@ -286,8 +302,6 @@ def run_upgrade(cluster: Cluster, *, to: str, transports: Mapping, artifacts_dir
     """Everything `kdeploy upgrade` does, given connected transports (the CLI connects, prints
     and verifies). Holds the cluster's run lock and, unless a dry run, the hosts' locks."""
     from kdeploy.execute import run
-    from kdeploy.execute.engine import Engine
-    from kdeploy.plan.desired import roles_of
     from kdeploy.plan.planner import plan as make_plan
 
     check_target(cluster, to)
@@ -321,19 +335,7 @@ def run_upgrade(cluster: Cluster, *, to: str, transports: Mapping, artifacts_dir
             t = time.monotonic()
             out.snapshot = snapshot(cluster, transports, dep.state_dir, emit)
             tm["etcd snapshot"] = time.monotonic() - t
-            engine = Engine(dep.desired, transports, roles=roles_of(cluster), gates=(),
-                            emit=record.tee(emit), api_runner=api)
-            t = time.monotonic()
-            try:
-                out.result = engine.apply(p, steps)
-            except ApplyError as e:
-                out.result = getattr(e, "result", None)
-                raise
-            finally:
-                tm["rollout"] = time.monotonic() - t
-                if out.result is not None:
-                    record.write("results.json",
-                                 {"phases": [ph.__dict__ for ph in out.result.phases]})
+            out.result = run.rollout(dep, transports, p, steps, record, emit, api, tm)
             run.write_admin_kubeconfig(dep)
             return out
         finally:

@@ -119,6 +119,23 @@ def test_one_control_plane_grows_to_three(grown):
     assert p.returncode == 0, p.stdout[-3000:]
 
 
+def test_a_reset_member_rejoins_under_a_new_id(grown):
+    """A member whose host lost its data (here: `reset --host`) is removed from etcd and added
+    again by the next `up`, never restarted empty under its old ID."""
+    lab, _, inv, art, _, _, _, _ = grown
+    old = {m["name"]: m["ID"] for m in members(lab, "m1")}
+    p = kdeploy("reset", "-i", str(inv), "--host", "m3", "--yes")
+    assert_ok(p)
+    assert "m3" in p.stdout + p.stderr
+    p = run_timed("re-join a reset member", "up", "-i", str(inv), "--artifacts", str(art), "--json")
+    assert_ok(p)
+    notes = [e["what"] for e in events(p.stdout) if e.get("event") == "note" and e["host"] == "m3"]
+    assert any("stale etcd member" in n for n in notes) and any("promoted" in n for n in notes), notes
+    now = {m["name"]: m["ID"] for m in members(lab, "m1")}
+    assert sorted(now) == ["m1", "m2", "m3"] and now["m3"] != old["m3"] and now["m1"] == old["m1"]
+    assert len(cluster_health(lab, "m1")) == 3
+
+
 def test_remove_a_control_plane_host(grown):
     lab, full, inv, art, svc, _, _, _ = grown
     survivors = etcd_pids(lab, ["m1", "m2"])

@@ -250,3 +250,34 @@ def test_executable_ansible_inventory_is_never_run(write_inv, tmp_path):
     with pytest.raises(KdeployError):
         load_inventory(p)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("address", ["192.0.2.300", "10.1.1", "256.1.1.1", "1.2.3.4.5"])
+def test_a_mistyped_ipv4_address_is_not_taken_as_a_host_name(write_inv, address):
+    e = error_of(write_inv, textwrap.dedent(f"""\
+        apiVersion: kdeploy.io/v1alpha1
+        kind: Cluster
+        hosts:
+          - {{name: n1, address: "{address}", roles: [control-plane, etcd, worker]}}
+        """))
+    assert f"'{address}' is not an IP address" in e.message and e.field == "hosts[0].address"
+    assert e.line == 4
+
+
+def test_a_host_named_only_in_a_group_is_warned_about_or_refused(write_inv):
+    ini = textwrap.dedent("""\
+        [all]
+        node1 ansible_host=192.0.2.10
+        [kube_control_plane]
+        node1
+        [etcd]
+        node1
+        [kube_node]
+        node2
+        """)
+    c, warnings = load_inventory(write_inv(ini, "hosts.ini"))
+    assert c.host("node2").address == "node2"
+    w = [str(x) for x in warnings if "node2" in str(x)]
+    assert w and "host node2 (group kube_node) has no address" in w[0] and "ansible_host" in w[0]
+    e = error_of(write_inv, ini.replace("[etcd]\nnode1", "[etcd]\nnode1\netcd2"))
+    assert "host etcd2 (group etcd) has no address" in e.message and "peer URL" in e.message

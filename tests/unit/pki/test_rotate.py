@@ -250,3 +250,17 @@ def test_sa_and_ca_rotations_are_independent(cluster, tmp_path):
     begin(pki)
     p = ensure_pki(cluster, state)
     assert p.rotation.cas == rotation.ALL_CAS and p.sa_rotation.cas == (rotation.SA,)
+
+
+def test_certs_check_compares_the_first_of_the_bundle(cluster, tmp_path):
+    """`certs check` fingerprints the first certificate of a host's CA file: the signing CA."""
+    state = tmp_path / "state"
+    pki = ensure_pki(cluster, state)
+    rot = begin(pki)
+    for stage, want in ((rotation.TRUST, "ca.crt"), (rotation.REISSUE, "ca.new.crt")):
+        rot = stage_to(state, rot, stage)
+        p = ensure_pki(cluster, state)
+        placed = {x.path: x for x in p.placed_certificates("cp1")}
+        first = certs(files(p, "cp1")[paths.CA_CRT])[0]
+        assert certs(placed[paths.CA_CRT].pem) == [first]
+        assert placed[paths.CA_CRT].pem == (state / "pki" / want).read_bytes()

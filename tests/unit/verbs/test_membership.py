@@ -29,13 +29,15 @@ def boot(res) -> str | None:
 
 def test_member_list_is_parsed_from_etcdctl_json():
     out = json.dumps({"header": {}, "members": [
-        {"ID": 12345678901234567890, "name": "m1", "peerURLs": ["https://192.0.2.1:2380"]},
+        {"ID": 12345678901234567890, "name": "m1", "peerURLs": ["https://192.0.2.1:2380"],
+         "clientURLs": ["https://192.0.2.1:2379"]},
         {"ID": 17, "peerURLs": ["https://192.0.2.2:2380"], "isLearner": True}]})
     data, ms = parse_etcd("data\n" + out)
     assert data is True
     assert ms == ({"id": "ab54a98ceb1f0ad2", "name": "m1", "peer_urls": ("https://192.0.2.1:2380",),
-                   "learner": False},
-                  {"id": "11", "name": "", "peer_urls": ("https://192.0.2.2:2380",), "learner": True})
+                   "learner": False, "client_urls": ("https://192.0.2.1:2379",)},
+                  {"id": "11", "name": "", "peer_urls": ("https://192.0.2.2:2380",), "learner": True,
+                   "client_urls": ()})
     assert parse_etcd("") == (False, None)
     assert parse_etcd("{garbage") == (False, None)
 
@@ -105,3 +107,12 @@ def test_a_learner_left_unpromoted_joins_again():
                            etcd_members=ms if h.name == first.name else None) for h in c.hosts}
     view = etcd_view(c, f)
     assert view.joiners == (second.name, third.name) and not view.problems
+
+
+def test_the_plan_says_who_joins_etcd():
+    from kdeploy.verbs.membership import notes
+    c = load_sample("ha")
+    view = etcd_view(c, facts_for(c, [c.etcd[0].name]))
+    assert notes(view) == [f"etcd: {c.etcd[1].name}, {c.etcd[2].name} join the running cluster, one at a "
+                           "time (each added as a learner by a running member, started, promoted once in sync)"]
+    assert notes(etcd_view(c, facts_for(c, [h.name for h in c.etcd]))) == [] and notes(None) == []

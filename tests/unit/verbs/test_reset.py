@@ -134,7 +134,7 @@ def test_resetting_some_etcd_members_warns():
     c = load_sample("ha")
     etcd = [h.name for h in c.hosts if h.has("etcd")]
     assert partial_etcd_warning(c, [h.name for h in c.hosts]) is None
-    assert "etcdctl member remove" in partial_etcd_warning(c, etcd[:1])
+    assert "kdeploy up" in partial_etcd_warning(c, etcd[:1])
 
 
 @pytest.fixture
