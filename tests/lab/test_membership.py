@@ -96,6 +96,7 @@ def grown(lab_cluster, tmp_path_factory):
     assert all(c["ok"] for c in evs if c.get("event") == "check"), evs[-20:]
     yield lab, full, inv, art, svc, before, probe, evs
     print(f"\nmembership figures (s): {json.dumps(FIGURES)}")
+    lab.down()  # free the six machines before the next module's lab starts
 
 
 def test_one_control_plane_grows_to_three(grown):
