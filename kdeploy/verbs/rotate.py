@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from kdeploy.errors import ApplyError, KdeployError
-from kdeploy.model import Cluster, Role
+from kdeploy.model import Cluster
 from kdeploy.pki import PKIError, rotation
 
 ROOT_CA_TIMEOUT = 300
@@ -75,27 +75,12 @@ def node_renewed(ctx, node: str, *, timeout: float = NODE_TIMEOUT) -> None:
                      "command again")
 
 
-def rotate_steps(cluster: Cluster, gates: tuple) -> tuple:
+def rotate_steps(cluster: Cluster) -> tuple:
     """The rollout of one stage: `upgrade`'s order without drains (a restarted kubelet keeps
     its pods); each node's kubelet must report again before the next node."""
-    from kdeploy.execute.steps import PARALLEL, SERIAL, Hook, Step
-    from kdeploy.plan.resources import Phase
-    etcd = tuple(h.name for h in cluster.etcd)
-    cp = tuple(h.name for h in cluster.control_plane)
-    workers = tuple(h.name for h in cluster.hosts if not h.has(Role.control_plane))
-    ready = (Hook("kubelet reports", node_renewed),)
-    return (
-        Step("os", (Phase.os,), PARALLEL, gates=gates),
-        Step("etcd", (Phase.etcd,), SERIAL, hosts=etcd, gates=gates),
-        Step("api-lb", (Phase.api_lb,), PARALLEL, gates=gates),
-        Step("control-plane", (Phase.control_plane,), SERIAL, hosts=cp, gates=gates),
-        Step("images", (Phase.images,), PARALLEL, gates=gates),
-        Step("addons", (Phase.addons,), PARALLEL, gates=gates),
-        Step("control-plane nodes", (Phase.runtime, Phase.node), SERIAL, hosts=cp, gates=gates,
-             after=ready),
-        Step("workers", (Phase.runtime, Phase.node), SERIAL, hosts=workers, gates=gates,
-             after=ready),
-    )
+    from kdeploy.execute.steps import SERIAL, Hook
+    from kdeploy.verbs.upgrade import rolling_steps
+    return rolling_steps(cluster, SERIAL, node_after=(Hook("kubelet reports", node_renewed),))
 
 
 def pem_fingerprints(pem: bytes | str) -> set[str]:
@@ -194,11 +179,8 @@ def _run_rotation(kind: _Kind, cluster: Cluster, transports: Mapping, *, names: 
     """The stage loop: render the recorded stage, roll it out, its follow-ups, advance. Holds
     the run lock and the hosts' locks throughout."""
     from datetime import datetime, timezone
-    from kdeploy.components import gates as component_gates
     from kdeploy.execute import run
     from kdeploy.execute.cordons import CordonLedger
-    from kdeploy.execute.engine import Engine
-    from kdeploy.plan.desired import roles_of
     from kdeploy.plan.planner import plan as make_plan
     from kdeploy.verbs.membership import refuse_joiners
     from kdeploy.verbs.up import refuse_version_change
@@ -248,15 +230,7 @@ def _run_rotation(kind: _Kind, cluster: Cluster, transports: Mapping, *, names: 
                 record.write("plan.json", {**p.to_dict(), "rotation": rot.to_dict()})
                 emit({"event": "rotate-stage", "stage": stage, "changes": len(p.changes)})
                 if not p.empty:
-                    engine = Engine(dep.desired, transports, roles=roles_of(cluster), gates=(),
-                                    emit=record.tee(emit), api_runner=api)
-                    result = None
-                    try:
-                        result = engine.apply(p, rotate_steps(cluster, component_gates(cluster, rollout=True)))
-                    finally:
-                        if result is not None:
-                            record.write("results.json",
-                                         {"phases": [ph.__dict__ for ph in result.phases]})
+                    run.rollout(dep, transports, p, rotate_steps(cluster), record, emit, api, tm)
                 run.write_admin_kubeconfig(dep)
                 if not (rot.rolled_out and p.empty):   # done by the run that rolled it out
                     kind.follow_up(stage, dep, api, emit)

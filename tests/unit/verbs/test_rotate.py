@@ -32,7 +32,7 @@ def test_parse_cas():
 def test_rollout_order_serial_and_node_hook():
     from tests.unit.render.conftest import load_sample
     cluster = load_sample("ha")
-    steps = rotate.rotate_steps(cluster, gates=())
+    steps = rotate.rotate_steps(cluster)
     names = [s.name for s in steps]
     assert names.index("etcd") < names.index("control-plane") < names.index("workers")
     by = {s.name: s for s in steps}
