@@ -183,7 +183,7 @@ def renew(
     """Reissue leaf certificates expiring within the renewal window (--all: every leaf) and roll
     them out: etcd members one at a time, control-plane hosts one at a time, then the nodes in
     batches; only the units reading a renewed file restart. Nothing to renew: a no-op."""
-    from kdeploy.cli.output import console, progress_printer, show_plan
+    from kdeploy.cli.output import console, progress_printer, show_plan, show_steps
     from kdeploy.cli.up import _verify
     from kdeploy.errors import VerifyError
     from kdeploy.execute.session import connect
@@ -201,11 +201,7 @@ def renew(
             for n, why in o.renewed.items():
                 console.print(f"  {n}  ({why})", markup=False, highlight=False)
         show_plan(o.plan, diffs=False)
-        console.print("Rollout:")
-        for s in o.steps:
-            hooks = f"  [{', '.join(s['hooks'])}]" if s["hooks"] else ""
-            console.print(f"  {s['step']:<20} {s['policy']:<14} {', '.join(s['hosts'])}{hooks}",
-                          markup=False, highlight=False)
+        show_steps(o.steps)
 
     def confirm(o) -> bool:
         return confirm_change(f"Renew certificates of cluster {cluster.name}?", lambda: show(o),

@@ -107,6 +107,15 @@ class LiveProgress:
         return t
 
 
+def show_steps(steps: list[dict]) -> None:
+    """A lifecycle verb's rollout (upgrade, certs renew) as its dry run lists it."""
+    console.print("Rollout:")
+    for s in steps:
+        hooks = f"  [{', '.join(s['hooks'])}]" if s["hooks"] else ""
+        console.print(f"  {s['step']:<20} {s['policy']:<14} {', '.join(s['hosts'])}{hooks}",
+                      markup=False, highlight=False)
+
+
 def progress_printer(as_json: bool):
     import json
 

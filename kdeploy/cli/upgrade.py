@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         """Upgrade a running cluster: etcd and the control plane one host at a time, then the
         nodes in batches (cordon, drain, upgrade, Ready, uncordon). Exit 2 with --dry-run
         when there is something to do."""
-        from kdeploy.cli.output import console, progress_printer, show_plan
+        from kdeploy.cli.output import console, progress_printer, show_plan, show_steps
         from kdeploy.cli.up import _verify
         from kdeploy.errors import VerifyError
         from kdeploy.execute.session import connect
@@ -50,11 +50,7 @@ def register(app: typer.Typer) -> None:
 
         def _show(p, steps):
             show_plan(p)
-            console.print("Rollout:")
-            for s in steps:
-                hooks = f"  [{', '.join(s['hooks'])}]" if s["hooks"] else ""
-                console.print(f"  {s['step']:<20} {s['policy']:<14} {', '.join(s['hosts'])}{hooks}",
-                              markup=False, highlight=False)
+            show_steps(steps)
 
         transports, failed = connect(cluster, factory=factory_for(transport))
         if failed:

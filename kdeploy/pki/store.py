@@ -509,16 +509,20 @@ class PKI:
             self._index = idx
         return self._index
 
-    def files_for(self, host: Host | str) -> list[File]:
-        """Exactly the PKI material (and kubeconfigs, encryption config) this host needs,
-        sorted by path. A path used by several consumers gets the earliest phase and every
-        consumer's restarts."""
+    def _places(self, host: Host | str) -> list:
+        """(source, placement) of everything the PKI places on this host."""
         name = host if isinstance(host, str) else host.name
         idx = self._host_index()
         if name not in idx:
             raise PKIError(f"host '{name}' is not in the inventory", "check the host name")
+        return idx[name]
+
+    def files_for(self, host: Host | str) -> list[File]:
+        """Exactly the PKI material (and kubeconfigs, encryption config) this host needs,
+        sorted by path. A path used by several consumers gets the earliest phase and every
+        consumer's restarts."""
         merged: dict[str, dict] = {}
-        for src, place in idx[name]:
+        for src, place in self._places(host):
             content, secret = self._content(src, place)
             m = merged.get(place.path)
             if m is None:
@@ -539,12 +543,8 @@ class PKI:
         .crt files and the client certificate inside each kubeconfig, with the deployer's copy.
         Keys, the service-account pair and the encryption config are not certificates."""
         from kdeploy.pki.hosts import Placed
-        name = host if isinstance(host, str) else host.name
-        idx = self._host_index()
-        if name not in idx:
-            raise PKIError(f"host '{name}' is not in the inventory", "check the host name")
         out: dict[str, Placed] = {}
-        for src, place in idx[name]:
+        for src, place in self._places(host):
             if place.what not in ("crt", "kubeconfig") or place.path in out:
                 continue
             if isinstance(src, CASpec):
