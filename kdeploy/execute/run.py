@@ -44,7 +44,7 @@ def prepare(cluster: Cluster, *, artifacts_dir: Path | None = None, need_artifac
     (missing or expiring certificates, new pod CIDRs) is computed in a private scratch copy.
     renew: leaf certificates to reissue although valid (True: all; `kdeploy certs renew`)."""
     from kdeploy.pki import ensure_pki
-    from kdeploy.verbs.node import refuse_removed
+    from kdeploy.execute.removed import refuse_removed
     state = state_dir_for(cluster)
     refuse_removed(cluster, state, forget_absent=write_state)
     cluster = pin_pod_cidrs(cluster, state, write=write_state)

@@ -11,7 +11,6 @@ the host still in the inventory is refused with a plain error, never a silent re
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -24,48 +23,7 @@ from kdeploy.execute import run
 from kdeploy.execute.steps import PARALLEL, SERIAL, Hook, Step
 from kdeploy.model import Cluster, Role
 
-REMOVED = "removed.json"
-
-
-# ------------------------------------------------------------------------------ the record
-
-def removed_hosts(state_dir: Path) -> dict[str, dict]:
-    try:
-        data = json.loads((state_dir / REMOVED).read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_removed(state_dir: Path, data: dict) -> None:
-    from kdeploy.pki.crypto import write_atomic
-    if data:
-        write_atomic(state_dir / REMOVED, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(),
-                     0o600)
-    else:
-        (state_dir / REMOVED).unlink(missing_ok=True)
-
-
-def refuse_removed(cluster: Cluster, state_dir: Path, *, forget_absent: bool = False) -> None:
-    """A host `node remove` took out is not silently deployed again because the inventory
-    still lists it. forget_absent: the inventory no longer lists some removed hosts, so they
-    are forgotten (a later re-add under the same name is a new node)."""
-    gone = removed_hosts(state_dir)
-    if not gone:
-        return
-    names = {h.name for h in cluster.hosts}
-    listed = sorted(n for n in gone if n in names)
-    if listed:
-        lines = "\n".join(f"  {n}: removed by `kdeploy node remove` at {gone[n].get('at', '?')}"
-                          for n in listed)
-        raise InventoryError(
-            f"the inventory lists host(s) removed from cluster {cluster.name}; nothing was "
-            f"changed:\n{lines}",
-            "delete them from the inventory and run again. To deploy one of them again, run "
-            "once without it, then add it back (it joins as a new node)",
-            file=cluster.source)
-    if forget_absent:
-        _write_removed(state_dir, {})
+from kdeploy.execute.removed import refuse_removed, removed_hosts, write_removed
 
 
 # ------------------------------------------------------------------------------- checks (pure)
@@ -183,7 +141,7 @@ def forget(state_dir: Path, names: list[str], cluster: Cluster) -> None:
     for n in names:
         h = cluster.host(n)
         gone[n] = {"at": at, "address": h.address, "roles": [r.value for r in h.roles]}
-    _write_removed(state_dir, gone)
+    write_removed(state_dir, gone)
 
 
 def run_remove(cluster: Cluster, names: list[str], transports: Mapping, *, artifacts_dir=None,

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from kdeploy.errors import InventoryError, KdeployError
-from kdeploy.verbs.node import (REMOVED, Removal, RemoveOutcome, check_removal, forget,
-                                refuse_removed, remove_steps, removed_hosts)
+from kdeploy.execute.removed import REMOVED, refuse_removed, removed_hosts
+from kdeploy.verbs.node import Removal, RemoveOutcome, check_removal, forget, remove_steps
 from tests.unit.render.conftest import load_sample
 
 
