@@ -1,59 +1,44 @@
-"""Download official releases (or a mirror), verify pinned sha256, cache by version, and resolve
-the artifact set the deployer installs.
+"""Download official releases (directly or from a mirror of their URL layout), verify each
+against its pinned or locked sha256, cache by content, and resolve the artifact set the
+deployer installs.
 
-Download cache: ${XDG_CACHE_HOME:-~/.cache}/kdeploy/downloads/<component>/<version>/<arch>/<asset>
-Extracted files: ${XDG_CACHE_HOME:-~/.cache}/kdeploy/downloads/<component>/<version>/<arch>/<asset>.d/<relpath>
+Checksums: kdeploy's pinned table (`_checksums.py`) first; else the cluster's checksum lock
+(`lock.py`); else upstream's published checksum file, read once over TLS (or from the mirror)
+and recorded in the lock.
+Mirror: `spec.artifacts.mirror` / `--mirror URL` serves the official URLs under
+`URL/<host>/<path>` (kubespray's files_repo layout): `URL/dl.k8s.io/release/v1.37.2/bin/linux/
+amd64/kubelet`, `URL/github.com/etcd-io/etcd/releases/download/...`, checksum files beside.
+Download cache (by sha256): ${XDG_CACHE_HOME:-~/.cache}/kdeploy/downloads/sha256/<sha256>
+Extracted files: .../downloads/sha256/<sha256>.d/<relpath>
 
 Archives are tarballs or Debian .deb packages (an `ar` archive whose data.tar.* is read with
 Python alone); only regular files named in the catalog are extracted from either.
 """
 from __future__ import annotations
 
-import hashlib
+import fcntl
 import io
 import json
 import lzma
 import os
 import shutil
 import tarfile
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kdeploy.artifacts import catalog
 from kdeploy.artifacts._checksums import CHECKSUMS
 from kdeploy.artifacts.catalog import ComponentVersions, FileSpec, Release
-from kdeploy.artifacts.layout import (MANIFEST, VerifyCache, cache_root, read_manifest, sha256_file,
-                                      verify_dir, write_manifest)
+from kdeploy.artifacts.download import Fetcher, HttpFetcher, fetch_text, run_parallel
+from kdeploy.artifacts.layout import (MANIFEST, VerifyCache, cache_root, sha256_file, verify_dir,
+                                      write_manifest)
+from kdeploy.artifacts.lock import PINNED, ChecksumLock
+from kdeploy.artifacts.update import parse_sums, release_key
 from kdeploy.errors import ArtifactError, ChecksumMismatch
 
-# A fetcher downloads URL into the file DEST (raising ArtifactError on failure).
-Fetcher = Callable[[str, Path], None]
-
-USER_AGENT = "kdeploy-artifacts"
-TIMEOUT = 60
-
-
-def urllib_fetcher(url: str, dest: Path) -> None:
-    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as r, open(dest, "wb") as f:
-            shutil.copyfileobj(r, f, 1 << 20)
-    except urllib.error.HTTPError as e:
-        raise ArtifactError(f"download of {url} failed: HTTP {e.code} {e.reason}",
-                            "check the version exists upstream, or use an offline directory "
-                            "(artifacts.dir) or a mirror (artifacts.mirror)") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        reason = getattr(e, "reason", e)
-        raise ArtifactError(f"download of {url} failed: {reason}",
-                            "this machine may have no internet access: fetch the artifacts "
-                            "elsewhere (kdeploy artifacts fetch -o DIR), copy DIR here and set "
-                            "spec.artifacts.dir, or set spec.artifacts.mirror") from None
+urllib_fetcher = HttpFetcher()
 
 
 @dataclass(frozen=True)
@@ -66,25 +51,63 @@ class ArtifactFile:
     install_path: str      # absolute path on the host
     mode: int              # 0o755 for binaries, 0o644 for image archives
     roles: frozenset[str]  # host roles that need it
+    ref: str | None = None # an image archive's image name (what containerd knows it by)
+
+
+class UnknownChecksum(ArtifactError):
+    """No pinned, locked or published sha256 for a download."""
 
 
 def downloads_dir() -> Path:
-    return cache_root() / "downloads"
+    return cache_root() / "downloads" / "sha256"
 
 
-def expected_sha256(r: Release) -> str:
-    key = f"{r.component}/{r.version}/{r.arch}/{r.asset}"
-    if key not in CHECKSUMS:
-        raise ArtifactError(
-            f"no checksum entry for {r.asset} ({r.component} {r.version}, {r.arch})",
-            "run `kdeploy artifacts update-checksums` on a machine with internet access "
-            "and commit the result")
-    sha = CHECKSUMS[key]
-    if not sha:
-        raise ArtifactError(
+def mirror_url(url: str, mirror: str | None) -> str:
+    """The URL of an official download on a mirror of the official layout (scheme dropped,
+    host kept: https://dl.k8s.io/release/x -> MIRROR/dl.k8s.io/release/x)."""
+    return f"{mirror.rstrip('/')}/{layout_path(url)}" if mirror else url
+
+
+def layout_path(url: str) -> str:
+    """Where a mirror serves an official URL, relative to its base: dl.k8s.io/release/..."""
+    return url.split("://", 1)[1]
+
+
+def check_mirror(mirror: str) -> None:
+    if not mirror.startswith(("http://", "https://")):
+        raise ArtifactError(f"artifacts mirror {mirror!r} is not an http(s) URL",
+                            "write it as https://HOST[:PORT]/PATH (the official URLs are read "
+                            "below it: PATH/dl.k8s.io/release/..., PATH/github.com/...)")
+
+
+def expected_sha256(r: Release, lock: ChecksumLock | None = None,
+                    published: Callable[[Release], tuple[str, str]] | None = None) -> str:
+    """The sha256 a download must have: pinned, else locked, else read from upstream's
+    published checksum file by `published` -> (sha256, the URL read), and locked."""
+    key = release_key(r)
+    pinned = CHECKSUMS.get(key)
+    locked = lock.get(key) if lock else None
+    if pinned:
+        pinned = pinned.lower()
+        if locked and locked != pinned:
+            raise ArtifactError(
+                f"the checksum lock {lock.path} holds sha256 {locked} for {r.asset} "
+                f"({r.component} {r.version}, {r.arch}, from {lock.source(key)}), but kdeploy pins "
+                f"{pinned}", "one of them is wrong: check upstream's published checksum; delete "
+                "the entry from the lock file to use kdeploy's pinned value")
+        if lock:
+            lock.record(key, pinned, PINNED)
+        return pinned
+    if locked:
+        return locked
+    if published is None or not r.sha256_url:
+        raise UnknownChecksum(
             f"the sha256 of {r.asset} ({r.component} {r.version}, {r.arch}) is not known, "
             f"so kdeploy refuses to download {r.url}", _unknown_hint([r]))
-    return sha.lower()
+    sha, source = published(r)
+    if lock:
+        lock.record(key, sha, source)
+    return sha
 
 
 def _unknown_hint(rels: list[Release]) -> str:
@@ -198,29 +221,51 @@ def _open_archive(archive: Path) -> tarfile.TarFile:
     return tarfile.open(archive)
 
 
-def _download_release(r: Release, fetcher: Fetcher, cache: VerifyCache) -> Path:
-    """The verified download of r in the cache (downloading it only when missing or bad)."""
-    want = expected_sha256(r)
-    d = downloads_dir() / r.component / r.version / r.arch
+def _download(r: Release, want: str, fetcher: Fetcher, cache: VerifyCache,
+              mirror: str | None = None) -> Path:
+    """The verified download of r in the content-addressed cache, downloaded only when missing
+    or bad. A partial download (`<sha>.part`) is continued by the next run."""
+    d = downloads_dir()
     d.mkdir(parents=True, exist_ok=True)
-    path = d / r.asset
-    if path.is_file():
-        if cache.sha256(path) == want:
-            return path
-        cache.forget(path)
-        path.unlink()  # corrupt or stale: fetch again
-    fd, tmpname = tempfile.mkstemp(dir=d, prefix=f".{r.asset}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmpname)
-    try:
-        fetcher(r.url, tmp)
-        actual = sha256_file(tmp)
-        if actual != want:
-            raise ChecksumMismatch(r.url, want, actual)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    path = d / want
+    url = mirror_url(r.url, mirror)
+    with open(d / f"{want}.lock", "w") as lk:  # another kdeploy fetching the same file waits
+        fcntl.flock(lk, fcntl.LOCK_EX)
+        if path.is_file():
+            if cache.sha256(path) == want:
+                return path
+            cache.forget(path)
+            path.unlink()  # corrupt: fetch again
+        part = d / f"{want}.part"
+        for attempt in (1, 2):
+            resumed = part.is_file() and part.stat().st_size > 0
+            try:
+                if isinstance(fetcher, HttpFetcher):
+                    fetcher(url, part, f"{r.asset} ({r.component} {r.version})")
+                else:
+                    part.unlink(missing_ok=True)
+                    fetcher(url, part)
+            except BaseException:
+                if not isinstance(fetcher, HttpFetcher):
+                    part.unlink(missing_ok=True)
+                raise  # an http .part stays for the next run to continue
+            actual = sha256_file(part)
+            if actual == want:
+                part.replace(path)
+                return path
+            part.unlink(missing_ok=True)
+            if not (resumed and attempt == 1):  # a continued file may hold a stale prefix: once more whole
+                raise _mismatch(r, url, want, actual)
+    raise AssertionError("unreachable")
+
+
+def _mismatch(r: Release, url: str, want: str, actual: str) -> ChecksumMismatch:
+    e = ChecksumMismatch(url, want, actual)
+    e.hint = (f"the file served at {url} is not the one kdeploy pinned or locked for {r.asset} "
+              f"({r.component} {r.version}, {r.arch}); nothing was installed. If it was replaced "
+              "on purpose, remove its entry from the cluster's artifacts.lock.json (state dir) and "
+              "run again; otherwise find out who changed it")
+    return e
 
 
 def _extract(r: Release, archive: Path, cache: VerifyCache) -> dict[str, Path]:
@@ -279,30 +324,85 @@ def _artifact(spec: FileSpec, v: ComponentVersions, path: Path, sha: str) -> Art
 def _from_dir(root: Path, v: ComponentVersions, arch: str, cache: VerifyCache) -> list[ArtifactFile]:
     binaries = [s.relpath for s in catalog.file_specs(images=False)]
     doc = verify_dir(root, kubernetes_version=v.kubernetes, arch=arch, required=binaries, cache=cache)
-    files = doc["files"]
-    return [_artifact(s, v, root / s.relpath, files[s.relpath]["sha256"].lower())
+    files, refs = doc["files"], doc.get("images") or {}
+    return [replace(_artifact(s, v, root / s.relpath, files[s.relpath]["sha256"].lower()),
+                    ref=refs.get(s.relpath))
             for s in catalog.file_specs() if s.relpath in files]
 
 
-def _from_official(v: ComponentVersions, arch: str, fetcher: Fetcher,
-                   cache: VerifyCache) -> list[ArtifactFile]:
+def _from_images_dir(root: Path, v: ComponentVersions, cache: VerifyCache) -> list[ArtifactFile]:
+    """Image archives an operator provides (spec.artifacts.images): pause.tar, coredns.tar and
+    optionally agnhost.tar, each naming its image inside (docker save, ctr export, skopeo
+    docker-archive/oci-archive with a full name)."""
+    from kdeploy.artifacts.oci import archive_refs
+    if not root.is_dir():
+        raise ArtifactError(f"image directory {root} does not exist",
+                            "set spec.artifacts.images to a directory holding pause.tar and "
+                            "coredns.tar (docs/artifacts.md)")
+    specs = {Path(s.relpath).name: s for s in catalog.file_specs() if s.component == "images"}
+    extra = sorted(p.name for p in root.iterdir() if p.name not in specs)
+    if extra:
+        raise ArtifactError(f"image directory {root} holds files kdeploy does not import: "
+                            f"{', '.join(extra)}", f"keep only {', '.join(sorted(specs))} there")
+    out = []
+    for fname, s in specs.items():
+        p = root / fname
+        if not p.is_file():
+            continue
+        try:
+            ref = archive_refs(p)[0]
+        except ValueError as e:
+            raise ArtifactError(f"{p}: {e}", "export it again with `ctr images export` or "
+                                "`docker save` (the archive must carry the image's full name)") from None
+        out.append(replace(_artifact(s, v, p, cache.sha256(p)), ref=ref))
+    return out
+
+
+def _downloads(v: ComponentVersions, arch: str, fetcher: Fetcher, cache: VerifyCache,
+               lock: ChecksumLock | None, mirror: str | None = None) -> list[tuple[Release, Path, str]]:
+    """Every official download of (v, arch), verified, in the cache: (release, file, sha256)."""
     rels = catalog.releases(v, arch)
-    # refuse before downloading anything when a checksum is unknown
-    unknown, unknown_rels = [], []
+    # every checksum first (pinned, locked or published): refuse before downloading anything
+    texts: dict[str, str] = {}
+    scratch = downloads_dir()
+    scratch.mkdir(parents=True, exist_ok=True)
+
+    def published(r: Release) -> tuple[str, str]:
+        url = mirror_url(r.sha256_url, mirror)
+        if url not in texts:
+            texts[url] = fetch_text(fetcher, url, scratch / f".sums.{os.getpid()}.{len(texts)}")
+        sha = parse_sums(texts[url], r.asset)
+        if sha is None:
+            raise ArtifactError(f"{url} has no sha256 for {r.asset}",
+                                "the mirror's checksum file is incomplete; fill the mirror again "
+                                "(kdeploy artifacts fetch --layout mirror)" if mirror else
+                                "upstream changed its checksum file; report it to kdeploy")
+        return sha, url
+
+    unknown: list[Release] = []
+    wants: dict[str, str] = {}
     for r in rels:
         try:
-            expected_sha256(r)
-        except ArtifactError:
-            unknown.append(f"{r.asset} ({r.component} {r.version})")
-            unknown_rels.append(r)
+            wants[release_key(r)] = expected_sha256(r, lock, published)
+        except UnknownChecksum:
+            unknown.append(r)
     if unknown:
         raise ArtifactError(
             f"the sha256 of {len(unknown)} official download(s) for Kubernetes {v.kubernetes} "
-            f"{arch} is not known, so kdeploy refuses to download them: {', '.join(unknown)}",
-            _unknown_hint(unknown_rels))
+            f"{arch} is not known, so kdeploy refuses to download them: "
+            + ", ".join(f"{r.asset} ({r.component} {r.version})" for r in unknown),
+            _unknown_hint(unknown))
+    if lock:
+        lock.save()
+    archives = run_parallel(
+        (lambda r=r: _download(r, wants[release_key(r)], fetcher, cache, mirror)) for r in rels)
+    return [(r, a, wants[release_key(r)]) for r, a in zip(rels, archives)]
+
+
+def _from_official(v: ComponentVersions, arch: str, fetcher: Fetcher, cache: VerifyCache,
+                   lock: ChecksumLock | None, mirror: str | None = None) -> list[ArtifactFile]:
     paths: dict[str, Path] = {}
-    for r in rels:
-        archive = _download_release(r, fetcher, cache)
+    for r, archive, _ in _downloads(v, arch, fetcher, cache, lock, mirror):
         paths.update(_extract(r, archive, cache))
     out = []
     for s in catalog.file_specs(images=False):
@@ -311,67 +411,43 @@ def _from_official(v: ComponentVersions, arch: str, fetcher: Fetcher,
     return out
 
 
-def _layout_mode(rel: str) -> int:
-    """The mode of a file of the offline layout: the catalog's, else 0644 for images/ and lib/
-    (data, shared objects) and 0755 for bin/ and cni/ (executables)."""
-    modes = {s.relpath: s.mode for s in catalog.file_specs()}
-    return modes.get(rel, 0o644 if rel.startswith(("images/", "lib/")) else 0o755)
-
-
-def _from_mirror(mirror: str, v: ComponentVersions, arch: str, fetcher: Fetcher,
-                 cache: VerifyCache) -> list[ArtifactFile]:
-    base = mirror.rstrip("/")
-    key = hashlib.sha256(base.encode()).hexdigest()[:16]
-    root = cache_root() / "mirror" / key / f"{v.kubernetes}-{arch}"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / (MANIFEST + ".part")
-    fetcher(f"{base}/{MANIFEST}", tmp)
-    tmp.replace(root / MANIFEST)
-    doc = read_manifest(root)
-    for rel, ent in doc["files"].items():
-        p = root / rel
-        if p.is_file() and p.stat().st_size == ent["size"] and cache.sha256(p) == ent["sha256"].lower():
-            continue
-        p.parent.mkdir(parents=True, exist_ok=True)
-        part = p.with_name(p.name + ".part")
-        fetcher(f"{base}/{urllib.parse.quote(rel)}", part)
-        actual = sha256_file(part)
-        if actual != ent["sha256"].lower():
-            part.unlink(missing_ok=True)
-            raise ChecksumMismatch(f"{base}/{rel}", ent["sha256"], actual)
-        part.replace(p)
-        os.chmod(p, _layout_mode(rel))
-    return _from_dir(root, v, arch, cache)
-
-
 def resolve(kubernetes_version: str, arch: str = "amd64", *, offline_dir: Path | None = None,
-            mirror: str | None = None, fetcher: Fetcher | None = None) -> list[ArtifactFile]:
+            mirror: str | None = None, fetcher: Fetcher | None = None,
+            lock: ChecksumLock | None = None, images_dir: Path | None = None) -> list[ArtifactFile]:
     """The verified files to install for one Kubernetes version and arch.
 
     offline_dir: validate its manifest and checksums and return files from it (image archives
-    included when the directory has them). mirror: download DIR-layout files from that base URL
-    into the cache, verify against its manifest. Otherwise download the official releases into
-    the cache and verify the pinned sha256 (binaries only: hosts then pull the images of
-    versions_for() from their registries). Raises ArtifactError with a hint on any problem."""
+    included when the directory has them). Otherwise download the official releases (from
+    `mirror`, a base URL serving their URL layout, when given) into the cache and verify each
+    against its pinned or locked sha256 (binaries only: hosts then pull the images of
+    versions_for() from their registries). `lock`: the cluster's checksum lock (sums read from
+    upstream's checksum files are recorded there). images_dir: image archives to import on
+    the nodes (in place of the offline directory's). Raises ArtifactError with a hint."""
     catalog.check_arch(arch)
     v = catalog.versions_for(kubernetes_version)
     cache = VerifyCache()
     try:
         if offline_dir is not None:
-            return _from_dir(Path(offline_dir).expanduser(), v, arch, cache)
-        if mirror:
-            return _from_mirror(mirror, v, arch, fetcher or urllib_fetcher, cache)
-        return _from_official(v, arch, fetcher or urllib_fetcher, cache)
+            files = _from_dir(Path(offline_dir).expanduser(), v, arch, cache)
+        else:
+            if mirror:
+                check_mirror(mirror)
+            files = _from_official(v, arch, fetcher or urllib_fetcher, cache, lock, mirror)
+        if images_dir is not None:
+            files = [f for f in files if f.component != "images"] + \
+                _from_images_dir(Path(images_dir).expanduser(), v, cache)
+        return files
     finally:
         cache.save()
 
 
 def fetch_to_dir(out: Path, kubernetes_version: str, arch: str = "amd64", *,
                  mirror: str | None = None, fetcher: Fetcher | None = None,
+                 lock: ChecksumLock | None = None,
                  progress: Callable[[str], None] | None = None) -> dict:
     """Fill `out` with the offline layout (binaries) from the official releases or a mirror;
     write its manifest. Returns the manifest."""
-    files = resolve(kubernetes_version, arch, mirror=mirror, fetcher=fetcher)
+    files = resolve(kubernetes_version, arch, mirror=mirror, fetcher=fetcher, lock=lock)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST).exists():
@@ -399,3 +475,53 @@ def fetch_to_dir(out: Path, kubernetes_version: str, arch: str = "amd64", *,
             raise ChecksumMismatch(str(out / specs[f.name].relpath), f.sha256,
                                    doc["files"][specs[f.name].relpath]["sha256"])
     return doc
+
+
+def fetch_mirror_layout(out: Path, kubernetes_version: str, arch: str = "amd64", *,
+                        mirror: str | None = None, fetcher: Fetcher | None = None,
+                        lock: ChecksumLock | None = None,
+                        progress: Callable[[str], None] | None = None) -> list[str]:
+    """Fill `out` with the official downloads of (version, arch) in their URL layout
+    (out/dl.k8s.io/release/..., out/github.com/...), each with a checksum file at the path of
+    upstream's (holding the verified sums), so any web server serving `out` is a mirror for
+    spec.artifacts.mirror. Several versions and arches can share one `out`. Returns the paths
+    written, relative to out."""
+    catalog.check_arch(arch)
+    v = catalog.versions_for(kubernetes_version)
+    cache = VerifyCache()
+    out = Path(out)
+    written: list[str] = []
+    try:
+        if mirror:
+            check_mirror(mirror)
+        for r, archive, sha in _downloads(v, arch, fetcher or urllib_fetcher, cache, lock, mirror):
+            rel = layout_path(r.url)
+            dest = out / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not (dest.is_file() and cache.sha256(dest) == sha):
+                tmp = dest.with_name(dest.name + ".tmp")
+                shutil.copyfile(archive, tmp)
+                tmp.replace(dest)
+            written.append(rel)
+            if r.sha256_url:
+                add_sum(out / layout_path(r.sha256_url), r, sha)
+                written.append(layout_path(r.sha256_url))
+            if progress:
+                progress(f"{rel}  {r.component} {r.version}")
+    finally:
+        cache.save()
+    return sorted(set(written))
+
+
+def add_sum(path: Path, r: Release, sha: str) -> None:
+    """Put `sha  asset` into a checksum file (a bare digest for one-file .sha256 files, the form
+    dl.k8s.io publishes), keeping the lines of other assets."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name == f"{r.asset}.sha256" and r.component == "kubernetes":
+        path.write_text(sha + "\n")
+        return
+    old = path.read_text() if path.is_file() else ""
+    if parse_sums(old, r.asset) == sha:
+        return
+    keep = [ln for ln in old.splitlines() if ln.strip() and ln.split()[-1].lstrip("*") != r.asset]
+    path.write_text("\n".join(keep + [f"{sha}  {r.asset}"]) + "\n")

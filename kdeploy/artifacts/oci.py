@@ -166,3 +166,29 @@ def read_image_refs(archive: Path) -> list[str]:
             except KeyError:
                 pass
     return refs
+
+
+def archive_refs(path: Path) -> list[str]:
+    """The image names an image archive carries (what `ctr images import` tags): the
+    io.containerd.image.name annotations of an OCI layout's index.json, a full
+    org.opencontainers.image.ref.name, or a docker-archive manifest.json's RepoTags.
+    Raises ValueError when the file is not an image archive."""
+    try:
+        with tarfile.open(path) as tf:
+            names = set(tf.getnames())
+            refs: list[str] = []
+            if "index.json" in names:
+                for m in json.load(tf.extractfile("index.json")).get("manifests", []):
+                    ann = m.get("annotations") or {}
+                    ref = ann.get("io.containerd.image.name") or ann.get("org.opencontainers.image.ref.name", "")
+                    if "/" in ref or ":" in ref.split("/")[-1] and "." in ref.split("/")[0]:
+                        refs.append(ref)
+            if not refs and "manifest.json" in names:
+                for m in json.load(tf.extractfile("manifest.json")):
+                    refs.extend(m.get("RepoTags") or [])
+    except (tarfile.TarError, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+        raise ValueError(f"not a readable image archive: {e}") from None
+    if not refs:
+        raise ValueError("the archive names no image (no io.containerd.image.name annotation, "
+                         "no full org.opencontainers.image.ref.name, no RepoTags)")
+    return refs

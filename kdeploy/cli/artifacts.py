@@ -24,40 +24,69 @@ InvOpt = Annotated[Path | None, typer.Option(
     show_default=False)]
 
 
-def _version_from(inventory: Path | None, version: str | None) -> tuple[str, str | None]:
-    """(kubernetes version, mirror from the inventory)."""
+def _version_from(inventory: Path | None, version: str | None) -> tuple[str, str | None, Path | None]:
+    """(kubernetes version, mirror from the inventory, the cluster's state dir)."""
     from kdeploy.artifacts import DEFAULT_KUBERNETES_VERSION, check_kubernetes_version
-    mirror = None
+    mirror = state = None
     if inventory is not None:
         from kdeploy.cli.common import load
+        from kdeploy.execute.run import state_dir_for
         cluster = load(inventory)
         if version is None:
             version = cluster.spec.kubernetes.version
         mirror = cluster.spec.artifacts.mirror
+        state = state_dir_for(cluster)
     version = (version or DEFAULT_KUBERNETES_VERSION).lstrip("v")
     check_kubernetes_version(version)
-    return version, mirror
+    return version, mirror, state
 
 
 @app.command()
 def fetch(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Directory to fill (offline layout).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory to fill.")],
     inventory: InvOpt = None,
     k8s_version: VersionOpt = None,
     arch: ArchOpt = "amd64",
     mirror: Annotated[str | None, typer.Option(
-        "--mirror", help="Base URL of a mirror with the offline layout (default: official releases).",
-        show_default=False)] = None,
+        "--mirror", help="Base URL of a mirror of the official download URLs (default: the "
+        "inventory's spec.artifacts.mirror, else the official releases).", show_default=False)] = None,
+    layout: Annotated[str, typer.Option(
+        "--layout", help="offline: the offline directory kdeploy installs from (--artifacts DIR, "
+        "spec.artifacts.dir). mirror: the official URL layout (DIR/dl.k8s.io/..., DIR/github.com/"
+        "..., checksum files beside) for a web server to serve as spec.artifacts.mirror.")] = "offline",
+    lock: Annotated[Path | None, typer.Option(
+        "--lock", help="Checksum lock to read and extend (default: the inventory's state dir "
+        "<inventory dir>/.kdeploy/<cluster>/artifacts.lock.json, else "
+        "~/.cache/kdeploy/artifacts.lock.json).", show_default=False)] = None,
 ) -> None:
-    """Download the official releases, verify their pinned sha256 and fill DIR (offline layout).
+    """Download the official releases (or from a mirror), verify each against its pinned or
+    locked sha256 and fill DIR.
 
-    Downloads are cached in ${XDG_CACHE_HOME:-~/.cache}/kdeploy/downloads/, so a second run
-    downloads nothing. A checksum mismatch is a hard error and the file is not used."""
-    from kdeploy.artifacts import check_arch, fetch_to_dir
-    version, inv_mirror = _version_from(inventory, k8s_version)
+    A sum kdeploy does not pin is read from upstream's published checksum file at the first
+    download and recorded in the lock; later downloads must match it. Downloads are cached by
+    sha256 in ${XDG_CACHE_HOME:-~/.cache}/kdeploy/downloads/, four at a time, and a broken
+    download continues where it stopped. A checksum mismatch is a hard error."""
+    from kdeploy.artifacts import check_arch
+    from kdeploy.artifacts.fetch import fetch_mirror_layout, fetch_to_dir
+    from kdeploy.artifacts.layout import cache_root
+    from kdeploy.artifacts.lock import LOCK_NAME, ChecksumLock
+    from kdeploy.cli.output import download_progress
+    if layout not in ("offline", "mirror"):
+        raise ArtifactError(f"--layout {layout!r}: unknown layout", "use --layout offline or --layout mirror")
+    version, inv_mirror, state = _version_from(inventory, k8s_version)
     check_arch(arch)
-    doc = fetch_to_dir(output, version, arch, mirror=mirror or inv_mirror,
-                       progress=lambda s: typer.echo(f"  {s}"))
+    lock_path = lock or (state / LOCK_NAME if state else cache_root() / LOCK_NAME)
+    the_lock = ChecksumLock(lock_path)
+    echo = lambda s: typer.echo(f"  {s}")  # noqa: E731
+    with download_progress():
+        if layout == "mirror":
+            n = len(fetch_mirror_layout(output, version, arch, mirror=mirror or inv_mirror,
+                                        lock=the_lock, progress=echo))
+            typer.echo(f"{output}: {n} files for Kubernetes {version} {arch} in the official URL "
+                       f"layout, verified; serve DIR over HTTP and set spec.artifacts.mirror")
+            return
+        doc = fetch_to_dir(output, version, arch, mirror=mirror or inv_mirror, lock=the_lock,
+                           progress=echo)
     typer.echo(f"{output}: {len(doc['files'])} files for Kubernetes {version} {arch}, "
                f"verified; manifest.json written")
 
@@ -98,7 +127,7 @@ def list_(
     from kdeploy.artifacts import catalog
     from kdeploy.artifacts._checksums import CHECKSUMS
     from kdeploy.artifacts.update import release_key
-    version, _ = _version_from(inventory, k8s_version)
+    version, _, _ = _version_from(inventory, k8s_version)
     catalog.check_arch(arch)
     v = catalog.versions_for(version)
     by_rel = {}
@@ -128,7 +157,7 @@ def list_(
     typer.echo("")
     for row in rows:
         src = row["url"] or "image archive (offline directory only; else pulled by the hosts)"
-        sha = row["sha256"] or ("unknown" if row["url"] else "-")
+        sha = row["sha256"] or ("read from upstream at first download, then locked" if row["url"] else "-")
         typer.echo(f"{row['path']:<32} {row['version']:<9} -> {row['installPath']}  "
                    f"[{','.join(row['roles'])}]")
         typer.echo(f"    {src}")

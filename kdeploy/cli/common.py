@@ -14,6 +14,22 @@ InventoryOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 
 
+def with_mirror(cluster: Cluster, mirror: str | None) -> Cluster:
+    """The cluster with --mirror in place of spec.artifacts.mirror (validated like the field)."""
+    if not mirror:
+        return cluster
+    from pydantic import ValidationError
+    from kdeploy.errors import KdeployError
+    from kdeploy.model.cluster import ArtifactSettings
+    try:
+        arts = ArtifactSettings.model_validate({**cluster.spec.artifacts.model_dump(by_alias=True),
+                                                "mirror": mirror})
+    except ValidationError as e:
+        raise KdeployError(f"--mirror: {e.errors()[0]['msg'].removeprefix('Value error, ')}",
+                           "e.g. --mirror http://files.example.internal/k8s") from None
+    return cluster.model_copy(update={"spec": cluster.spec.model_copy(update={"artifacts": arts})})
+
+
 def load(inventory: Path, *, quiet: bool = False) -> Cluster:
     cluster, warnings = load_inventory(inventory)
     if not quiet:

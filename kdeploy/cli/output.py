@@ -158,3 +158,44 @@ def checks_table(results) -> Table:
         t.add_row(r.name, Text("PASS", style="green") if r.ok else Text("FAIL", style="red"),
                   r.detail, f"{r.seconds:.1f}")
     return t
+
+
+class DownloadBar:
+    """Byte progress of artifact downloads on a terminal (stderr), one line per file,
+    gone when the downloads end. Thread-safe (rich's Progress is)."""
+
+    def __init__(self):
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                   TimeRemainingColumn, TransferSpeedColumn)
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                  TransferSpeedColumn(), TimeRemainingColumn(),
+                                  console=err_console, transient=True)
+        self._tasks: dict[str, object] = {}
+        self._running = 0
+
+    def start(self, key: str, label: str, total: int | None) -> None:
+        if not self._running:
+            self._progress.start()
+        self._running += 1
+        self._tasks[key] = self._progress.add_task(label, total=total)
+
+    def advance(self, key: str, n: int) -> None:
+        self._progress.advance(self._tasks[key], n)
+
+    def done(self, key: str) -> None:
+        task = self._tasks.pop(key, None)
+        if task is None:
+            return
+        self._progress.remove_task(task)
+        self._running -= 1
+        if not self._running:
+            self._progress.stop()
+
+
+def download_progress(as_json: bool = False):
+    """A context in which artifact downloads show a bar on a terminal (nothing otherwise)."""
+    from contextlib import nullcontext
+    from kdeploy.artifacts.download import showing_progress
+    if as_json or not err_console.is_terminal:
+        return nullcontext()
+    return showing_progress(DownloadBar())

@@ -6,10 +6,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from kdeploy.cli.common import InventoryOpt, JsonOpt, load
+from kdeploy.cli.common import InventoryOpt, JsonOpt, load, with_mirror
 
 ArtifactsOpt = Annotated[Optional[Path], typer.Option(
     "--artifacts", help="Offline artifact directory (kdeploy artifacts fetch -o DIR).")]
+MirrorOpt = Annotated[Optional[str], typer.Option(
+    "--mirror", help="Base URL of a mirror of the official download URLs (URL/dl.k8s.io/..., "
+    "URL/github.com/...); overrides spec.artifacts.mirror.", show_default=False)]
 TransportOpt = Annotated[str, typer.Option(
     "--transport", help="How to reach hosts: ssh (paramiko) or ansible (ansible-runner, slower).")]
 
@@ -32,6 +35,7 @@ def register(app: typer.Typer) -> None:
              artifacts: ArtifactsOpt = None,
              diffs: Annotated[bool, typer.Option("--diff/--no-diff", help="Show file diffs.")] = True,
              transport: TransportOpt = "ssh",
+             mirror: MirrorOpt = None,
              ) -> None:
         """Show, per host and phase, what `kdeploy up` would create, change or restart."""
         from kdeploy.cli.output import console, err_console, show_plan
@@ -40,7 +44,7 @@ def register(app: typer.Typer) -> None:
         from kdeploy.plan.planner import plan as make_plan
         from kdeploy.transport.pool import UnreachableHosts, close_all
 
-        cluster = load(inventory)
+        cluster = with_mirror(load(inventory), mirror)
         dep = prepare(cluster, artifacts_dir=artifacts, need_artifacts=False, write_state=False)
         observed: dict = {}
         if not offline:

@@ -7,13 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from kdeploy.cli.common import InventoryOpt, JsonOpt, load
-from kdeploy.cli.plan import ArtifactsOpt, TransportOpt, factory_for
+from kdeploy.cli.common import InventoryOpt, JsonOpt, load, with_mirror
+from kdeploy.cli.plan import ArtifactsOpt, MirrorOpt, TransportOpt, factory_for
 
 
 def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool,
-        verify: bool, arch: str, transport: str = "ssh") -> None:
-    from kdeploy.cli.output import console, progress_printer, show_plan
+        verify: bool, arch: str, transport: str = "ssh", mirror: str | None = None) -> None:
+    from kdeploy.cli.output import console, download_progress, progress_printer, show_plan
     from kdeploy.errors import VerifyError
     from kdeploy.execute.session import connect
     from kdeploy.transport.pool import UnreachableHosts, close_all
@@ -21,7 +21,7 @@ def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool
 
     timings: dict[str, float] = {}
     emit = progress_printer(as_json)
-    cluster = load(inventory, quiet=as_json)
+    cluster = with_mirror(load(inventory, quiet=as_json), mirror)
     # connect first: an unreachable host fails the run before anything is downloaded
     t = time.monotonic()
     transports, failed = connect(cluster, factory=factory_for(transport))
@@ -42,9 +42,10 @@ def _up(inventory: Path, artifacts: Optional[Path], as_json: bool, dry_run: bool
 
     try:
         try:
-            out = run_up(cluster, transports, inventory=inventory, artifacts_dir=artifacts, arch=arch,
-                         dry_run=dry_run, check=verify, emit=live or emit, on_apply=announce,
-                         timings=timings)
+            with download_progress(as_json):
+                out = run_up(cluster, transports, inventory=inventory, artifacts_dir=artifacts,
+                             arch=arch, dry_run=dry_run, check=verify, emit=live or emit,
+                             on_apply=announce, timings=timings)
         finally:
             if live and live.started:
                 live.__exit__(None, None, None)
@@ -109,9 +110,9 @@ def register(app: typer.Typer) -> None:
            verify: Annotated[bool, typer.Option("--verify/--no-verify",
                                                 help="Run kdeploy verify after changes.")] = True,
            arch: Annotated[str, typer.Option(help="Host architecture.")] = "amd64",
-           transport: TransportOpt = "ssh") -> None:
+           transport: TransportOpt = "ssh", mirror: MirrorOpt = None) -> None:
         """Converge the hosts to the inventory: a working cluster (alias: apply)."""
-        _up(inventory, artifacts, as_json, dry_run, verify, arch, transport)
+        _up(inventory, artifacts, as_json, dry_run, verify, arch, transport, mirror)
 
     app.command("up")(up)
     app.command("apply", hidden=True)(up)

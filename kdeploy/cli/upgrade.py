@@ -5,8 +5,8 @@ from typing import Annotated
 
 import typer
 
-from kdeploy.cli.common import InventoryOpt, JsonOpt, confirm_change, load
-from kdeploy.cli.plan import ArtifactsOpt, TransportOpt, factory_for
+from kdeploy.cli.common import InventoryOpt, JsonOpt, confirm_change, load, with_mirror
+from kdeploy.cli.plan import ArtifactsOpt, MirrorOpt, TransportOpt, factory_for
 
 
 def register(app: typer.Typer) -> None:
@@ -27,11 +27,13 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
         arch: Annotated[str, typer.Option(help="Host architecture.")] = "amd64",
         transport: TransportOpt = "ssh",
+        mirror: MirrorOpt = None,
     ) -> None:
         """Upgrade a running cluster: etcd and the control plane one host at a time, then the
         nodes in batches (cordon, drain, upgrade, Ready, uncordon). Exit 2 with --dry-run
         when there is something to do."""
-        from kdeploy.cli.output import console, progress_printer, show_plan, show_steps
+        from kdeploy.cli.output import (console, download_progress, progress_printer, show_plan,
+                                        show_steps)
         from kdeploy.cli.up import _verify
         from kdeploy.errors import VerifyError
         from kdeploy.execute.session import connect
@@ -40,7 +42,7 @@ def register(app: typer.Typer) -> None:
         from kdeploy.verbs.upgrade import check_target, run_upgrade
 
         policy = Policy.parse(batch)
-        cluster = load(inventory, quiet=as_json)
+        cluster = with_mirror(load(inventory, quiet=as_json), mirror)
         check_target(cluster, to)
         emit = progress_printer(as_json)
 
@@ -57,9 +59,10 @@ def register(app: typer.Typer) -> None:
             close_all(transports)
             raise UnreachableHosts(failed)
         try:
-            out = run_upgrade(cluster, to=to, transports=transports, artifacts_dir=artifacts,
-                              batch=policy, force=force, dry_run=dry_run, arch=arch, emit=emit,
-                              confirm=confirm, drain_timeout=drain_timeout)
+            with download_progress(as_json):
+                out = run_upgrade(cluster, to=to, transports=transports, artifacts_dir=artifacts,
+                                  batch=policy, force=force, dry_run=dry_run, arch=arch, emit=emit,
+                                  confirm=confirm, drain_timeout=drain_timeout)
             if dry_run:
                 if as_json:
                     import json

@@ -55,7 +55,11 @@ def prepare(cluster: Cluster, *, artifacts_dir: Path | None = None, need_artifac
         a_dir = resolve_path(cluster.spec.artifacts.dir, cluster)
     if need_artifacts or a_dir is not None:
         from kdeploy.artifacts import resolve
-        arts = resolve(cluster.version, arch, offline_dir=a_dir, mirror=cluster.spec.artifacts.mirror)
+        from kdeploy.artifacts.lock import LOCK_NAME, ChecksumLock
+        images = cluster.spec.artifacts.images
+        arts = resolve(cluster.version, arch, offline_dir=a_dir, mirror=cluster.spec.artifacts.mirror,
+                       lock=ChecksumLock(state / LOCK_NAME, write=write_state),
+                       images_dir=resolve_path(images, cluster) if images else None)
     desired = desired_state(cluster, pki=pki, artifacts=arts)
     return Deployment(cluster, state, pki, arts, desired)
 

@@ -122,7 +122,20 @@ class KubeletSettings(_Base):
 
 class ArtifactSettings(_Base):
     dir: str | None = None
+    # base URL serving the official download URLs below it (kubespray's files_repo layout):
+    # MIRROR/dl.k8s.io/release/v1.37.2/bin/linux/amd64/kubelet, MIRROR/github.com/...
     mirror: str | None = None
+    # a directory of image archives (pause.tar, coredns.tar[, agnhost.tar]) imported on every
+    # node, for nodes that cannot pull from registry.k8s.io; relative to the inventory
+    images: str | None = None
+
+    @field_validator("mirror")
+    @classmethod
+    def _mirror_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http(s) URL: write it as https://HOST[:PORT]/PATH "
+                             "(the official download URLs are read below it)")
+        return v
 
 
 class ClusterSpec(_Base):

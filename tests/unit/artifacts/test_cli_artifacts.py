@@ -20,10 +20,10 @@ def test_list_json():
     assert api["sha256"] is None
 
 
-def test_list_human_shows_unknown():
+def test_list_human_says_unpinned_sums_are_locked_at_first_download():
     r = runner.invoke(app, ["artifacts", "list", "--k8s-version", "1.37.2", "--arch", "arm64"])
     assert r.exit_code == 0
-    assert "registry.k8s.io/pause:3.10.2" in r.output and "unknown" in r.output
+    assert "registry.k8s.io/pause:3.10.2" in r.output and "read from upstream at first download, then locked" in r.output
     assert "/opt/cni/bin/bridge" in r.output
 
 

@@ -1,10 +1,14 @@
 import hashlib
+import json
 import os
+import shutil
 
 import pytest
 
 from kdeploy.artifacts import ArtifactFile, catalog, fetch_to_dir, resolve
 from kdeploy.artifacts._checksums import CHECKSUMS
+from kdeploy.artifacts.fetch import downloads_dir, fetch_mirror_layout
+from kdeploy.artifacts.lock import ChecksumLock
 from kdeploy.artifacts.layout import write_manifest
 from kdeploy.errors import ArtifactError, ChecksumMismatch
 
@@ -33,18 +37,20 @@ def test_cache_hit_downloads_nothing_twice(upstream):
     assert len(upstream.calls) == n
 
 
+def _release(asset):
+    return next(r for r in catalog.releases(catalog.versions_for("1.37.2"), "amd64") if r.asset == asset)
+
+
 def test_corrupted_download_is_rejected_and_not_kept(upstream):
-    r = next(r for r in catalog.releases(catalog.versions_for("1.37.2"), "amd64")
-             if r.asset == "kube-apiserver")
+    r = _release("kube-apiserver")
     good = upstream.files[r.url]
     upstream.files[r.url] = good[:-1] + b"X"
     with pytest.raises(ChecksumMismatch) as e:
         resolve("1.37.2", fetcher=upstream)
-    assert r.url in str(e.value) and upstream.sums[f"kubernetes/1.37.2/amd64/kube-apiserver"] in str(e.value)
-    cache = os.environ["XDG_CACHE_HOME"]
-    leftovers = [p for p, _, fs in os.walk(cache) for f in fs if f.startswith("kube-apiserver")
-                 or "kube-apiserver." in f]
-    assert leftovers == []
+    want = upstream.sums["kubernetes/1.37.2/amd64/kube-apiserver"]
+    assert r.url in str(e.value) and want in str(e.value)
+    assert "nothing was installed" in e.value.hint
+    assert not list(downloads_dir().glob(want + "*[!k]"))  # neither the file nor a .part (only its .lock)
     upstream.files[r.url] = good
     assert resolve("1.37.2", fetcher=upstream)  # a good download afterwards works
 
@@ -52,25 +58,63 @@ def test_corrupted_download_is_rejected_and_not_kept(upstream):
 def test_corrupted_cache_file_is_downloaded_again(upstream, tmp_path):
     files = resolve("1.37.2", fetcher=upstream)
     n = len(upstream.calls)
-    cached = next(p for p in (tmp_path / "cache").rglob("runc.amd64") if p.parent.name == "amd64")
+    cached = downloads_dir() / upstream.sums["runc/1.4.3/amd64/runc.amd64"]
     cached.write_bytes(b"tampered")
     again = {f.name: f for f in resolve("1.37.2", fetcher=upstream)}
     assert len(upstream.calls) == n + 1 and upstream.calls[-1].endswith("runc.amd64")
     assert again["runc"].sha256 == {f.name: f for f in files}["runc"].sha256
 
 
-def test_unknown_checksum_refuses_before_downloading(upstream, monkeypatch):
+def test_unpinned_sum_is_read_from_upstream_and_locked(upstream, monkeypatch, tmp_path):
     monkeypatch.setitem(CHECKSUMS, "runc/1.4.3/amd64/runc.amd64", None)
-    with pytest.raises(ArtifactError) as e:
-        resolve("1.37.2", fetcher=upstream)
-    assert "is not known" in e.value.message and "runc.amd64" in e.value.message
-    assert "update-checksums" in e.value.hint
+    lock_path = tmp_path / "state" / "artifacts.lock.json"
+    by = {f.name: f for f in resolve("1.37.2", fetcher=upstream, lock=ChecksumLock(lock_path))}
+    r = _release("runc.amd64")
+    assert r.sha256_url in upstream.calls
+    doc = json.loads(lock_path.read_text())
+    ent = doc["files"]["runc/1.4.3/amd64/runc.amd64"]
+    assert ent["sha256"] == upstream.sums["runc/1.4.3/amd64/runc.amd64"] == by["runc"].sha256
+    assert ent["source"] == r.sha256_url
+    assert doc["files"]["kubernetes/1.37.2/amd64/kubelet"]["source"] == "pinned"
+    # later runs (a fresh cache: another deployer) take the locked value, not upstream's file
+    shutil.rmtree(downloads_dir())
+    upstream.calls.clear()
+    resolve("1.37.2", fetcher=upstream, lock=ChecksumLock(lock_path))
+    assert r.sha256_url not in upstream.calls and r.url in upstream.calls
+
+
+def test_file_changed_upstream_after_locking_is_refused(upstream, monkeypatch, tmp_path):
+    monkeypatch.setitem(CHECKSUMS, "runc/1.4.3/amd64/runc.amd64", None)
+    lock_path = tmp_path / "artifacts.lock.json"
+    resolve("1.37.2", fetcher=upstream, lock=ChecksumLock(lock_path))
+    r = _release("runc.amd64")
+    evil = b"#!evil\n" * 40
+    upstream.files[r.url] = evil
+    upstream.files[r.sha256_url] = f"{hashlib.sha256(evil).hexdigest()}  runc.amd64\n".encode()
+    shutil.rmtree(downloads_dir())
+    with pytest.raises(ChecksumMismatch) as e:
+        resolve("1.37.2", fetcher=upstream, lock=ChecksumLock(lock_path))
+    assert upstream.sums["runc/1.4.3/amd64/runc.amd64"] in e.value.message
+    assert "artifacts.lock.json" in e.value.hint
+    assert json.loads(lock_path.read_text())["files"]["runc/1.4.3/amd64/runc.amd64"]["sha256"] \
+        == upstream.sums["runc/1.4.3/amd64/runc.amd64"]  # never re-locked
+
+
+def test_lock_disagreeing_with_a_pinned_sum_is_an_error(upstream, tmp_path):
+    lock = ChecksumLock(tmp_path / "l.json")
+    lock.record("kubernetes/1.37.2/amd64/kubelet", "ab" * 32, "https://x")
+    with pytest.raises(ArtifactError, match="kdeploy pins"):
+        resolve("1.37.2", fetcher=upstream, lock=lock)
     assert upstream.calls == []
 
 
-def test_real_table_refuses_unknown_sums():
-    with pytest.raises(ArtifactError, match="refuses to download"):
-        resolve("1.37.2", fetcher=lambda url, dest: pytest.fail("must not download"))
+def test_no_published_sum_anywhere_refuses_before_downloading(upstream, monkeypatch):
+    monkeypatch.setitem(CHECKSUMS, "runc/1.4.3/amd64/runc.amd64", None)
+    r = _release("runc.amd64")
+    del upstream.files[r.sha256_url]
+    with pytest.raises(ArtifactError, match="HTTP 404"):
+        resolve("1.37.2", fetcher=upstream)
+    assert r.url not in upstream.calls and not any(u.endswith("kubelet") for u in upstream.calls)
 
 
 def test_fetch_to_dir_writes_offline_layout_then_resolve_offline(upstream, tmp_path):
@@ -123,32 +167,53 @@ def test_offline_dir_wrong_version(tmp_path):
         resolve("1.36.3", offline_dir=d)
 
 
-def test_mirror_with_offline_layout(tmp_path):
-    d = _offline_dir(tmp_path)
+def _serve_dir(root, base):
     calls = []
 
     def fetcher(url, dest):
         calls.append(url)
-        assert url.startswith("https://mirror.example/k8s/")
-        dest.write_bytes((d / url.removeprefix("https://mirror.example/k8s/")).read_bytes())
-
-    files = resolve("1.37.2", mirror="https://mirror.example/k8s/", fetcher=fetcher)
-    assert len(files) == len(catalog.file_specs())
-    n = len(calls)
-    resolve("1.37.2", mirror="https://mirror.example/k8s", fetcher=fetcher)
-    assert len(calls) == n + 1  # only the manifest again
+        p = root / url.removeprefix(base.rstrip("/") + "/")
+        if not url.startswith(base) or not p.is_file():
+            raise ArtifactError(f"download of {url} failed: HTTP 404 Not Found", "fake")
+        dest.write_bytes(p.read_bytes())
+    fetcher.calls = calls
+    return fetcher
 
 
-def test_mirror_corrupt_file(tmp_path):
-    d = _offline_dir(tmp_path)
+def test_mirror_of_the_official_layout_filled_by_fetch(upstream, monkeypatch, tmp_path):
+    monkeypatch.setitem(CHECKSUMS, "etcd/3.7.0/amd64/etcd-v3.7.0-linux-amd64.tar.gz", None)
+    written = fetch_mirror_layout(tmp_path / "www", "1.37.2", "amd64", fetcher=upstream)
+    assert "dl.k8s.io/release/v1.37.2/bin/linux/amd64/kubelet" in written
+    assert "dl.k8s.io/release/v1.37.2/bin/linux/amd64/kubelet.sha256" in written
+    assert "github.com/etcd-io/etcd/releases/download/v3.7.0/SHA256SUMS" in written
+    shutil.rmtree(downloads_dir())
+    serve = _serve_dir(tmp_path / "www", "http://mirror.lab:8080/files")
+    lock_path = tmp_path / "lock.json"
+    files = resolve("1.37.2", mirror="http://mirror.lab:8080/files/", fetcher=serve,
+                    lock=ChecksumLock(lock_path))
+    assert len(files) == len(catalog.file_specs(images=False))
+    assert "http://mirror.lab:8080/files/dl.k8s.io/release/v1.37.2/bin/linux/amd64/kubelet" in serve.calls
+    ent = json.loads(lock_path.read_text())["files"]["etcd/3.7.0/amd64/etcd-v3.7.0-linux-amd64.tar.gz"]
+    assert ent["source"] == ("http://mirror.lab:8080/files/github.com/etcd-io/etcd/releases/"
+                             "download/v3.7.0/SHA256SUMS")
+    n = len(serve.calls)
+    resolve("1.37.2", mirror="http://mirror.lab:8080/files", fetcher=serve, lock=ChecksumLock(lock_path))
+    assert len(serve.calls) == n  # sums locked, files cached by content
 
-    def fetcher(url, dest):
-        rel = url.removeprefix("https://m/")
-        data = (d / rel).read_bytes()
-        dest.write_bytes(data if rel == "manifest.json" or rel != "bin/etcd" else b"x" * len(data))
 
-    with pytest.raises(ChecksumMismatch, match="https://m/bin/etcd"):
-        resolve("1.37.2", mirror="https://m", fetcher=fetcher)
+def test_mirror_corrupt_file(upstream, tmp_path):
+    fetch_mirror_layout(tmp_path / "www", "1.37.2", "amd64", fetcher=upstream)
+    shutil.rmtree(downloads_dir())
+    r = _release("etcd-v3.7.0-linux-amd64.tar.gz")
+    p = tmp_path / "www" / r.url.split("://")[1]
+    p.write_bytes(b"x" * p.stat().st_size)
+    with pytest.raises(ChecksumMismatch, match="https://m/github.com/etcd-io/etcd/.*etcd-v3.7.0"):
+        resolve("1.37.2", mirror="https://m", fetcher=_serve_dir(tmp_path / "www", "https://m"))
+
+
+def test_mirror_must_be_a_url():
+    with pytest.raises(ArtifactError, match="not an http"):
+        resolve("1.37.2", mirror="mirror.lab/files")
 
 
 def test_unsupported_version_and_arch():
@@ -286,12 +351,31 @@ def test_unknown_deb_sum_hints_pinning_by_hand(upstream, monkeypatch):
     assert upstream.calls == []
 
 
-def test_mirror_sets_modes_from_catalog(tmp_path):
-    d = _offline_dir(tmp_path, with_images=False)
+def test_fetch_mirror_layout_keeps_other_arches_sums(upstream, tmp_path):
+    p = tmp_path / "www" / "github.com/opencontainers/runc/releases/download/v1.4.3/runc.sha256sum"
+    p.parent.mkdir(parents=True)
+    p.write_text("aa" * 32 + "  runc.arm64\n")
+    fetch_mirror_layout(tmp_path / "www", "1.37.2", "amd64", fetcher=upstream)
+    lines = p.read_text().splitlines()
+    assert "aa" * 32 + "  runc.arm64" in lines
+    assert f"{upstream.sums['runc/1.4.3/amd64/runc.amd64']}  runc.amd64" in lines
 
-    def fetcher(url, dest):
-        dest.write_bytes((d / url.removeprefix("https://m/")).read_bytes())
 
-    by = {f.name: f for f in resolve("1.37.2", mirror="https://m", fetcher=fetcher)}
-    assert os.stat(by["ngx_stream_module"].local_path).st_mode & 0o777 == 0o644
-    assert os.stat(by["nginx"].local_path).st_mode & 0o777 == 0o755
+def test_images_dir_adds_image_archives_with_their_names(upstream, tmp_path):
+    from kdeploy.artifacts.oci import ImageFile, ImageSpec, write_image_archive
+    d = tmp_path / "images"
+    d.mkdir()
+    (tmp_path / "pause").write_bytes(b"\x7fELF pause")
+    write_image_archive(ImageSpec("registry.example/own/pause:1", [ImageFile(tmp_path / "pause", "/pause")]),
+                d / "pause.tar")
+    by = {f.name: f for f in resolve("1.37.2", fetcher=upstream, images_dir=d)}
+    assert by["pause-image"].ref == "registry.example/own/pause:1"
+    assert by["pause-image"].install_path == "/var/lib/kdeploy/images/pause.tar"
+    assert "coredns-image" not in by and "kubelet" in by
+    (d / "notes.txt").write_text("x")
+    with pytest.raises(ArtifactError, match="notes.txt"):
+        resolve("1.37.2", fetcher=upstream, images_dir=d)
+    (d / "notes.txt").unlink()
+    (d / "coredns.tar").write_bytes(b"not a tar")
+    with pytest.raises(ArtifactError, match="coredns.tar: not a readable image archive"):
+        resolve("1.37.2", fetcher=upstream, images_dir=d)

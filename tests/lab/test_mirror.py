@@ -1,0 +1,172 @@
+"""A first run as an air-gapped site does it (lab `mir`, 1 control plane + 1 worker): no
+--artifacts; the deployer and the nodes reach only a web server inside the lab's network that
+serves the official download URLs (kubespray's files_repo layout), filled from the locally built
+artifact set repackaged the way upstream publishes it (bare Kubernetes binaries with .sha256
+files; etcd, containerd, CNI plugins and crictl tarballs with their checksum files; runc;
+Debian's nginx packages). The images come from an image directory (spec.artifacts.images).
+
+1. `kdeploy up --mirror URL` deploys a verified cluster; every sum kdeploy does not pin is read
+   from the mirror's checksum files and locked in the state dir.
+2. A file replaced on the mirror (its checksum file too, as an attacker would) is refused by a
+   fresh deployer (empty download cache) holding the lock: a clear error, nothing installed.
+3. With the mirror restored, the fresh deployer converges to nothing to do.
+
+Needs: root + systemd-nspawn + debootstrap, and KDEPLOY_ARTIFACTS (a built artifact directory).
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdeploy.artifacts import catalog
+from kdeploy.artifacts.fetch import add_sum, layout_path
+from kdeploy.artifacts.layout import cache_root, read_manifest
+from kdeploy.lab import api
+from kdeploy.lab.state import LabState
+from tests.lab.conftest import LabCluster, lab_skip_reason
+from tests.lab.test_up import artifacts_dir, events
+
+pytestmark = pytest.mark.lab
+
+LAB = "mir"
+PORT = 8089
+
+
+def _deb(asset: str, tmp: Path) -> Path:
+    """Debian's real package (its sha256 is pinned): the one the artifact build downloaded,
+    else apt-get download."""
+    for p in glob.glob(str(cache_root() / "build-src" / "*" / "*" / asset)):
+        return Path(p)
+    pkg, ver = asset.split("_")[0], asset.split("_")[1]
+    subprocess.run(["apt-get", "download", f"{pkg}={ver}"], cwd=tmp, check=True,
+                   capture_output=True)
+    return tmp / asset
+
+
+def official_layout(art: Path, www: Path, tmp: Path) -> None:
+    """The files of the built set as upstream publishes them, under their URL paths."""
+    v = catalog.versions_for(read_manifest(art)["kubernetesVersion"])
+    for r in catalog.releases(v, "amd64"):
+        dest = www / layout_path(r.url)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if r.asset.endswith(".deb"):
+            shutil.copyfile(_deb(r.asset, tmp), dest)
+        elif all(m == "" for m in r.members.values()):
+            shutil.copyfile(art / next(iter(r.members)), dest)
+        else:
+            with tarfile.open(dest, "w:gz") as tf:
+                for rel, member in r.members.items():
+                    tf.add(art / rel, arcname=member)
+        if r.sha256_url:
+            add_sum(www / layout_path(r.sha256_url), r, hashlib.sha256(dest.read_bytes()).hexdigest())
+        else:
+            assert catalog_pinned(r), f"{r.asset} has no pinned sum: the test cannot serve it"
+
+
+def catalog_pinned(r) -> bool:
+    from kdeploy.artifacts._checksums import CHECKSUMS
+    return bool(CHECKSUMS.get(f"{r.component}/{r.version}/{r.arch}/{r.asset}"))
+
+
+@pytest.fixture(scope="module")
+def mir(tmp_path_factory):
+    reason = lab_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    art = artifacts_dir()
+    if LabState(LAB).exists():          # left over by an earlier, killed run of this test
+        api.down(name=LAB, log=lambda s: None)
+    tmp = tmp_path_factory.mktemp(LAB)
+    www = tmp / "www"
+    official_layout(art, www, tmp)
+    inv = tmp / "inventory.yaml"
+    info = api.up(name=LAB, masters=1, workers=1, output=inv, log=lambda s: None)
+    lab = LabCluster(name=LAB, inventory=inv, info=info)
+    srv = None
+    try:
+        doc = yaml.safe_load(inv.read_text())
+        doc.setdefault("spec", {}).setdefault("artifacts", {})["images"] = str(art / "images")
+        inv.write_text(yaml.safe_dump(doc))
+        gw = LabState(LAB).load().gateway
+        # the mirror: a plain web server inside the lab's network (reachable by nothing else)
+        srv = subprocess.Popen(["ip", "netns", "exec", lab.netns, sys.executable, "-m",
+                                "http.server", str(PORT), "--bind", gw, "--directory", str(www)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        yield lab, art, www, tmp, f"http://{gw}:{PORT}/"
+    finally:
+        if srv:
+            srv.terminate()
+            srv.wait(timeout=10)
+        lab.down()
+
+
+def deployer(lab: LabCluster, cache: Path, *args: str) -> subprocess.CompletedProcess:
+    """kdeploy run from inside the lab's network (an air-gapped site's deployer), with its own
+    download cache."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    return subprocess.run(["ip", "netns", "exec", lab.netns, sys.executable, "-m", "kdeploy", *args],
+                          capture_output=True, text=True, timeout=900, env=env)
+
+
+def host_sha(lab: LabCluster, machine: str, path: str) -> str:
+    rc, out, err = lab.run(machine, f"sha256sum {path}")
+    assert rc == 0, err
+    return out.split()[0]
+
+
+def test_up_from_a_mirror_locks_sums_and_refuses_a_replaced_file(mir):
+    lab, art, www, tmp, url = mir
+    state = lab.inventory.parent / ".kdeploy" / "lab-mir"
+    t = time.monotonic()
+    p = deployer(lab, tmp / "cache-a", "up", "-i", str(lab.inventory), "--mirror", url, "--json")
+    first = time.monotonic() - t
+    assert p.returncode == 0, f"rc={p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    checks = [e for e in events(p.stdout) if e.get("event") == "check"]
+    assert checks and all(c["ok"] for c in checks), checks
+    lock_files = list(lab.inventory.parent.glob(".kdeploy/*/artifacts.lock.json"))
+    assert len(lock_files) == 1, lock_files
+    locked = json.loads(lock_files[0].read_text())["files"]
+    kp = "kubernetes/1.37.2/amd64/kube-proxy"
+    assert locked[kp]["source"] == f"{url}dl.k8s.io/release/v1.37.2/bin/linux/amd64/kube-proxy.sha256"
+    assert any(e["source"] == "pinned" for e in locked.values())  # Debian's nginx packages
+    assert host_sha(lab, "w1", "/usr/local/bin/kube-proxy") == \
+        hashlib.sha256((art / "bin/kube-proxy").read_bytes()).hexdigest()
+    print(f"\nup from the mirror: {first:.1f}s, {len(locked)} sums locked")
+
+    # 2. the mirror now serves another kube-proxy, with a matching .sha256 beside it
+    r = next(r for r in catalog.releases(catalog.versions_for("1.37.2"), "amd64") if r.asset == "kube-proxy")
+    f = www / layout_path(r.url)
+    good = f.read_bytes()
+    evil = good[:-64] + b"\0" * 64
+    f.write_bytes(evil)
+    (www / layout_path(r.sha256_url)).write_text(hashlib.sha256(evil).hexdigest() + "\n")
+    before = host_sha(lab, "w1", "/usr/local/bin/kube-proxy")
+    p = deployer(lab, tmp / "cache-b", "up", "-i", str(lab.inventory), "--mirror", url, "--json")
+    assert p.returncode == 5, f"rc={p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    assert "checksum mismatch" in p.stderr and "kube-proxy" in p.stderr
+    assert "artifacts.lock.json" in p.stderr and "Traceback" not in p.stderr
+    assert not [e for e in events(p.stdout) if e.get("event") in ("apply", "change", "step")]
+    assert host_sha(lab, "w1", "/usr/local/bin/kube-proxy") == before
+    assert json.loads(lock_files[0].read_text())["files"][kp] == locked[kp]  # never re-locked
+
+    # 3. restored: the fresh deployer has nothing to do
+    f.write_bytes(good)
+    (www / layout_path(r.sha256_url)).write_text(hashlib.sha256(good).hexdigest() + "\n")
+    t = time.monotonic()
+    p = deployer(lab, tmp / "cache-b", "up", "-i", str(lab.inventory), "--mirror", url, "--json",
+                 "--no-verify")
+    assert p.returncode == 0, f"rc={p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    assert any(e.get("event") == "no-changes" for e in events(p.stdout)), p.stdout[-2000:]
+    print(f"fresh deployer, restored mirror: {time.monotonic() - t:.1f}s, no changes")
