@@ -5,9 +5,9 @@ import ipaddress
 import json
 from dataclasses import dataclass
 
+from kdeploy.artifacts.catalog import DEFAULT_KUBERNETES_VERSION
 from kdeploy.errors import LabError
 
-KUBERNETES_VERSION = "1.37.2"
 POD_CIDR = "10.244.0.0/16"
 SERVICE_CIDR = "10.96.0.0/12"
 DEFAULT_SUBNET = "192.168.57.0/24"
@@ -66,7 +66,7 @@ def render(*, name: str, hosts: list[HostSpec], key_file: str, known_hosts: str,
         f"  name: {_q(name)}",
         "spec:",
         "  kubernetes:",
-        f"    version: {_q(KUBERNETES_VERSION)}",
+        f"    version: {_q(DEFAULT_KUBERNETES_VERSION)}",
         "  network:",
         f"    podCIDR: {POD_CIDR}",
         f"    serviceCIDR: {SERVICE_CIDR}",
