@@ -13,6 +13,7 @@ from kdeploy.artifacts import catalog
 from kdeploy.artifacts import build as artifacts_build
 from kdeploy.artifacts.build import COMPONENTS, SCRIPT
 from kdeploy.errors import ArtifactError
+from tests.conftest import fake_artifact_set
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -48,18 +49,9 @@ def test_build_script_builds_etcdutl_and_api_lb():
     assert "libnginx-mod-stream=\"$NGINX\"" in text and "lib/ngx_stream_module.so" in text
 
 
-def _fake_set(d: Path) -> Path:
-    """Every catalog file (content: its name), no manifest."""
-    for s in catalog.file_specs():
-        p = d / s.relpath
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(s.name.encode())
-    return d
-
-
 def test_mkmanifest_check_requires_every_catalog_file(tmp_path):
     """A cached build from before a file joined the catalog (etcdutl, lib/) is not 'valid'."""
-    d = _fake_set(tmp_path / "set")
+    d = fake_artifact_set(tmp_path / "set")
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "XDG_CACHE_HOME": str(tmp_path / "c")}
     run = lambda *a: subprocess.run(  # noqa: E731
         [sys.executable, "-m", "kdeploy.artifacts.build.mkmanifest", *a], capture_output=True,
@@ -123,7 +115,7 @@ def test_cached_set_is_reused_and_copied(tmp_path):
     that keeps CI's cached builds in seconds); -o copies it without the stamps."""
     arch = subprocess.run(["go", "env", "GOARCH"], capture_output=True, text=True).stdout.strip()
     cache = tmp_path / "cache"
-    dest = _fake_set(cache / "kdeploy" / "artifacts-build" / f"1.37.2-{arch}")
+    dest = fake_artifact_set(cache / "kdeploy" / "artifacts-build" / f"1.37.2-{arch}")
     (dest / ".stamps").mkdir()
     # should the check fail, the build stops at its first module download instead of compiling
     env = {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONPATH": str(REPO),
