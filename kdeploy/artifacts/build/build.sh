@@ -17,7 +17,7 @@
 # Env: GOFLAGS (default -p=2), GOMAXPROCS, GOTOOLCHAIN (default local), PYTHON.
 set -euo pipefail
 
-K8S_VERSION=1.37.2
+K8S_VERSION=""   # default: the catalog's DEFAULT_KUBERNETES_VERSION
 OUT=""
 ONLY=""
 ARCH=$(go env GOARCH 2>/dev/null || echo amd64)
@@ -51,6 +51,8 @@ PY=${PYTHON:-python3}
 # the kdeploy this script belongs to (catalog, mkmanifest, mkimage): a checkout's or an installed
 # package's, not whichever one comes first on python3's path
 export PYTHONPATH="$(cd "$HERE/../../.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
+[ -n "$K8S_VERSION" ] || K8S_VERSION=$("$PY" -c \
+  'from kdeploy.artifacts.catalog import DEFAULT_KUBERNETES_VERSION as v; print(v)')
 PINS=$("$PY" -m kdeploy.artifacts --shell "$K8S_VERSION") || {
   echo "cannot read pins for $K8S_VERSION (needs kdeploy's dependencies: pip install kdeploy)" >&2; exit 2; }
 eval "$PINS"   # ETCD CONTAINERD RUNC CNI CRICTL COREDNS PAUSE AGNHOST NGINX
