@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 from kdeploy.artifacts.catalog import DEFAULT_KUBERNETES_VERSION
 from kdeploy.errors import LabError
+from kdeploy.model.defaults import POD_CIDR, SERVICE_CIDR
 
-POD_CIDR = "10.244.0.0/16"
-SERVICE_CIDR = "10.96.0.0/12"
 DEFAULT_SUBNET = "192.168.57.0/24"
 FIRST_HOST = 11   # m1 = .11, m2 = .12, ... (.1 is the bridge in the lab netns)
 MAX_MACHINES = 20
