@@ -90,7 +90,7 @@ def build(
     and a Debian 12 host for the api-lb step (apt-get download). Cold: about 25 min on 2 cores."""
     from kdeploy.artifacts import check_arch
     from kdeploy.artifacts.build import preflight, run_build
-    version, _ = _version_from(inventory, k8s_version)
+    version = _version_from(inventory, k8s_version)[0]
     if arch is not None:
         check_arch(arch)
     preflight()
