@@ -15,8 +15,9 @@ class Images:
     pause: str
     coredns: str
     coredns_version: str
+    source: str            # "catalog" or "fallback"
 
 
 def images_for(kubernetes_version: str) -> Images:
     v = versions_for(kubernetes_version)
-    return Images(v.pause_image, v.coredns_image, v.coredns)
+    return Images(v.pause_image, v.coredns_image, v.coredns, "catalog")
