@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
     if not a.artifacts:
-        sys.exit("pass --artifacts DIR (tests/artifacts/build prints where it builds)")
+        sys.exit("pass --artifacts DIR (`kdeploy artifacts build` prints where it builds)")
     from kdeploy.lab import api
     name = "bench-up"
     with tempfile.TemporaryDirectory() as d:

@@ -6,6 +6,16 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "inventories" / "sample"
 
 
+def fake_artifact_set(d: Path) -> Path:
+    """Every file of the artifact catalog under d (content: its name), no manifest."""
+    from kdeploy.artifacts import catalog
+    for s in catalog.file_specs():
+        p = d / s.relpath
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(s.name.encode())
+    return d
+
+
 @pytest.fixture
 def write_inv(tmp_path):
     """Write an inventory text to a tmp file and return its path."""

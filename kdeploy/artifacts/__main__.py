@@ -1,5 +1,5 @@
 """python -m kdeploy.artifacts --shell K8S_VERSION: the build's pins as shell assignments
-(tests/artifacts/build reads them; catalog.py is the single source of versions)."""
+(kdeploy/artifacts/build/build.sh reads them; catalog.py is the single source of versions)."""
 from __future__ import annotations
 
 import sys

@@ -72,7 +72,7 @@ _PINS: dict[str, ComponentVersions] = {
                               pause="3.10.2", agnhost="2.66.1", nginx=NGINX_DEB_VERSION),
 }
 
-# The Go-module build (tests/artifacts/build) can only use versions the Go module proxy serves;
+# The Go-module build (kdeploy artifacts build) can only use versions the Go module proxy serves;
 # where a pinned release is not served as a module we build the nearest served one.
 # cri-tools v1.35.0/v1.36.0 are not served; crictl 1.37 talks to any CRI v1 runtime.
 BUILD_OVERRIDES: dict[str, dict[str, str]] = {
@@ -269,7 +269,7 @@ def pinned_versions() -> dict[str, ComponentVersions]:
 
 
 def shell_pins(kubernetes_version: str) -> str:
-    """Shell assignments for tests/artifacts/build (the build's pins: BUILD_OVERRIDES applied)."""
+    """Shell assignments for kdeploy/artifacts/build/build.sh (the build's pins: BUILD_OVERRIDES applied)."""
     v = build_versions_for(kubernetes_version)
     return "\n".join([
         f"ETCD={v.etcd}", f"CONTAINERD={v.containerd}", f"RUNC={v.runc}", f"CNI={v.cni_plugins}",

@@ -121,7 +121,7 @@ def _unknown_hint(rels: list[Release]) -> str:
                      "hand (Debian publishes no checksum file: `apt-get download PACKAGE=VERSION` "
                      "on a Debian 12 host of that architecture checks it against Debian's signed "
                      "index; then sha256sum it)")
-    hints.append("or use an offline directory built with tests/artifacts/build (spec.artifacts.dir)")
+    hints.append("or use an offline directory built with `kdeploy artifacts build` (spec.artifacts.dir)")
     return "; ".join(hints)
 
 

@@ -124,11 +124,11 @@ def read_manifest(root: Path) -> dict:
     if not root.is_dir():
         raise ArtifactError(f"artifact directory {root} does not exist",
                             "create it with `kdeploy artifacts fetch -o DIR` "
-                            "(or tests/artifacts/build -o DIR)")
+                            "(or kdeploy artifacts build -o DIR)")
     if not mp.is_file():
         raise ArtifactError(f"{mp} is missing: {root} is not an artifact directory",
                             "create it with `kdeploy artifacts fetch -o DIR` "
-                            "(or tests/artifacts/build -o DIR)")
+                            "(or kdeploy artifacts build -o DIR)")
     try:
         doc = json.loads(mp.read_text())
     except (OSError, ValueError) as e:

@@ -5,11 +5,10 @@ import ipaddress
 import json
 from dataclasses import dataclass
 
+from kdeploy.artifacts.catalog import DEFAULT_KUBERNETES_VERSION
 from kdeploy.errors import LabError
+from kdeploy.model.defaults import POD_CIDR, SERVICE_CIDR
 
-KUBERNETES_VERSION = "1.37.2"
-POD_CIDR = "10.244.0.0/16"
-SERVICE_CIDR = "10.96.0.0/12"
 DEFAULT_SUBNET = "192.168.57.0/24"
 FIRST_HOST = 11   # m1 = .11, m2 = .12, ... (.1 is the bridge in the lab netns)
 MAX_MACHINES = 20
@@ -66,7 +65,7 @@ def render(*, name: str, hosts: list[HostSpec], key_file: str, known_hosts: str,
         f"  name: {_q(name)}",
         "spec:",
         "  kubernetes:",
-        f"    version: {_q(KUBERNETES_VERSION)}",
+        f"    version: {_q(DEFAULT_KUBERNETES_VERSION)}",
         "  network:",
         f"    podCIDR: {POD_CIDR}",
         f"    serviceCIDR: {SERVICE_CIDR}",

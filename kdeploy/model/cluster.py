@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from kdeploy.artifacts.catalog import DEFAULT_KUBERNETES_VERSION
 from kdeploy.model import defaults
 
 API_VERSION = "kdeploy.io/v1alpha1"
@@ -86,7 +87,7 @@ class Metadata(_Base):
 
 
 class KubernetesSettings(_Base):
-    version: str = defaults.KUBERNETES_VERSION
+    version: str = DEFAULT_KUBERNETES_VERSION
 
 
 class ControlPlaneSettings(_Base):

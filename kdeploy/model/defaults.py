@@ -1,8 +1,6 @@
-"""One typed source of defaults: versions, ports, CIDRs, paths on hosts."""
+"""One typed source of defaults: ports, CIDRs, paths on hosts. Versions (the default and the
+supported Kubernetes versions, component pins) live in kdeploy.artifacts.catalog only."""
 from __future__ import annotations
-
-KUBERNETES_VERSION = "1.37.2"
-SUPPORTED_MINORS = ("1.35", "1.36", "1.37")
 
 POD_CIDR = "10.244.0.0/16"
 SERVICE_CIDR = "10.96.0.0/12"

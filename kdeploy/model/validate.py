@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from kdeploy.model import defaults
+from kdeploy.artifacts.catalog import SUPPORTED_MINORS
 from kdeploy.model.cluster import Cluster
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -45,7 +45,7 @@ def check_kubernetes_version(version: str) -> str | None:
     if not m:
         return f"'{version}' is not a Kubernetes version like 1.37.2"
     minor = f"{m.group(1)}.{m.group(2)}"
-    if minor not in defaults.SUPPORTED_MINORS:
+    if minor not in SUPPORTED_MINORS:
         return f"Kubernetes {minor} is not supported"
     return None
 
@@ -76,7 +76,7 @@ def check_cluster(c: Cluster, line_for: Callable[[tuple], int | None] = lambda p
     why = check_kubernetes_version(c.spec.kubernetes.version)
     if why:
         err(("spec", "kubernetes", "version"), why,
-            f"use a version of one of the supported minors: {', '.join(defaults.SUPPORTED_MINORS)}")
+            f"use a version of one of the supported minors: {', '.join(SUPPORTED_MINORS)}")
 
     # hosts: names, addresses, uniqueness
     names: dict[str, int] = {}

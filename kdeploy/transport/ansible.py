@@ -62,8 +62,10 @@ log = logging.getLogger("kdeploy.transport.ansible")
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 # Debian's python3 on the targets; not "auto": discovery may pick a user's shim (pyenv) first
 DEFAULT_REMOTE_PYTHON = "/usr/bin/python3"
+# playbooks/ lives at the repo root; kdeploy/playbooks is a symlink to it, which wheels ship as
+# package data (like kdeploy/templates)
 PLAYBOOKS = Path(os.environ.get("KDEPLOY_PLAYBOOKS")
-                 or Path(__file__).resolve().parent.parent.parent / "playbooks")
+                 or Path(__file__).resolve().parent.parent / "playbooks")
 CONTROL_PERSIST = "60s"
 _FILE_NOT_FOUND = "File not found"
 
@@ -394,6 +396,10 @@ class AnsibleTransport:
         is removed before returning, whatever happens."""
         import ansible_runner
 
+        if not (self.playbooks / "transport" / playbook).is_file():
+            raise self._error(f"playbook {self.playbooks / 'transport' / playbook} is missing",
+                              "reinstall kdeploy (its package ships playbooks/ as "
+                              "kdeploy/playbooks) or point KDEPLOY_PLAYBOOKS at a copy")
         root = self._ensure_root()
         call_dir = Path(tempfile.mkdtemp(prefix="call-", dir=root))  # 0700
         call = _Call()

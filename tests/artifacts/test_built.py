@@ -1,4 +1,4 @@
-"""Checks of an artifact set built from upstream Go modules (tests/artifacts/build).
+"""Checks of an artifact set built from upstream Go modules (`kdeploy artifacts build`).
 
 Run with KDEPLOY_ARTIFACTS=<dir with manifest.json>, e.g.
     KDEPLOY_ARTIFACTS=~/.cache/kdeploy/artifacts-build/1.37.2-amd64 pytest -m artifacts tests/artifacts
@@ -25,10 +25,10 @@ pytestmark = pytest.mark.artifacts
 _ENV = os.environ.get("KDEPLOY_ARTIFACTS", "")
 ART = Path(_ENV).expanduser() if _ENV else None
 if ART is None:
-    pytest.skip("KDEPLOY_ARTIFACTS is not set: build the artifacts with tests/artifacts/build "
+    pytest.skip("KDEPLOY_ARTIFACTS is not set: build the artifacts with `kdeploy artifacts build` "
                 "and point KDEPLOY_ARTIFACTS at the output directory", allow_module_level=True)
 if not (ART / "manifest.json").is_file():
-    pytest.skip(f"KDEPLOY_ARTIFACTS={ART} has no manifest.json (run tests/artifacts/build)",
+    pytest.skip(f"KDEPLOY_ARTIFACTS={ART} has no manifest.json (run `kdeploy artifacts build`)",
                 allow_module_level=True)
 
 MANIFEST = json.loads((ART / "manifest.json").read_text())

@@ -1,7 +1,7 @@
 """`kdeploy up` end to end on real lab machines with the artifacts built from upstream modules.
 
 Needs: root + systemd-nspawn + debootstrap (the lab), and KDEPLOY_ARTIFACTS pointing at a built
-artifact directory (tests/artifacts/build; tools/run-tests sets it).
+artifact directory (kdeploy artifacts build; tools/run-tests sets it).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def artifacts_dir() -> Path:
     d = os.environ.get("KDEPLOY_ARTIFACTS")
     if not d or not (Path(d) / "manifest.json").is_file():
         pytest.skip("KDEPLOY_ARTIFACTS does not point at a built artifact directory "
-                    "(run tests/artifacts/build; tools/run-tests does)")
+                    "(run kdeploy artifacts build; tools/run-tests does)")
     return Path(d)
 
 

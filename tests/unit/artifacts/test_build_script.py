@@ -1,9 +1,19 @@
-"""The Go-module build takes its pins from the catalog (one source of truth)."""
+"""The Go-module build (kdeploy/artifacts/build, `kdeploy artifacts build`) takes its pins from
+the catalog (one source of truth); the command checks what the build needs before running it."""
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from kdeploy.artifacts import catalog
+from kdeploy.artifacts import build as artifacts_build
+from kdeploy.artifacts.build import COMPONENTS, SCRIPT
+from kdeploy.errors import ArtifactError
+from tests.conftest import fake_artifact_set
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -25,15 +35,15 @@ def test_shell_pins_reject_unsupported():
 
 
 def test_build_script_reads_catalog_and_is_executable():
-    script = REPO / "tests" / "artifacts" / "build"
-    assert script.stat().st_mode & 0o111
-    text = script.read_text()
+    assert SCRIPT == REPO / "kdeploy" / "artifacts" / "build" / "build.sh"
+    assert SCRIPT.stat().st_mode & 0o111
+    text = SCRIPT.read_text()
     assert "kdeploy.artifacts --shell" in text
     assert "GOTOOLCHAIN" in text and "-trimpath" in text
 
 
 def test_build_script_builds_etcdutl_and_api_lb():
-    text = (REPO / "tests" / "artifacts" / "build").read_text()
+    text = SCRIPT.read_text()
     assert "require go.etcd.io/etcd/etcdutl/v3 $v" in text and "bin/etcdutl" in text
     assert "run_component api-lb" in text and 'nginx="$NGINX"' in text and "dpkg-deb -x" in text
     assert "libnginx-mod-stream=\"$NGINX\"" in text and "lib/ngx_stream_module.so" in text
@@ -41,17 +51,13 @@ def test_build_script_builds_etcdutl_and_api_lb():
 
 def test_mkmanifest_check_requires_every_catalog_file(tmp_path):
     """A cached build from before a file joined the catalog (etcdutl, lib/) is not 'valid'."""
-    mk = REPO / "tests" / "artifacts" / "mkmanifest.py"
-    d = tmp_path / "set"
-    for s in catalog.file_specs():
-        p = d / s.relpath
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(s.name.encode())
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    run = lambda *a: subprocess.run([sys.executable, str(mk), *a], capture_output=True, text=True,  # noqa: E731
-                                    env=env)
+    d = fake_artifact_set(tmp_path / "set")
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "XDG_CACHE_HOME": str(tmp_path / "c")}
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "kdeploy.artifacts.build.mkmanifest", *a], capture_output=True,
+        text=True, env=env, cwd=tmp_path)
     assert run("--write", str(d), "--k8s-version", "1.37.2").returncode == 0
-    doc = __import__("json").loads((d / "manifest.json").read_text())
+    doc = json.loads((d / "manifest.json").read_text())
     assert doc["components"]["nginx"] == "1.22.1-9+deb12u11"
     assert "lib/ngx_stream_module.so" in doc["files"]
     assert run("--check", str(d)).returncode == 0
@@ -59,3 +65,69 @@ def test_mkmanifest_check_requires_every_catalog_file(tmp_path):
     assert run("--write", str(d), "--k8s-version", "1.37.2").returncode == 0
     p = run("--check", str(d))
     assert p.returncode == 1 and "bin/etcdutl" in p.stderr
+
+
+def test_components_are_the_scripts():
+    text = SCRIPT.read_text()
+    order = [line.split()[1] for line in text.splitlines() if line.startswith("run_component ")]
+    assert tuple(order) == COMPONENTS
+
+
+def test_only_rejects_unknown_component():
+    with pytest.raises(ArtifactError, match="unknown component.*kubelet"):
+        artifacts_build.check_components(["etcd", "kubelet"])
+
+
+def test_preflight_without_go_says_what_to_install(monkeypatch):
+    real = shutil.which
+    monkeypatch.setattr(artifacts_build.shutil, "which", lambda t: None if t == "go" else real(t))
+    with pytest.raises(ArtifactError) as e:
+        artifacts_build.preflight()
+    assert "Go is not installed" in e.value.message and "go.dev/dl" in e.value.hint
+
+
+def test_preflight_refuses_old_go(monkeypatch):
+    monkeypatch.setattr(artifacts_build.shutil, "which", lambda t: f"/usr/bin/{t}")
+    monkeypatch.setattr(artifacts_build, "_go_version", lambda go: (1, 19))
+    monkeypatch.delenv("GOTOOLCHAIN", raising=False)
+    with pytest.raises(ArtifactError, match="Go 1.19; the build needs 1.26"):
+        artifacts_build.preflight()
+
+
+def test_run_build_passes_options_and_this_python(monkeypatch):
+    seen = {}
+
+    def fake_run(argv, env):
+        seen.update(argv=argv, env=env)
+        return subprocess.CompletedProcess(argv, 0)
+    monkeypatch.setattr(artifacts_build.subprocess, "run", fake_run)
+    assert artifacts_build.run_build("1.36.3", arch="amd64", output=Path("/o"),
+                                     only=["etcd", "api-lb"], force=True) == 0
+    assert seen["argv"] == ["bash", str(SCRIPT), "--k8s-version", "1.36.3", "--arch", "amd64",
+                            "-o", "/o", "--only", "etcd,api-lb", "--force"]
+    assert seen["env"]["PYTHON"] == sys.executable
+
+
+@pytest.mark.skipif(shutil.which("go") is None or shutil.which("flock") is None,
+                    reason="needs go and flock on PATH")
+def test_cached_set_is_reused_and_copied(tmp_path):
+    """`kdeploy artifacts build` finds a valid set in the cache and builds nothing (the check
+    that keeps CI's cached builds in seconds); -o copies it without the stamps."""
+    arch = subprocess.run(["go", "env", "GOARCH"], capture_output=True, text=True).stdout.strip()
+    cache = tmp_path / "cache"
+    dest = fake_artifact_set(cache / "kdeploy" / "artifacts-build" / f"1.37.2-{arch}")
+    (dest / ".stamps").mkdir()
+    # should the check fail, the build stops at its first module download instead of compiling
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONPATH": str(REPO),
+           "GOPROXY": "off", "GOMODCACHE": str(tmp_path / "gomod")}
+    mk = [sys.executable, "-m", "kdeploy.artifacts.build.mkmanifest"]
+    subprocess.run([*mk, "--write", str(dest), "--k8s-version", "1.37.2", "--arch", arch],
+                   check=True, env=env, capture_output=True)
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "-m", "kdeploy", "artifacts", "build", "--k8s-version",
+                        "1.37.2", "-o", str(out)], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert f"cached and valid: {dest}" in p.stdout and "building" not in p.stdout
+    assert (out / "manifest.json").is_file() and (out / "bin" / "kubelet").read_bytes() == b"kubelet"
+    assert not (out / ".stamps").exists()

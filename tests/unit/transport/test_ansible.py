@@ -162,6 +162,25 @@ def test_event_to_step_mapping():
     assert event_to_step({"event": "playbook_on_start", "event_data": {}}) is None
 
 
+def test_playbooks_ship_inside_the_package():
+    import kdeploy
+    from kdeploy.transport import ansible as mod
+    if os.environ.get("KDEPLOY_PLAYBOOKS"):
+        pytest.skip("KDEPLOY_PLAYBOOKS overrides the package's playbooks")
+    assert mod.PLAYBOOKS == Path(kdeploy.__file__).resolve().parent / "playbooks"
+    for name in ("run.yml", "put.yml", "get.yml"):
+        assert (mod.PLAYBOOKS / "transport" / name).is_file()
+
+
+def test_missing_playbook_is_a_clear_error(tmp_path):
+    t = AnsibleTransport("node1", "192.0.2.7", playbooks=tmp_path)  # never dialled
+    with pytest.raises(TransportError) as e:
+        t.run(["true"])
+    assert "run.yml is missing" in e.value.message and "reinstall kdeploy" in e.value.hint
+    assert t.data_root is None  # nothing was set up
+    t.close()
+
+
 # --- real runs against sshd ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
-#!/usr/bin/env python3
 """Write or check manifest.json of a built artifact directory (the layout of docs/artifacts.md).
 
-    mkmanifest.py --write DIR --k8s-version 1.37.2 --arch amd64
-    mkmanifest.py --check DIR        # exit 0 when every file matches the manifest and every
-                                     # file of the catalog (bin/, cni/, lib/, images/) is listed
+    python3 -m kdeploy.artifacts.build.mkmanifest --write DIR --k8s-version 1.37.2 --arch amd64
+    python3 -m kdeploy.artifacts.build.mkmanifest --check DIR
+        exit 0 when every file matches the manifest and every file of the catalog
+        (bin/, cni/, lib/, images/) is listed
 """
 from __future__ import annotations
 

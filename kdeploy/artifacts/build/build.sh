@@ -3,7 +3,8 @@
 # upstream Go modules at pinned versions (no prebuilt downloads needed); the API load
 # balancer (nginx + stream module) comes from Debian 12's packages via apt-get download.
 #
-#   tests/artifacts/build [--k8s-version 1.37.2] [-o DIR] [--only COMPONENT[,..]] [--arch amd64]
+#   kdeploy artifacts build [--k8s-version 1.37.2] [-o DIR] [--only COMPONENT[,..]] [--arch amd64]
+#   (runs this script, kdeploy/artifacts/build/build.sh, which takes the same arguments)
 #
 # Output: the offline layout of docs/artifacts.md (manifest.json, bin/, cni/, lib/, images/),
 # cached in ${XDG_CACHE_HOME:-$HOME/.cache}/kdeploy/artifacts-build/<version>-<arch>/.
@@ -16,7 +17,7 @@
 # Env: GOFLAGS (default -p=2), GOMAXPROCS, GOTOOLCHAIN (default local), PYTHON.
 set -euo pipefail
 
-K8S_VERSION=1.37.2
+K8S_VERSION=""   # default: the catalog's DEFAULT_KUBERNETES_VERSION
 OUT=""
 ONLY=""
 ARCH=$(go env GOARCH 2>/dev/null || echo amd64)
@@ -29,11 +30,12 @@ while [ $# -gt 0 ]; do
     --only) ONLY=$2; shift 2 ;;
     --arch) ARCH=$2; shift 2 ;;
     --force) FORCE=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
 
+command -v go >/dev/null || { echo "go not found: install Go 1.26 or newer (https://go.dev/dl/)" >&2; exit 2; }
 # All pinned modules currently need at most Go 1.26.x. If a pin ever needs Go 1.27,
 # the only served toolchain is go1.27.3 (the go command fetches it from the module proxy).
 KDEPLOY_GOTOOLCHAIN=${GOTOOLCHAIN:-local}
@@ -46,10 +48,13 @@ export GOOS=linux GOARCH=$ARCH
 # ---- pins: kdeploy/artifacts/catalog.py is the single source (BUILD_OVERRIDES applied) ----
 HERE=$(cd "$(dirname "$0")" && pwd)
 PY=${PYTHON:-python3}
-# this checkout's kdeploy (catalog, mkmanifest), not whichever one pip installed
-export PYTHONPATH="$(cd "$HERE/../.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
-PINS=$(cd "$HERE/../.." && "$PY" -m kdeploy.artifacts --shell "$K8S_VERSION") || {
-  echo "cannot read pins for $K8S_VERSION (is kdeploy installed? pip install -e '.[test]')" >&2; exit 2; }
+# the kdeploy this script belongs to (catalog, mkmanifest, mkimage): a checkout's or an installed
+# package's, not whichever one comes first on python3's path
+export PYTHONPATH="$(cd "$HERE/../../.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
+[ -n "$K8S_VERSION" ] || K8S_VERSION=$("$PY" -c \
+  'from kdeploy.artifacts.catalog import DEFAULT_KUBERNETES_VERSION as v; print(v)')
+PINS=$("$PY" -m kdeploy.artifacts --shell "$K8S_VERSION") || {
+  echo "cannot read pins for $K8S_VERSION (needs kdeploy's dependencies: pip install kdeploy)" >&2; exit 2; }
 eval "$PINS"   # ETCD CONTAINERD RUNC CNI CRICTL COREDNS PAUSE AGNHOST NGINX
 
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/kdeploy
@@ -62,16 +67,6 @@ mkdir -p "$DEST/bin" "$DEST/cni" "$DEST/lib" "$DEST/images" "$SRC" "$STAMPS"
 exec 9>"$DEST.lock"
 flock -w 7200 9 || { echo "another build holds $DEST.lock" >&2; exit 1; }
 
-# prerequisites: gcc + libc6-dev (pause, cgo for runc), libseccomp.a (static runc)
-missing=()
-command -v gcc >/dev/null || missing+=(gcc libc6-dev)
-[ -e "/usr/lib/$(gcc -dumpmachine 2>/dev/null)/libseccomp.a" ] || missing+=(libseccomp-dev)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "[build] installing ${missing[*]}" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
-    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } \
-    || { echo "need: ${missing[*]} (apt-get install -y ${missing[*]})" >&2; exit 1; }
-fi
 TIMES=$DEST/.build-times.tsv
 touch "$TIMES"
 
@@ -88,12 +83,25 @@ finish() {
 }
 
 if [ $FORCE = 0 ] && [ -z "$ONLY" ] && [ -f "$DEST/manifest.json" ] \
-   && "$PY" "$HERE/mkmanifest.py" --check "$DEST" >/dev/null 2>&1; then
+   && "$PY" -m kdeploy.artifacts.build.mkmanifest --check "$DEST" >/dev/null 2>&1; then
   log "cached and valid: $DEST"
   finish
   exit 0
 fi
 rm -f "$DEST/manifest.json"
+
+# prerequisites: gcc + libc6-dev (pause, cgo for runc), libseccomp.a (static runc)
+missing=()
+command -v gcc >/dev/null || missing+=(gcc libc6-dev)
+[ -e "/usr/lib/$(gcc -dumpmachine 2>/dev/null)/libseccomp.a" ] || missing+=(libseccomp-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "the build needs ${missing[*]}: install them as root" \
+    "(apt-get install -y ${missing[*]}) or run the build as root" >&2; exit 1; }
+  echo "[build] installing ${missing[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; } \
+    || { echo "need: ${missing[*]} (apt-get install -y ${missing[*]})" >&2; exit 1; }
+fi
 
 want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
@@ -284,12 +292,12 @@ build_images() {
   [ -f "$SRC/pause.c" ] || { echo "pause.c missing: build the kubernetes component first" >&2; return 1; }
   gcc -Os -static -DVERSION="v$PAUSE-kdeploy" -o "$SRC/pause" "$SRC/pause.c"
   strip "$SRC/pause"
-  "$PY" "$HERE/mkimage.py" --ref "registry.k8s.io/pause:$PAUSE" --arch "$ARCH" \
+  "$PY" -m kdeploy.artifacts.build.mkimage --ref "registry.k8s.io/pause:$PAUSE" --arch "$ARCH" \
       --file "$SRC/pause:/pause" --entrypoint /pause --user 65535:65535 -o "$DEST/images/pause.tar"
-  "$PY" "$HERE/mkimage.py" --ref "registry.k8s.io/coredns/coredns:v$COREDNS" --arch "$ARCH" \
+  "$PY" -m kdeploy.artifacts.build.mkimage --ref "registry.k8s.io/coredns/coredns:v$COREDNS" --arch "$ARCH" \
       --file "$SRC/coredns/coredns-bin:/coredns" --entrypoint /coredns --expose 53/udp --expose 53/tcp \
       --user 65532:65532 -o "$DEST/images/coredns.tar"
-  "$PY" "$HERE/mkimage.py" --ref "registry.k8s.io/e2e-test-images/agnhost:$AGNHOST" --arch "$ARCH" \
+  "$PY" -m kdeploy.artifacts.build.mkimage --ref "registry.k8s.io/e2e-test-images/agnhost:$AGNHOST" --arch "$ARCH" \
       --file "$SRC/agnhost/agnhost:/agnhost" --entrypoint /agnhost --expose 80/tcp \
       -o "$DEST/images/agnhost.tar"
 }
@@ -310,7 +318,7 @@ run_component images     build_images     "$PAUSE/$COREDNS/$AGNHOST" \
   images/pause.tar images/coredns.tar images/agnhost.tar
 
 if [ -z "$ONLY" ]; then
-  "$PY" "$HERE/mkmanifest.py" --write "$DEST" --k8s-version "$K8S_VERSION" --arch "$ARCH"
+  "$PY" -m kdeploy.artifacts.build.mkmanifest --write "$DEST" --k8s-version "$K8S_VERSION" --arch "$ARCH"
   log "all done in $((SECONDS - T0))s: $DEST"
   finish
 else
