@@ -128,6 +128,7 @@ def host_sha(lab: LabCluster, machine: str, path: str) -> str:
 
 def test_up_from_a_mirror_locks_sums_and_refuses_a_replaced_file(mir):
     lab, art, www, tmp, url = mir
+    worker = lab.machines[-1]["name"]
     state = lab.inventory.parent / ".kdeploy" / "lab-mir"
     t = time.monotonic()
     p = deployer(lab, tmp / "cache-a", "up", "-i", str(lab.inventory), "--mirror", url, "--json")
@@ -141,7 +142,7 @@ def test_up_from_a_mirror_locks_sums_and_refuses_a_replaced_file(mir):
     kp = "kubernetes/1.37.2/amd64/kube-proxy"
     assert locked[kp]["source"] == f"{url}dl.k8s.io/release/v1.37.2/bin/linux/amd64/kube-proxy.sha256"
     assert any(e["source"] == "pinned" for e in locked.values())  # Debian's nginx packages
-    assert host_sha(lab, "w1", "/usr/local/bin/kube-proxy") == \
+    assert host_sha(lab, worker, "/usr/local/bin/kube-proxy") == \
         hashlib.sha256((art / "bin/kube-proxy").read_bytes()).hexdigest()
     print(f"\nup from the mirror: {first:.1f}s, {len(locked)} sums locked")
 
@@ -152,13 +153,13 @@ def test_up_from_a_mirror_locks_sums_and_refuses_a_replaced_file(mir):
     evil = good[:-64] + b"\0" * 64
     f.write_bytes(evil)
     (www / layout_path(r.sha256_url)).write_text(hashlib.sha256(evil).hexdigest() + "\n")
-    before = host_sha(lab, "w1", "/usr/local/bin/kube-proxy")
+    before = host_sha(lab, worker, "/usr/local/bin/kube-proxy")
     p = deployer(lab, tmp / "cache-b", "up", "-i", str(lab.inventory), "--mirror", url, "--json")
     assert p.returncode == 5, f"rc={p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     assert "checksum mismatch" in p.stderr and "kube-proxy" in p.stderr
     assert "artifacts.lock.json" in p.stderr and "Traceback" not in p.stderr
     assert not [e for e in events(p.stdout) if e.get("event") in ("apply", "change", "step")]
-    assert host_sha(lab, "w1", "/usr/local/bin/kube-proxy") == before
+    assert host_sha(lab, worker, "/usr/local/bin/kube-proxy") == before
     assert json.loads(lock_files[0].read_text())["files"][kp] == locked[kp]  # never re-locked
 
     # 3. restored: the fresh deployer has nothing to do
