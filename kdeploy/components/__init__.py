@@ -17,6 +17,10 @@ from kdeploy.plan.resources import Phase
 
 HostPred = Callable[[dict], bool]       # on render.context.host_context(...) values
 
+# CIS 1.1.x / 4.1.x: the units and config files of the control plane, etcd and the kubelet are
+# root:root 0600 (only root, which runs them, reads them; kubeconfigs and keys are 0600 as secrets)
+PRIVATE = 0o600
+
 
 @dataclass(frozen=True)
 class Row:

@@ -1,10 +1,10 @@
 """kube-apiserver (and kubectl, which the control-plane hosts use to reach it)."""
-from kdeploy.components import Binary, Component, Row
+from kdeploy.components import PRIVATE, Binary, Component, Row
 from kdeploy.execute.steps import Gate
 from kdeploy.model import defaults
 from kdeploy.pki import paths
 from kdeploy.plan.resources import Phase
-from kdeploy.render.context import AUDIT_POLICY, unit_path
+from kdeploy.render.context import ADMISSION_CONFIG, AUDIT_POLICY, unit_path
 
 KUBECTL = f"{defaults.BIN_DIR}/kubectl"
 # kubectl on a control-plane host against its own apiserver
@@ -16,9 +16,12 @@ READYZ = Gate("control-plane", "control-plane", " ".join(KUBECTL_LOCAL) + " get 
 COMPONENT = Component(
     "kube-apiserver", Phase.control_plane, role="control-plane",
     files=(
-        Row("control-plane/audit-policy.yaml.j2", AUDIT_POLICY, restarts=("kube-apiserver",), mode=0o600),
+        Row("control-plane/audit-policy.yaml.j2", AUDIT_POLICY, restarts=("kube-apiserver",), mode=PRIVATE),
+        # Pod Security defaults (read at start)
+        Row("control-plane/admission-config.yaml.j2", ADMISSION_CONFIG, restarts=("kube-apiserver",),
+            mode=PRIVATE),
         Row("control-plane/kube-apiserver.service.j2", unit_path("kube-apiserver"),
-            restarts=("kube-apiserver",)),
+            restarts=("kube-apiserver",), mode=PRIVATE),
     ),
     units=("kube-apiserver",),
     binaries=(Binary("kube-apiserver", "kube-apiserver"), Binary("kubectl")),

@@ -1,5 +1,5 @@
 """kube-controller-manager: leader-elected, talks to its own host's apiserver."""
-from kdeploy.components import Binary, Component, Row
+from kdeploy.components import PRIVATE, Binary, Component, Row
 from kdeploy.components.apiserver import KUBECTL_LOCAL
 from kdeploy.execute.steps import Gate
 from kdeploy.model import defaults
@@ -18,7 +18,7 @@ LEADERS = Gate("control-plane", "control-plane", (
 COMPONENT = Component(
     "kube-controller-manager", Phase.control_plane, role="control-plane",
     files=(Row("control-plane/kube-controller-manager.service.j2", unit_path("kube-controller-manager"),
-               restarts=("kube-controller-manager",)),),
+               restarts=("kube-controller-manager",), mode=PRIVATE),),
     units=("kube-controller-manager",),
     binaries=(Binary("kube-controller-manager", "kube-controller-manager"),),
     ports=(defaults.CONTROLLER_MANAGER_PORT,),

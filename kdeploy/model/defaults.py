@@ -24,7 +24,8 @@ CNI_CONF_DIR = "/etc/cni/net.d"
 K8S_DIR = "/etc/kubernetes"
 PKI_DIR = "/etc/kubernetes/pki"
 ETCD_PKI_DIR = "/etc/kubernetes/pki/etcd"
-ETCD_DATA_DIR = "/var/lib/etcd"
+ETCD_DATA_DIR = "/var/lib/etcd"        # under /var/lib: the etcd unit's StateDirectory
+ETCD_USER = "etcd"                      # etcd's system user and group (sysusers.d)
 KUBELET_DIR = "/var/lib/kubelet"
 KUBE_PROXY_DIR = "/var/lib/kube-proxy"
 CONTAINERD_CONF = "/etc/containerd/config.toml"
@@ -37,6 +38,23 @@ SYSTEMD_DIR = "/etc/systemd/system"
 AUDIT_LOG = "/var/log/kubernetes/audit.log"
 KDEPLOY_DIR = "/var/lib/kdeploy"
 KDEPLOY_LIB_DIR = "/usr/local/lib/kdeploy"   # files kdeploy installs outside the usual bin dirs
+
+# hardening (docs/security.md)
+# TLS 1.2 suites of the apiserver, etcd and the kubelet: ECDHE key exchange and AEAD ciphers only
+# (TLS 1.3 suites are not configurable in Go and are all strong)
+TLS_CIPHER_SUITES = (
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+)
+KUBELET_POD_PIDS_LIMIT = 4096           # per pod: a fork bomb cannot exhaust the node's PIDs
+# Pod Security admission for namespaces without their own labels
+POD_SECURITY_ENFORCE = "baseline"
+POD_SECURITY_WARN_AUDIT = "restricted"
+POD_SECURITY_EXEMPT_NAMESPACES = ("kube-system",)
 
 # local state beside the inventory
 STATE_DIRNAME = ".kdeploy"

@@ -37,6 +37,9 @@ ETCD_CA = "etcd/ca"
 FRONT_PROXY_CA = "front-proxy-ca"
 
 LOCAL = "local"  # kubeconfig server placeholder: https://127.0.0.1:<api port> on the host itself
+# run before the kubelet restarts with a kubeconfig kdeploy issued anew: the kubelet's rotated
+# client certificates (signed by a CA that may be on its way out) are dropped
+FORGET_KUBELET_CLIENT = ("sh", "-c", f"rm -f {paths.KUBELET_PKI_DIR}/kubelet-client-*.pem")
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class Place:
     phase: str
     restarts: tuple[str, ...] = ()
     server: str | None = None
+    owner: str = "root"              # owner and group of the file (a key its non-root unit reads)
+    run_on_change: tuple[tuple[str, ...], ...] = ()   # argv lists run after the file changed
 
 
 @dataclass(frozen=True)
@@ -160,8 +165,8 @@ def build_table(c: Cluster) -> Table:
         )),
     )
 
-    def pair(hosts, crt, key, phase, restarts):
-        return (P(hosts, "crt", crt, phase, restarts), P(hosts, "key", key, phase, restarts))
+    def pair(hosts, crt, key, phase, restarts, key_owner="root"):
+        return (P(hosts, "crt", crt, phase, restarts), P(hosts, "key", key, phase, restarts, owner=key_owner))
 
     api_dns, api_ip = apiserver_sans(c)
     ids: list[Identity] = [
@@ -196,14 +201,21 @@ def build_table(c: Cluster) -> Table:
         one = (h.name,)
         # kubeadm gives the etcd server cert clientAuth too (etcd's gRPC gateway dials itself)
         ids.append(Identity(f"etcd/{h.name}/server", ETCD_CA, h.name, (), dns, ip, (SERVER, CLIENT),
-                            places=pair(one, paths.ETCD_SERVER_CRT, paths.ETCD_SERVER_KEY, "etcd", (ETCD,))))
+                            places=pair(one, paths.ETCD_SERVER_CRT, paths.ETCD_SERVER_KEY, "etcd", (ETCD,),
+                                        defaults.ETCD_USER)))
         ids.append(Identity(f"etcd/{h.name}/peer", ETCD_CA, h.name, (), dns, ip, (SERVER, CLIENT),
-                            places=pair(one, paths.ETCD_PEER_CRT, paths.ETCD_PEER_KEY, "etcd", (ETCD,))))
+                            places=pair(one, paths.ETCD_PEER_CRT, paths.ETCD_PEER_KEY, "etcd", (ETCD,),
+                                        defaults.ETCD_USER)))
     for h in c.hosts:
         one = (h.name,)
         node = f"system:node:{h.name}"
+        # the kubelet's first client certificate: with rotateCertificates the kubelet copies it
+        # into its own store (paths.KUBELET_CLIENT_CURRENT) when that is empty or expired, and
+        # renews it there through a CSR; a new one from kdeploy (renewal, CA rotation) empties
+        # the store so that the kubelet starts over from it
         ids.append(Identity(f"nodes/{h.name}/kubelet-client", CLUSTER_CA, node, ("system:nodes",),
-                            places=(P(one, "kubeconfig", paths.KUBELET_CONF, "node", (KUBELET,), url),)))
+                            places=(P(one, "kubeconfig", paths.KUBELET_CONF, "node", (KUBELET,), url,
+                                      run_on_change=(FORGET_KUBELET_CLIENT,)),)))
         dns, ip = split_sans([h.name, h.address])
         ids.append(Identity(f"nodes/{h.name}/kubelet-serving", CLUSTER_CA, node, ("system:nodes",),
                             dns, ip, (SERVER,),

@@ -29,8 +29,12 @@ ETCD_PEER_KEY = f"{PKI}/etcd/peer.key"
 ETCD_HEALTHCHECK_CLIENT_CRT = f"{PKI}/etcd/healthcheck-client.crt"   # etcdctl on etcd members
 ETCD_HEALTHCHECK_CLIENT_KEY = f"{PKI}/etcd/healthcheck-client.key"
 
-KUBELET_SERVING_CRT = "/var/lib/kubelet/pki/kubelet.crt"
-KUBELET_SERVING_KEY = "/var/lib/kubelet/pki/kubelet.key"
+KUBELET_PKI_DIR = "/var/lib/kubelet/pki"
+KUBELET_SERVING_CRT = f"{KUBELET_PKI_DIR}/kubelet.crt"
+KUBELET_SERVING_KEY = f"{KUBELET_PKI_DIR}/kubelet.key"
+# the kubelet's own client certificate store (rotateCertificates): a symlink it maintains to
+# kubelet-client-<time>.pem; seeded by the kubelet from KUBELET_CONF, never written by kdeploy
+KUBELET_CLIENT_CURRENT = f"{KUBELET_PKI_DIR}/kubelet-client-current.pem"
 
 ENCRYPTION_CONFIG = "/etc/kubernetes/encryption-config.yaml"
 

@@ -26,6 +26,8 @@ MODULES_CONF = "/etc/modules-load.d/kdeploy.conf"
 SYSCTL_CONF = "/etc/sysctl.d/99-kdeploy.conf"
 HOSTS_FILE = "/etc/hosts"
 AUDIT_POLICY = f"{defaults.K8S_DIR}/audit-policy.yaml"
+ADMISSION_CONFIG = f"{defaults.K8S_DIR}/admission-config.yaml"
+ETCD_SYSUSERS = "/etc/sysusers.d/kdeploy-etcd.conf"
 SCHEDULER_CONFIG = f"{defaults.K8S_DIR}/kube-scheduler.yaml"
 KUBELET_CONFIG = f"{defaults.KUBELET_DIR}/config.yaml"
 KUBE_PROXY_CONFIG = f"{defaults.KUBE_PROXY_DIR}/config.yaml"
@@ -126,6 +128,8 @@ def _build(cluster: Cluster) -> ClusterContext:
             "metrics_port": ETCD_METRICS_PORT,
             "token": f"{cluster.name}-etcd",
             "bootstrap_env": ETCD_BOOTSTRAP_ENV,
+            "user": defaults.ETCD_USER,
+            "state_directory": defaults.ETCD_DATA_DIR.removeprefix("/var/lib/"),
             "initial_cluster_state": "new",   # a joining member's: kdeploy.verbs.membership
             "initial_cluster": ",".join(
                 f"{h.name}=https://{url_addr(h.address)}:{defaults.ETCD_PEER_PORT}"
@@ -138,6 +142,7 @@ def _build(cluster: Cluster) -> ClusterContext:
             "url": cluster.api_server_url,
             "audit_log": defaults.AUDIT_LOG,
             "audit_policy": AUDIT_POLICY,
+            "admission_config": ADMISSION_CONFIG,
             "sa_issuer": f"https://kubernetes.default.svc.{net.cluster_domain}",
             "front_proxy_client_cn": fp_cn,
         },
@@ -170,6 +175,7 @@ def _build(cluster: Cluster) -> ClusterContext:
             "cgroup_driver": cluster.spec.container_runtime.cgroup_driver,
             "fail_cgroup_v1": cluster.spec.kubelet.fail_cgroup_v1,
             "max_pods": cluster.spec.kubelet.max_pods,
+            "pod_pids_limit": defaults.KUBELET_POD_PIDS_LIMIT,
             "resolv_conf": RESOLV_CONF,
         },
         "kube_proxy": {
@@ -179,6 +185,13 @@ def _build(cluster: Cluster) -> ClusterContext:
         },
         "coredns": {"image": images.coredns, "version": images.coredns_version, "replicas": 2},
         "kubelet_client": {"user": kc_user, "groups": list(kc_groups)},
+        "tls_cipher_suites": list(defaults.TLS_CIPHER_SUITES),
+        "pod_security": {
+            "enforce": defaults.POD_SECURITY_ENFORCE,
+            "warn": defaults.POD_SECURITY_WARN_AUDIT,
+            "audit": defaults.POD_SECURITY_WARN_AUDIT,
+            "exempt_namespaces": list(defaults.POD_SECURITY_EXEMPT_NAMESPACES),
+        },
     }
     environment = _env.environment()
     base = _env.globals_merged(base, environment)

@@ -34,6 +34,7 @@ from kdeploy.model import Cluster, defaults
 BACKUP_DIR = f"{defaults.KDEPLOY_DIR}/backups"          # on the member, removed after the copy
 RESTORE_DIR = f"{defaults.KDEPLOY_DIR}/restore"
 ETCDUTL = f"{defaults.BIN_DIR}/etcdutl"
+ETCD_OWNER = f"{defaults.ETCD_USER}:{defaults.ETCD_USER}"
 CONTROL_PLANE_UNITS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 BUMP_REVISION = 1_000_000_000     # well past any revision a watcher has seen (etcd's docs' value)
 KEEP = 10
@@ -275,6 +276,9 @@ def restore(cluster: Cluster, transports: Mapping, state_dir: Path, snapshot: Pa
                   f"--initial-cluster {shlex.quote(initial)} --initial-cluster-token {shlex.quote(token)} "
                   f"--initial-advertise-peer-urls {shlex.quote(peer_url(h))} "
                   f"--bump-revision {BUMP_REVISION} --mark-compacted\n"
+                  # etcd runs as its own user (its unit's StateDirectory would hand the dir over
+                  # at start too; done here so the restored dir is right before anything runs)
+                  f"if id -u {defaults.ETCD_USER} >/dev/null 2>&1; then chown -R {ETCD_OWNER} {data}.restoring; fi\n"
                   f"chmod 0700 {data}.restoring\nmv {data}.restoring {data}\ntouch {marker}\n")
         r = transports[name].run(script, timeout=600, check=False)
         if not r.ok:
