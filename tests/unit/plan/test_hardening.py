@@ -75,7 +75,8 @@ def test_an_owner_changed_by_hand_is_put_back(cluster_desired):
     key = _files(desired, "cp1")[paths.ETCD_SERVER_KEY]
     files = dict(obs["cp1"].files)
     files[key.path] = FileState(key.sha256, 0o644, "root", "root")
-    p = plan({"cp1": desired["cp1"]}, {"cp1": Observed(files=files, units=obs["cp1"].units)})
+    p = plan({"cp1": desired["cp1"]}, {"cp1": Observed(files=files, units=obs["cp1"].units,
+                                                       contents=obs["cp1"].contents)})
     assert [(c.kind, c.target, c.reason) for c in p.changes] == [
         ("mode", key.path, "mode 0o644 -> 0o600, owner root -> etcd, group root -> etcd")]
 
@@ -145,8 +146,8 @@ def test_node_client_renewal_is_auto_approved(cluster_desired):
     _, desired = cluster_desired
     rbac = next(f for f in desired["cp1"].files if f.path.endswith("apiserver-to-kubelet-rbac.yaml"))
     docs = list(yaml.safe_load_all(rbac.content))
-    (b,) = [d for d in docs if d["roleRef"]["name"].endswith("certificatesigningrequests:selfnodeclient")
-            if d["kind"] == "ClusterRoleBinding"]
+    (b,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"
+            and d["roleRef"]["name"].endswith("certificatesigningrequests:selfnodeclient")]
     assert b["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}]
 
 

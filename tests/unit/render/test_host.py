@@ -90,7 +90,7 @@ hosts:
     assert kc["authorization"]["mode"] == "Webhook"
     assert kc["failCgroupV1"] is fail_v1
     assert kc["cgroupDriver"] == "cgroupfs"
-    assert kc["readOnlyPort"] == 0 and kc["rotateCertificates"] is False
+    assert kc["readOnlyPort"] == 0 and kc["rotateCertificates"] is True
     assert kc["tlsCertFile"] == paths.KUBELET_SERVING_CRT
     assert kc["tlsPrivateKeyFile"] == paths.KUBELET_SERVING_KEY
     assert kc["clusterDNS"] == [c.dns_service_ip]
@@ -136,7 +136,7 @@ def test_apiserver_flags():
         assert f["encryption-provider-config"] == paths.ENCRYPTION_CONFIG
         assert f["audit-policy-file"] == "/etc/kubernetes/audit-policy.yaml"
         assert f["audit-log-path"] and f["audit-log-maxbackup"] and f["audit-log-maxsize"]
-        assert f["enable-admission-plugins"] == "NodeRestriction"
+        assert f["enable-admission-plugins"] == "NodeRestriction,PodSecurity,DenyServiceExternalIPs"
         assert f["advertise-address"] == h.address
         assert f["service-cluster-ip-range"] == c.spec.network.service_cidr
         assert f["service-account-issuer"] == "https://kubernetes.default.svc.cluster.local"
@@ -307,7 +307,8 @@ def test_addons():
                                          "/etc/kubernetes/addons/10-coredns.yaml"]
         assert all(f.phase == "addons" for f in out)
         rbac = list(yaml.safe_load_all(out[0].content))
-        role, binding = rbac
+        role, binding, autoapprove = rbac
+        assert autoapprove["roleRef"]["name"].endswith(":selfnodeclient")
         assert role["kind"] == "ClusterRole" and role["metadata"]["name"] == "system:kube-apiserver-to-kubelet"
         assert {"nodes/proxy", "nodes/stats", "nodes/log", "nodes/spec", "nodes/metrics"} <= set(
             role["rules"][0]["resources"])
