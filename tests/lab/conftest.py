@@ -103,6 +103,31 @@ class LabCluster:
         return self.down_s
 
 
+def own_lab(name: str, directory: Path, masters: int = 1, workers: int = 1) -> LabCluster:
+    """A named lab for one test module, its inventory in `directory`; a lab of that name left
+    over by an earlier, killed run is taken down first."""
+    if LabState(name).exists():
+        api.down(name=name, log=lambda s: None)
+    inv = directory / "inventory.yaml"
+    info = api.up(name=name, masters=masters, workers=workers, output=inv, log=lambda s: None)
+    return LabCluster(name=name, inventory=inv, info=info)
+
+
+def module_lab(name: str, tmp_path_factory, masters: int = 1, workers: int = 1):
+    """The body of a module fixture owning its lab: yields (LabCluster, artifact dir), takes
+    the lab down afterwards.  `yield from module_lab("rst", tmp_path_factory)`"""
+    reason = lab_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from tests.lab.test_up import artifacts_dir
+    art = artifacts_dir()
+    lab = own_lab(name, tmp_path_factory.mktemp(name), masters, workers)
+    try:
+        yield lab, art
+    finally:
+        lab.down()
+
+
 @pytest.fixture(scope="session")
 def lab_cluster(tmp_path_factory):
     """Factory: lab_cluster(masters=1, workers=2) -> LabCluster (one lab per topology per session)."""

@@ -11,12 +11,10 @@ import time
 
 import pytest
 
-from kdeploy.lab import api
-from kdeploy.lab.state import LabState
 from kdeploy.pki import paths
 from kdeploy.render.context import ADMISSION_CONFIG, AUDIT_POLICY, KUBELET_CONFIG, SCHEDULER_CONFIG
-from tests.lab.conftest import LabCluster, lab_skip_reason
-from tests.lab.test_up import artifacts_dir, assert_ok, up_json
+from tests.lab.conftest import LabCluster, module_lab
+from tests.lab.test_up import assert_ok, up_json
 
 pytestmark = pytest.mark.lab
 
@@ -32,19 +30,7 @@ NODE_PRIVATE = [f"{UNITS}/kubelet.service", KUBELET_CONFIG, paths.KUBELET_CONF, 
 
 @pytest.fixture(scope="module")
 def hrd(tmp_path_factory):
-    reason = lab_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    art = artifacts_dir()
-    if LabState(LAB).exists():          # left over by an earlier, killed run of this test
-        api.down(name=LAB, log=lambda s: None)
-    inv = tmp_path_factory.mktemp(LAB) / "inventory.yaml"
-    info = api.up(name=LAB, masters=1, workers=1, output=inv, log=lambda s: None)
-    lab = LabCluster(name=LAB, inventory=inv, info=info)
-    try:
-        yield lab, art
-    finally:
-        lab.down()
+    yield from module_lab(LAB, tmp_path_factory)
 
 
 def sh(lab: LabCluster, host: str, cmd: str) -> str:

@@ -17,12 +17,10 @@ import time
 import pytest
 import yaml
 
-from kdeploy.lab import api
-from kdeploy.lab.state import LabState
 from kdeploy.model import defaults, load_inventory
 from kdeploy.verbs.reset import data_dirs, reset_desired
-from tests.lab.conftest import LabCluster, lab_skip_reason
-from tests.lab.test_up import artifacts_dir, assert_ok, events, kdeploy, up_json
+from tests.lab.conftest import LabCluster, module_lab
+from tests.lab.test_up import assert_ok, events, kdeploy, up_json
 
 pytestmark = pytest.mark.lab
 
@@ -38,19 +36,7 @@ systemctl daemon-reload && systemctl enable --now kube-scheduler.service etcd.se
 
 @pytest.fixture(scope="module")
 def rst(tmp_path_factory):
-    reason = lab_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    art = artifacts_dir()
-    if LabState(LAB).exists():          # left over by an earlier, killed run of this test
-        api.down(name=LAB, log=lambda s: None)
-    inv = tmp_path_factory.mktemp(LAB) / "inventory.yaml"
-    info = api.up(name=LAB, masters=1, workers=1, output=inv, log=lambda s: None)
-    lab = LabCluster(name=LAB, inventory=inv, info=info)
-    try:
-        yield lab, art
-    finally:
-        lab.down()
+    yield from module_lab(LAB, tmp_path_factory)
 
 
 def reset_json(inv, *extra):
