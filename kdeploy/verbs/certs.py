@@ -18,6 +18,7 @@ differ from the state dir, so the plan is not empty).
 """
 from __future__ import annotations
 
+import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -71,20 +72,19 @@ def check_hosts(cluster: Cluster, transports: Mapping, pki, *, failed: Mapping |
 
 # ---------------------------------------------------------------------------- renew
 
-def certificate_paths(dep) -> dict[str, set[str]]:
-    """{host: paths of the PKI material placed there} (certs, keys, kubeconfigs)."""
-    return {h.name: {f.path for f in dep.pki.files_for(h.name)} for h in dep.cluster.hosts}
-
-
 def foreign_changes(plan, dep) -> list[str]:
     """Changes of the plan that are not a certificate rollout: `certs renew` refuses them
     (they are `kdeploy up`'s or `kdeploy upgrade`'s to make)."""
-    pki_paths = certificate_paths(dep)
+    placed = {h.name: dep.pki.files_for(h.name) for h in dep.cluster.hosts}
+    pki_paths = {h: {f.path for f in fs} for h, fs in placed.items()}
+    # commands a placed PKI file runs when it changed (kubelet.conf: forget the kubelet's
+    # rotated client certificates) belong to the rollout too
+    pki_runs = {h: {shlex.join(a) for f in fs for a in f.run_on_change} for h, fs in placed.items()}
     out = []
     for c in plan.changes:
         if c.kind in ("file", "mode") and c.target in pki_paths.get(c.host, ()):
             continue
-        if c.kind == "unit-restart":
+        if c.kind == "unit-restart" or (c.kind == "run" and c.target in pki_runs.get(c.host, ())):
             continue
         out.append(f"{c.host}: {c.action} {c.target}")
     return out

@@ -1,11 +1,14 @@
 """certs renew's rollout steps and refusals; certs check over (local) hosts."""
 from __future__ import annotations
 
+import shlex
+
 from types import SimpleNamespace
 
 from kdeploy.execute.steps import Policy
 from kdeploy.pki import ensure_pki, load_pki
 from kdeploy.plan.planner import Change, Plan
+from kdeploy.pki.identities import FORGET_KUBELET_CLIENT
 from kdeploy.verbs.certs import check_hosts, foreign_changes, renew_steps
 from tests.unit.pki.conftest import load, write_inventory
 from tests.unit.pki.hostfake import DirHost
@@ -35,16 +38,19 @@ def test_only_certificate_files_and_restarts_are_a_renewal(tmp_path):
     dep = SimpleNamespace(cluster=cluster, pki=ensure_pki(cluster))
     ok = Plan((Change("w1", "node", "file", "/etc/kubernetes/kubelet.conf", "update", secret=True),
                Change("w1", "node", "file", "/var/lib/kubelet/pki/kubelet.key", "update", secret=True),
+               Change("w1", "node", "run", shlex.join(FORGET_KUBELET_CLIENT), "run"),
                Change("w1", "node", "unit-restart", "kubelet", "restart"),
                Change("cp1", "etcd", "file", "/etc/kubernetes/pki/etcd/peer.crt", "update")))
     assert foreign_changes(ok, dep) == []
     bad = Plan(ok.changes + (
         Change("w1", "node", "file", "/var/lib/kubelet/config.yaml", "update"),
         Change("w1", "etcd", "file", "/etc/kubernetes/pki/etcd/peer.crt", "create"),  # not its file
-        Change("w1", "artifacts", "binary", "/usr/local/bin/kubelet", "update")))
+        Change("w1", "artifacts", "binary", "/usr/local/bin/kubelet", "update"),
+        Change("w1", "os", "run", "sysctl -p /etc/sysctl.d/99-kdeploy.conf", "run")))
     assert foreign_changes(bad, dep) == ["w1: update /var/lib/kubelet/config.yaml",
                                          "w1: create /etc/kubernetes/pki/etcd/peer.crt",
-                                         "w1: update /usr/local/bin/kubelet"]
+                                         "w1: update /usr/local/bin/kubelet",
+                                         "w1: run sysctl -p /etc/sysctl.d/99-kdeploy.conf"]
 
 
 def test_check_reads_every_host_once_and_names_the_unreachable(tmp_path):
