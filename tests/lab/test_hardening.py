@@ -1,12 +1,16 @@
 """Hardening on lab machines (lab `hrd`, 1 control plane + 1 worker; docs/security.md): `up`
 is green, a second `up` changes and restarts nothing, the files are root:root 0600 where the
-CIS benchmark asks, etcd runs as its own user on a data dir it owns (0700), and each kubelet
-renewed the client certificate kdeploy gave it through an auto-approved CSR.
+CIS benchmark asks, etcd runs as its own user on a data dir it owns (0700), each kubelet
+renewed the client certificate kdeploy gave it through an auto-approved CSR, a privileged pod is
+refused outside kube-system (Pod Security baseline), and the audit log holds Secrets access but
+no node heartbeats.
 
 Needs: root + systemd-nspawn + debootstrap, and KDEPLOY_ARTIFACTS (a built artifact directory).
 """
 from __future__ import annotations
 
+import json
+import shlex
 import time
 
 import pytest
@@ -88,3 +92,15 @@ def test_hardened_cluster_is_green_idempotent_and_rotates_kubelet_client_certs(h
         assert f"system:node:{host}" in subject
     nodes = sh(lab, "m1", f"{KUBECTL} get nodes --no-headers")
     assert [line.split()[1] for line in nodes.splitlines()] == ["Ready", "Ready"], nodes
+
+    # Pod Security: baseline enforced in a namespace without labels (server-side dry run)
+    pod = {"spec": {"containers": [{"name": "p", "image": "x", "securityContext": {"privileged": True}}]}}
+    rc, out, err = lab.run("m1", f"{KUBECTL} -n default run p --image=x --dry-run=server "
+                                 f"--overrides={shlex.quote(json.dumps(pod))}")
+    assert rc != 0 and "violates PodSecurity" in err and '"baseline' in err, (rc, out, err)
+    # audit log: no node heartbeats; Secrets access (verify's 403 probe) recorded
+    log = "/var/log/kubernetes/audit.log"
+    leases = sh(lab, "m1", f"grep '\"resource\":\"leases\",\"namespace\":\"kube-node-lease\"' {log} "
+                           "| head -3 || true")
+    assert leases == "", leases
+    assert int(sh(lab, "m1", f"grep -c '\"resource\":\"secrets\"' {log} || true")) > 0
