@@ -93,6 +93,8 @@ class Check:
     status: str
     text: str
     scored: bool = True
+    actual: str = ""          # what the audit found (kube-bench's actual_value)
+    remediation: str = ""
 
 
 @dataclass
@@ -119,7 +121,9 @@ def parse(host: str, raw: str | bytes | dict | list) -> list[TargetResult]:
                 st = str(chk.get("status", "")).upper()
                 tr.checks.append(Check(str(chk.get("test_number", "?")), st,
                                        " ".join(str(chk.get("test_desc", "")).split()),
-                                       bool(chk.get("scored", True))))
+                                       bool(chk.get("scored", True)),
+                                       str(chk.get("actual_value") or "").strip(),
+                                       str(chk.get("remediation") or "").strip()))
                 if st in tr.counts:
                     tr.counts[st] += 1
         out.append(tr)
