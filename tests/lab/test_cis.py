@@ -17,9 +17,7 @@ import time
 import pytest
 
 from kdeploy.artifacts.catalog import KUBE_BENCH_BIN
-from kdeploy.lab import api
-from kdeploy.lab.state import LabState
-from tests.lab.conftest import LabCluster, lab_skip_reason
+from tests.lab.conftest import fresh_lab, lab_skip_reason
 from tests.lab.test_up import artifacts_dir, assert_ok, kdeploy
 
 pytestmark = pytest.mark.lab
@@ -56,14 +54,10 @@ def cis_lab(tmp_path_factory):
     art = artifacts_dir()
     if KUBE_BENCH_BIN not in json.loads((art / "manifest.json").read_text())["files"]:
         pytest.skip(f"{art} has no kube-bench (kdeploy artifacts build adds the component)")
-    if LabState(LAB).exists():          # left over by an earlier, killed run of this test
-        api.down(name=LAB, log=lambda s: None)
-    inv = tmp_path_factory.mktemp(LAB) / "inventory.yaml"
-    info = api.up(name=LAB, masters=1, workers=1, output=inv, log=lambda s: None)
-    lab = LabCluster(name=LAB, inventory=inv, info=info)
+    lab = fresh_lab(LAB, tmp_path_factory.mktemp(LAB) / "inventory.yaml")
     try:
         t = time.monotonic()
-        assert_ok(kdeploy("up", "-i", str(inv), "--artifacts", str(art), "--no-verify"))
+        assert_ok(kdeploy("up", "-i", str(lab.inventory), "--artifacts", str(art), "--no-verify"))
         print(f"\nup: {time.monotonic() - t:.0f}s")
         yield lab, art
     finally:
