@@ -360,10 +360,10 @@ def _from_images_dir(root: Path, v: ComponentVersions, cache: VerifyCache) -> li
 
 def _downloads(v: ComponentVersions, arch: str, fetcher: Fetcher, cache: VerifyCache,
                lock: ChecksumLock | None, mirror: str | None = None, *,
-               kube_bench: bool = False) -> list[tuple[Release, Path, str]]:
-    """Every official download of (v, arch), verified, in the cache: (release, file, sha256).
-    kube_bench: kube-bench's release too (optional, not installed on hosts)."""
-    rels = catalog.releases(v, arch) + ([catalog.kube_bench_release(arch)] if kube_bench else [])
+               rels: list[Release] | None = None) -> list[tuple[Release, Path, str]]:
+    """Every official download of (v, arch) (or just `rels`), verified, in the cache:
+    (release, file, sha256)."""
+    rels = catalog.releases(v, arch) if rels is None else rels
     # every checksum first (pinned, locked or published): refuse before downloading anything
     texts: dict[str, str] = {}
     scratch = downloads_dir()
@@ -466,9 +466,8 @@ def fetch_to_dir(out: Path, kubernetes_version: str, arch: str = "amd64", *,
         cache = VerifyCache()
         try:
             for r, archive, _ in _downloads(v, arch, fetcher or urllib_fetcher, cache, lock,
-                                            mirror, kube_bench=True):
-                if r.component == "kube-bench":
-                    tools = _extract(r, archive, cache)
+                                            mirror, rels=[catalog.kube_bench_release(arch)]):
+                tools = _extract(r, archive, cache)
         finally:
             cache.save()
     out = Path(out)
@@ -508,7 +507,8 @@ def fetch_mirror_layout(out: Path, kubernetes_version: str, arch: str = "amd64",
     """Fill `out` with the official downloads of (version, arch) in their URL layout
     (out/dl.k8s.io/release/..., out/github.com/...), each with a checksum file at the path of
     upstream's (holding the verified sums), so any web server serving `out` is a mirror for
-    spec.artifacts.mirror. Several versions and arches can share one `out`. Returns the paths
+    spec.artifacts.mirror. Several versions and arches can share one `out`. kube_bench: kube-bench's
+    release too (what `fetch --kube-bench` then reads from the mirror). Returns the paths
     written, relative to out."""
     catalog.check_arch(arch)
     v = catalog.versions_for(kubernetes_version)
@@ -518,8 +518,9 @@ def fetch_mirror_layout(out: Path, kubernetes_version: str, arch: str = "amd64",
     try:
         if mirror:
             check_mirror(mirror)
+        rels = catalog.releases(v, arch) + ([catalog.kube_bench_release(arch)] if kube_bench else [])
         for r, archive, sha in _downloads(v, arch, fetcher or urllib_fetcher, cache, lock, mirror,
-                                          kube_bench=kube_bench):
+                                          rels=rels):
             rel = layout_path(r.url)
             dest = out / rel
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -410,3 +410,6 @@ def test_fetch_to_dir_adds_kube_bench_release_only_when_asked(upstream, tmp_path
     assert kube_bench_from(out)["cfg/config.yaml"].read_bytes() == b"cfg/config.yaml content"
     assert {f.name for f in resolve("1.37.2", offline_dir=out)} == \
         {f.name for f in resolve("1.37.2", offline_dir=tmp_path / "plain")}   # hosts: the same
+    written = fetch_mirror_layout(tmp_path / "www", "1.37.2", "amd64", fetcher=upstream, lock=lock,
+                                  kube_bench=True)
+    assert r.url.split("://", 1)[1] in written and r.sha256_url.split("://", 1)[1] in written
