@@ -6,9 +6,9 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "inventories" / "sample"
 
 
-def fake_artifact_set(d: Path, *, kube_bench: bool = False) -> Path:
-    """Every file of the artifact catalog under d (content: its name), no manifest;
-    kube_bench: the optional tools/kube-bench/ files too."""
+def fake_artifact_set(d: Path, *, kube_bench: bool = True) -> Path:
+    """Every file of a built artifact set under d (content: its name), no manifest;
+    kube_bench=False: without the optional tools/kube-bench/ (a set from before it, or fetched)."""
     from kdeploy.artifacts import catalog
     files = [(s.relpath, s.name) for s in catalog.file_specs()]
     if kube_bench:

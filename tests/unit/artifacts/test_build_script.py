@@ -63,7 +63,7 @@ def test_build_script_builds_kube_bench_with_gosumdb_off_for_it_alone():
 def test_mkmanifest_check_requires_every_catalog_file(tmp_path):
     """A cached build from before a file joined the catalog (etcdutl, lib/, kube-bench) is not
     'valid' (the build then builds just what is missing)."""
-    d = fake_artifact_set(tmp_path / "set", kube_bench=True)
+    d = fake_artifact_set(tmp_path / "set")
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "XDG_CACHE_HOME": str(tmp_path / "c")}
     run = lambda *a: subprocess.run(  # noqa: E731
         [sys.executable, "-m", "kdeploy.artifacts.build.mkmanifest", *a], capture_output=True,
@@ -138,7 +138,7 @@ def test_cached_set_is_reused_and_copied(tmp_path):
     that keeps CI's cached builds in seconds); -o copies it without the stamps."""
     arch = subprocess.run(["go", "env", "GOARCH"], capture_output=True, text=True).stdout.strip()
     cache = tmp_path / "cache"
-    dest = fake_artifact_set(cache / "kdeploy" / "artifacts-build" / f"1.37.2-{arch}", kube_bench=True)
+    dest = fake_artifact_set(cache / "kdeploy" / "artifacts-build" / f"1.37.2-{arch}")
     (dest / ".stamps").mkdir()
     # should the check fail, the build stops at its first module download instead of compiling
     env = {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONPATH": str(REPO),

@@ -144,12 +144,12 @@ def test_table_counts_then_fail_and_warn_rows():
 
 def test_kube_bench_from_a_set_with_and_without_it(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    old = fake_artifact_set(tmp_path / "old")
+    old = fake_artifact_set(tmp_path / "old", kube_bench=False)
     write_manifest(old, kubernetes_version="1.37.2", arch="amd64", source="test")
     with pytest.raises(ArtifactError, match="has no kube-bench") as e:
         bench.kube_bench_from(old)
     assert "kdeploy artifacts build --k8s-version 1.37.2" in e.value.hint
-    new = fake_artifact_set(tmp_path / "new", kube_bench=True)
+    new = fake_artifact_set(tmp_path / "new")
     write_manifest(new, kubernetes_version="1.37.2", arch="amd64", source="test")
     files = bench.kube_bench_from(new)
     assert set(files) == {"kube-bench", "cfg/config.yaml"} | {
