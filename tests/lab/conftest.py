@@ -103,6 +103,15 @@ class LabCluster:
         return self.down_s
 
 
+def fresh_lab(name: str, inventory: Path, *, masters: int = 1, workers: int = 1) -> LabCluster:
+    """Lab `name` up, its inventory written to `inventory` (a leftover of an earlier, killed
+    run goes down first)."""
+    if LabState(name).exists():
+        api.down(name=name, log=lambda s: None)
+    info = api.up(name=name, masters=masters, workers=workers, output=inventory, log=lambda s: None)
+    return LabCluster(name=name, inventory=inventory, info=info)
+
+
 @pytest.fixture(scope="session")
 def lab_cluster(tmp_path_factory):
     """Factory: lab_cluster(masters=1, workers=2) -> LabCluster (one lab per topology per session)."""
@@ -117,11 +126,8 @@ def lab_cluster(tmp_path_factory):
         if lab is not None and lab.down_s is None:
             return lab
         name = f"pytest-{masters}m{workers}w"
-        if LabState(name).exists():  # left over by an earlier, killed test session
-            api.down(name=name, log=lambda s: None)
-        inv = tmp_path_factory.mktemp(name) / "inventory.yaml"
-        info = api.up(name=name, masters=masters, workers=workers, output=inv, log=lambda s: None)
-        labs[key] = lab = LabCluster(name=name, inventory=inv, info=info)
+        labs[key] = lab = fresh_lab(name, tmp_path_factory.mktemp(name) / "inventory.yaml",
+                                    masters=masters, workers=workers)
         return lab
 
     yield get

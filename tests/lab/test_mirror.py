@@ -37,9 +37,8 @@ import yaml
 from kdeploy.artifacts import catalog
 from kdeploy.artifacts.fetch import add_sum, layout_path
 from kdeploy.artifacts.layout import cache_root, read_manifest
-from kdeploy.lab import api
 from kdeploy.lab.state import LabState
-from tests.lab.conftest import LabCluster, lab_skip_reason
+from tests.lab.conftest import LabCluster, fresh_lab, lab_skip_reason
 from tests.lab.test_up import artifacts_dir, events
 
 pytestmark = pytest.mark.lab
@@ -90,14 +89,11 @@ def mir(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     art = artifacts_dir()
-    if LabState(LAB).exists():          # left over by an earlier, killed run of this test
-        api.down(name=LAB, log=lambda s: None)
     tmp = tmp_path_factory.mktemp(LAB)
     www = tmp / "www"
     official_layout(art, www, tmp)
     inv = tmp / "inventory.yaml"
-    info = api.up(name=LAB, masters=1, workers=1, output=inv, log=lambda s: None)
-    lab = LabCluster(name=LAB, inventory=inv, info=info)
+    lab = fresh_lab(LAB, inv)
     srv = None
     try:
         doc = yaml.safe_load(inv.read_text())

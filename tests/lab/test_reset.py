@@ -17,11 +17,9 @@ import time
 import pytest
 import yaml
 
-from kdeploy.lab import api
-from kdeploy.lab.state import LabState
 from kdeploy.model import defaults, load_inventory
 from kdeploy.verbs.reset import data_dirs, reset_desired
-from tests.lab.conftest import LabCluster, lab_skip_reason
+from tests.lab.conftest import LabCluster, fresh_lab, lab_skip_reason
 from tests.lab.test_up import artifacts_dir, assert_ok, events, kdeploy, up_json
 
 pytestmark = pytest.mark.lab
@@ -42,11 +40,7 @@ def rst(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     art = artifacts_dir()
-    if LabState(LAB).exists():          # left over by an earlier, killed run of this test
-        api.down(name=LAB, log=lambda s: None)
-    inv = tmp_path_factory.mktemp(LAB) / "inventory.yaml"
-    info = api.up(name=LAB, masters=1, workers=1, output=inv, log=lambda s: None)
-    lab = LabCluster(name=LAB, inventory=inv, info=info)
+    lab = fresh_lab(LAB, tmp_path_factory.mktemp(LAB) / "inventory.yaml")
     try:
         yield lab, art
     finally:
