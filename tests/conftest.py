@@ -6,13 +6,17 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "inventories" / "sample"
 
 
-def fake_artifact_set(d: Path) -> Path:
-    """Every file of the artifact catalog under d (content: its name), no manifest."""
+def fake_artifact_set(d: Path, *, kube_bench: bool = True) -> Path:
+    """Every file of a built artifact set under d (content: its name), no manifest;
+    kube_bench=False: without the optional tools/kube-bench/ (a set from before it, or fetched)."""
     from kdeploy.artifacts import catalog
-    for s in catalog.file_specs():
-        p = d / s.relpath
+    files = [(s.relpath, s.name) for s in catalog.file_specs()]
+    if kube_bench:
+        files += [(rel, rel.rsplit("/", 1)[1]) for rel in catalog.kube_bench_files()]
+    for rel, content in files:
+        p = d / rel
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(s.name.encode())
+        p.write_bytes(content.encode())
     return d
 
 

@@ -36,6 +36,8 @@ CHECKSUMS: dict[str, str | None] = {
     "etcd/3.6.14/arm64/etcd-v3.6.14-linux-arm64.tar.gz": None,
     "etcd/3.7.0/amd64/etcd-v3.7.0-linux-amd64.tar.gz": None,
     "etcd/3.7.0/arm64/etcd-v3.7.0-linux-arm64.tar.gz": None,
+    "kube-bench/0.14.0/amd64/kube-bench_0.14.0_linux_amd64.tar.gz": None,
+    "kube-bench/0.14.0/arm64/kube-bench_0.14.0_linux_arm64.tar.gz": None,
     "kubernetes/1.35.4/amd64/kube-apiserver": None,
     "kubernetes/1.35.4/amd64/kube-controller-manager": None,
     "kubernetes/1.35.4/amd64/kube-proxy": None,

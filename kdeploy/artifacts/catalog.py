@@ -20,6 +20,24 @@ NGINX_DEB_VERSION = "1.22.1-9+deb12u11"
 NGINX_BIN = "/usr/local/lib/kdeploy/nginx/nginx"
 NGINX_STREAM_MODULE = "/usr/local/lib/kdeploy/nginx/ngx_stream_module.so"
 
+# kube-bench (component kube-bench): the CIS benchmark runner `kdeploy cis` uploads to hosts for
+# one run; not installed on hosts and not needed by `up` (an artifact set may lack it). One pin
+# for every minor: the binary from github.com/aquasecurity/kube-bench, and from the same module
+# source (Apache-2.0) cfg/config.yaml plus the benchmark KUBE_BENCH_BENCHMARK's control files.
+KUBE_BENCH_VERSION = "0.14.0"
+KUBE_BENCH_BENCHMARK = "cis-1.11"   # the newest CIS Kubernetes benchmark kube-bench 0.14.0 has
+KUBE_BENCH_TARGETS = ("master", "controlplane", "etcd", "policies", "node")
+KUBE_BENCH_DIR = "tools/kube-bench"
+KUBE_BENCH_BIN = f"{KUBE_BENCH_DIR}/kube-bench"
+
+
+def kube_bench_files() -> list[str]:
+    """The kube-bench files of an artifact set (relpaths): binary, cfg/config.yaml and the
+    benchmark's config.yaml plus one control file per target."""
+    cfg = f"{KUBE_BENCH_DIR}/cfg"
+    return [KUBE_BENCH_BIN, f"{cfg}/config.yaml", f"{cfg}/{KUBE_BENCH_BENCHMARK}/config.yaml",
+            *(f"{cfg}/{KUBE_BENCH_BENCHMARK}/{t}.yaml" for t in sorted(KUBE_BENCH_TARGETS))]
+
 
 @dataclass(frozen=True)
 class ComponentVersions:
@@ -250,13 +268,24 @@ def releases(v: ComponentVersions, arch: str) -> list[Release]:
     return rs
 
 
+def kube_bench_release(arch: str) -> Release:
+    """kube-bench's official release (optional: `kdeploy artifacts fetch --kube-bench`): a
+    goreleaser tarball holding the binary and cfg/, with one checksums file per version."""
+    check_arch(arch)
+    v = KUBE_BENCH_VERSION
+    base = f"{GITHUB}/aquasecurity/kube-bench/releases/download/v{v}"
+    n = f"kube-bench_{v}_linux_{arch}.tar.gz"
+    return Release("kube-bench", v, arch, f"{base}/{n}", f"{base}/kube-bench_{v}_checksums.txt", n,
+                   {rel: rel.removeprefix(f"{KUBE_BENCH_DIR}/") for rel in kube_bench_files()})
+
+
 def all_releases() -> list[Release]:
     """Every download of every pinned version and arch (what update-checksums refreshes)."""
     out: list[Release] = []
     seen: set[tuple[str, str, str, str]] = set()
     for minor in SUPPORTED_MINORS:
         for arch in ARCHES:
-            for r in releases(_PINS[minor], arch):
+            for r in [*releases(_PINS[minor], arch), kube_bench_release(arch)]:
                 k = (r.component, r.version, r.arch, r.asset)
                 if k not in seen:
                     seen.add(k)
@@ -274,5 +303,7 @@ def shell_pins(kubernetes_version: str) -> str:
     return "\n".join([
         f"ETCD={v.etcd}", f"CONTAINERD={v.containerd}", f"RUNC={v.runc}", f"CNI={v.cni_plugins}",
         f"CRICTL={v.crictl}", f"COREDNS={v.coredns}", f"PAUSE={v.pause}", f"AGNHOST={v.agnhost}",
-        f"NGINX={v.nginx}",
+        f"NGINX={v.nginx}", f"KUBE_BENCH={KUBE_BENCH_VERSION}",
+        f"KUBE_BENCH_BENCHMARK={KUBE_BENCH_BENCHMARK}",
+        f"KUBE_BENCH_FILES='{' '.join(kube_bench_files())}'",
     ])

@@ -359,9 +359,11 @@ def _from_images_dir(root: Path, v: ComponentVersions, cache: VerifyCache) -> li
 
 
 def _downloads(v: ComponentVersions, arch: str, fetcher: Fetcher, cache: VerifyCache,
-               lock: ChecksumLock | None, mirror: str | None = None) -> list[tuple[Release, Path, str]]:
-    """Every official download of (v, arch), verified, in the cache: (release, file, sha256)."""
-    rels = catalog.releases(v, arch)
+               lock: ChecksumLock | None, mirror: str | None = None, *,
+               rels: list[Release] | None = None) -> list[tuple[Release, Path, str]]:
+    """Every official download of (v, arch) (or just `rels`), verified, in the cache:
+    (release, file, sha256)."""
+    rels = catalog.releases(v, arch) if rels is None else rels
     # every checksum first (pinned, locked or published): refuse before downloading anything
     texts: dict[str, str] = {}
     scratch = downloads_dir()
@@ -441,29 +443,49 @@ def resolve(kubernetes_version: str, arch: str = "amd64", *, offline_dir: Path |
         cache.save()
 
 
+def _copy_in(out: Path, rel: str, src: Path, mode: int) -> None:
+    dest = out / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, mode)
+    tmp.replace(dest)
+
+
 def fetch_to_dir(out: Path, kubernetes_version: str, arch: str = "amd64", *,
                  mirror: str | None = None, fetcher: Fetcher | None = None,
                  lock: ChecksumLock | None = None,
-                 progress: Callable[[str], None] | None = None) -> dict:
+                 progress: Callable[[str], None] | None = None, kube_bench: bool = False) -> dict:
     """Fill `out` with the offline layout (binaries) from the official releases or a mirror;
-    write its manifest. Returns the manifest."""
+    write its manifest. kube_bench: add kube-bench's official release under tools/kube-bench/
+    (for `kdeploy cis`). Returns the manifest."""
     files = resolve(kubernetes_version, arch, mirror=mirror, fetcher=fetcher, lock=lock)
+    v = catalog.versions_for(kubernetes_version)
+    tools: dict[str, Path] = {}
+    if kube_bench:
+        cache = VerifyCache()
+        try:
+            for r, archive, _ in _downloads(v, arch, fetcher or urllib_fetcher, cache, lock,
+                                            mirror, rels=[catalog.kube_bench_release(arch)]):
+                tools = _extract(r, archive, cache)
+        finally:
+            cache.save()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST).exists():
         (out / MANIFEST).unlink()
     specs = {s.name: s for s in catalog.file_specs()}
     for f in files:
-        dest = out / specs[f.name].relpath
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.copyfile(f.local_path, tmp)
-        os.chmod(tmp, f.mode)
-        tmp.replace(dest)
+        _copy_in(out, specs[f.name].relpath, f.local_path, f.mode)
         if progress:
             progress(f"{specs[f.name].relpath}  {f.component} {f.version}")
-    v = catalog.versions_for(kubernetes_version)
+    for rel, p in tools.items():
+        _copy_in(out, rel, p, 0o755 if rel == catalog.KUBE_BENCH_BIN else 0o644)
+        if progress:
+            progress(f"{rel}  kube-bench {catalog.KUBE_BENCH_VERSION}")
     comps = {k: val for k, val in v.as_dict().items() if not k.endswith("_image")}
+    if tools:
+        comps["kube_bench"] = f"{catalog.KUBE_BENCH_VERSION}/{catalog.KUBE_BENCH_BENCHMARK}"
     images = {f"images/{fn}": getattr(v, attr) for fn, _, attr in catalog.IMAGES.values()
               if (out / "images" / fn).is_file()}
     doc = write_manifest(out, kubernetes_version=v.kubernetes, arch=arch,
@@ -480,11 +502,13 @@ def fetch_to_dir(out: Path, kubernetes_version: str, arch: str = "amd64", *,
 def fetch_mirror_layout(out: Path, kubernetes_version: str, arch: str = "amd64", *,
                         mirror: str | None = None, fetcher: Fetcher | None = None,
                         lock: ChecksumLock | None = None,
-                        progress: Callable[[str], None] | None = None) -> list[str]:
+                        progress: Callable[[str], None] | None = None,
+                        kube_bench: bool = False) -> list[str]:
     """Fill `out` with the official downloads of (version, arch) in their URL layout
     (out/dl.k8s.io/release/..., out/github.com/...), each with a checksum file at the path of
     upstream's (holding the verified sums), so any web server serving `out` is a mirror for
-    spec.artifacts.mirror. Several versions and arches can share one `out`. Returns the paths
+    spec.artifacts.mirror. Several versions and arches can share one `out`. kube_bench: kube-bench's
+    release too (what `fetch --kube-bench` then reads from the mirror). Returns the paths
     written, relative to out."""
     catalog.check_arch(arch)
     v = catalog.versions_for(kubernetes_version)
@@ -494,7 +518,9 @@ def fetch_mirror_layout(out: Path, kubernetes_version: str, arch: str = "amd64",
     try:
         if mirror:
             check_mirror(mirror)
-        for r, archive, sha in _downloads(v, arch, fetcher or urllib_fetcher, cache, lock, mirror):
+        rels = catalog.releases(v, arch) + ([catalog.kube_bench_release(arch)] if kube_bench else [])
+        for r, archive, sha in _downloads(v, arch, fetcher or urllib_fetcher, cache, lock, mirror,
+                                          rels=rels):
             rel = layout_path(r.url)
             dest = out / rel
             dest.parent.mkdir(parents=True, exist_ok=True)

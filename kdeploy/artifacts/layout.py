@@ -3,6 +3,8 @@
     DIR/manifest.json   {"kubernetesVersion", "arch", "source", "components", "images",
                          "files": {relpath: {"sha256", "size"}}}
     DIR/bin/<binary>    DIR/cni/<plugin>    DIR/lib/<shared object>    DIR/images/<name>.tar
+    DIR/tools/<tool>/...  files the deployer uses but hosts do not install (optional:
+                        tools/kube-bench/{kube-bench,cfg/...} for `kdeploy cis`)
 
 Verification results are cached by (absolute path, size, mtime_ns) in
 ${XDG_CACHE_HOME:-~/.cache}/kdeploy/verified.json so a re-run does not hash gigabytes again.
@@ -18,7 +20,7 @@ from pathlib import Path
 from kdeploy.errors import ArtifactError, ChecksumMismatch
 
 MANIFEST = "manifest.json"
-LAYOUT_DIRS = ("bin", "cni", "lib", "images")
+LAYOUT_DIRS = ("bin", "cni", "lib", "images", "tools")
 _IGNORED = {MANIFEST, ".stamps", ".build-times.tsv"}
 
 

@@ -28,6 +28,7 @@ _VERBS = [
     ("etcd", "etcd"),
     ("reset", None),
     ("verify", None),
+    ("cis", None),
     ("artifacts", "artifacts"),
     ("lab", "lab"),
 ]

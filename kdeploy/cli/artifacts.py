@@ -60,6 +60,9 @@ def fetch(
         "--lock", help="Checksum lock to read and extend (default: the inventory's state dir "
         "<inventory dir>/.kdeploy/<cluster>/artifacts.lock.json, else "
         "~/.cache/kdeploy/artifacts.lock.json).", show_default=False)] = None,
+    kube_bench: Annotated[bool, typer.Option(
+        "--kube-bench", help="Also kube-bench's official release (tools/kube-bench/, for "
+        "`kdeploy cis`; hosts do not install it).")] = False,
 ) -> None:
     """Download the official releases (or from a mirror), verify each against its pinned or
     locked sha256 and fill DIR.
@@ -83,12 +86,12 @@ def fetch(
     with download_progress():
         if layout == "mirror":
             n = len(fetch_mirror_layout(output, version, arch, mirror=mirror or inv_mirror,
-                                        lock=the_lock, progress=echo))
+                                        lock=the_lock, progress=echo, kube_bench=kube_bench))
             typer.echo(f"{output}: {n} files for Kubernetes {version} {arch} in the official URL "
                        f"layout, verified; serve DIR over HTTP and set spec.artifacts.mirror")
             return
         doc = fetch_to_dir(output, version, arch, mirror=mirror or inv_mirror, lock=the_lock,
-                           progress=echo)
+                           progress=echo, kube_bench=kube_bench)
     typer.echo(f"{output}: {len(doc['files'])} files for Kubernetes {version} {arch}, "
                f"verified; manifest.json written")
 
@@ -105,7 +108,8 @@ def build(
         show_default=False)] = None,
     only: Annotated[list[str] | None, typer.Option(
         "--only", help="Build just these components (comma-separated or repeated; no manifest): "
-                       "kubernetes, etcd, containerd, runc, cni, crictl, coredns, api-lb, images.",
+                       "kubernetes, etcd, containerd, runc, cni, crictl, coredns, api-lb, images, "
+                       "kube-bench.",
         show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Ignore the cache and the stamps: "
                                         "rebuild everything.")] = False,

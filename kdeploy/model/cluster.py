@@ -108,12 +108,48 @@ class KubeProxySettings(_Base):
     conntrack_max_per_core: int | None = Field(None, ge=0)
 
 
+class RegistryAuth(_Base):
+    """Basic credentials for a registry mirror; the password is read from a file on the
+    deployer (never written in the inventory), relative to the inventory."""
+    username: str = Field(min_length=1)
+    password_file: str = Field(min_length=1)
+
+
+class RegistryMirror(_Base):
+    """Where containerd pulls images named after `registry` from (containerd hosts.toml):
+    the endpoints in order, then the registry itself."""
+    registry: str                                   # registry.k8s.io, docker.io, host:5000 or _default
+    endpoints: tuple[str, ...] = Field(min_length=1)
+    ca_file: str | None = None                      # CA of the endpoints (PEM), relative to the inventory
+    skip_verify: bool = False
+    auth: RegistryAuth | None = None
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, v: str) -> str:
+        host, _, port = v.partition(":")
+        if v != "_default" and not (host and "/" not in v and (not port or port.isdigit())):
+            raise ValueError(f"{v!r} is not a registry host: write it as HOST[:PORT] as image names "
+                             "use it (registry.k8s.io, docker.io, mirror.internal:5000), or _default")
+        return v
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for e in v:
+            if (not e.startswith(("http://", "https://")) or not e.split("://", 1)[1].strip("/")
+                    or any(c in e for c in '"\\ \t\n')):
+                raise ValueError(f"endpoint {e!r} is not an http(s) URL: write https://HOST[:PORT][/PATH]")
+        return v
+
+
 class ContainerRuntimeSettings(_Base):
     name: Literal["containerd"] = "containerd"
     cgroup_driver: Literal["systemd", "cgroupfs"] = "systemd"
     # containers get no oom_score_adj below containerd's own: for hosts that lack
     # CAP_SYS_RESOURCE (container machines such as the lab), where a negative value fails
     restrict_oom_score_adj: bool = Field(False, alias="restrictOOMScoreAdj")
+    registry_mirrors: tuple[RegistryMirror, ...] = ()
 
 
 class KubeletSettings(_Base):

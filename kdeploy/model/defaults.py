@@ -29,6 +29,7 @@ ETCD_USER = "etcd"                      # etcd's system user and group (sysusers
 KUBELET_DIR = "/var/lib/kubelet"
 KUBE_PROXY_DIR = "/var/lib/kube-proxy"
 CONTAINERD_CONF = "/etc/containerd/config.toml"
+CONTAINERD_REGISTRY_DIR = "/etc/containerd/certs.d"  # <registry>/hosts.toml (registry mirrors)
 CONTAINERD_ROOT = "/var/lib/containerd"
 CONTAINERD_STATE = "/run/containerd"
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"

@@ -117,6 +117,20 @@ def check_cluster(c: Cluster, line_for: Callable[[tuple], int | None] = lambda p
             err(("spec", "ssh", "bastion", "keyFile"),
                 f"bastion key file '{ssh.bastion.key_file}' does not exist", "fix the path")
 
+    seen_registries: set[str] = set()
+    for i, m in enumerate(c.spec.container_runtime.registry_mirrors):
+        where = ("spec", "containerRuntime", "registryMirrors", i)
+        if m.registry in seen_registries:
+            err((*where, "registry"), f"registry {m.registry} has two entries",
+                "list all its endpoints in one entry, in the order to try them")
+        seen_registries.add(m.registry)
+        if m.ca_file and not resolve_path(m.ca_file, c).is_file():
+            err((*where, "caFile"), f"CA file '{m.ca_file}' does not exist",
+                "fix the path (relative paths are relative to the inventory)")
+        if m.auth and not resolve_path(m.auth.password_file, c).is_file():
+            err((*where, "auth", "passwordFile"), f"password file '{m.auth.password_file}' does not exist",
+                "write the password into that file (mode 0600) or fix the path")
+
     # roles
     if not c.control_plane:
         err(("hosts",), "no host has the role control-plane",

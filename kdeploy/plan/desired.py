@@ -73,10 +73,12 @@ def desired_state(cluster: Cluster, *, pki=None, artifacts=None) -> dict[str, Ho
     first_cp = addons_host(cluster)
     rendered = {h.name: render_host(cluster, h) for h in cluster.hosts}
     addons = _addon_files(cluster) + [_node_labels(cluster, rendered)]
+    from kdeploy.render.registries import registry_files
+    registries = registry_files(cluster)  # every host is a node
     out: dict[str, HostResources] = {}
     for host in cluster.hosts:
         base = rendered[host.name]
-        files = list(base.files)
+        files = list(base.files) + registries
         if pki is not None:
             files += pki.files_for(host)
         if host.name == first_cp:

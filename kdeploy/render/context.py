@@ -164,6 +164,7 @@ def _build(cluster: Cluster) -> ClusterContext:
             "state": defaults.CONTAINERD_STATE,
             "cni_bridge": defaults.CNI_BRIDGE,
             "pause_image": images.pause,
+            "registry_config_path": defaults.CONTAINERD_REGISTRY_DIR,
             "runc": RUNC,
             "systemd_cgroup": cluster.spec.container_runtime.cgroup_driver == "systemd",
             "restrict_oom_score_adj": cluster.spec.container_runtime.restrict_oom_score_adj,

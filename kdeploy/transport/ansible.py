@@ -20,7 +20,8 @@ One typed adapter around ansible_runner.run (nothing else in kdeploy imports ans
     the command is wrapped to write rc/stdout/stderr to a private remote file (umask 077,
     noclobber, random name) read back by slurp and always removed; callers still get the output;
   - ssh settings come from Cluster.ssh_for(host), like SSHTransport: key file, known_hosts with
-    StrictHostKeyChecking=yes (no only when strictHostKeyChecking: false), sudo -> become,
+    StrictHostKeyChecking=yes (accept-new when strictHostKeyChecking: false: a new host's key is
+    accepted and remembered, a changed one refused, as the ssh transport does), sudo -> become,
     netns -> ProxyCommand `python3 -m kdeploy.netns_proxy`, bastion -> ProxyCommand `ssh -W`;
     connections are reused between calls with an ssh ControlMaster private to this transport;
   - failures (unreachable, non-zero rc with check=True, module failure, timeout) raise
@@ -144,7 +145,7 @@ def proxy_command(netns: str | None, bastion: Mapping | None, *, known_hosts: st
         addr, port = bastion["address"], int(bastion.get("port") or 22)
         argv = ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes",
                 "-o", f"UserKnownHostsFile={known_hosts}",
-                "-o", f"StrictHostKeyChecking={'yes' if strict else 'no'}",
+                "-o", f"StrictHostKeyChecking={'yes' if strict else 'accept-new'}",
                 "-p", str(port), "-W", "%h:%p"]
         if bastion.get("key_file"):
             argv += ["-i", str(bastion["key_file"]), "-o", "IdentitiesOnly=yes"]
@@ -162,7 +163,7 @@ def ssh_common_args(*, known_hosts: str, strict: bool, netns: str | None = None,
                     bastion: Mapping | None = None, python: str = sys.executable) -> str:
     """ansible_ssh_common_args (Ansible shlex-splits it back into ssh's argv)."""
     args = ["-o", f"UserKnownHostsFile={known_hosts}",
-            "-o", f"StrictHostKeyChecking={'yes' if strict else 'no'}"]
+            "-o", f"StrictHostKeyChecking={'yes' if strict else 'accept-new'}"]
     pc = proxy_command(netns, bastion, known_hosts=known_hosts, strict=strict, python=python)
     if pc:
         args += ["-o", f"ProxyCommand={pc}"]

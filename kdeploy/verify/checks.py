@@ -3,7 +3,6 @@ first control-plane host, unit states on every host). Each check returns pass/fa
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -214,12 +213,17 @@ class Verifier:
     def serviceaccount_forbidden(self) -> tuple[bool, str]:
         token = self.cp.run(list(KUBECTL_ADMIN) + ["create", "token", "no-role", "-n", NAMESPACE],
                             secret=True).out.strip()
-        cmd = shlex.join([f"{defaults.BIN_DIR}/kubectl", "--kubeconfig=/dev/null",
-                          f"--server=https://127.0.0.1:{defaults.APISERVER_PORT}",
-                          f"--certificate-authority={paths.CA_CRT}", "get", "secrets", "-n", NAMESPACE])
-        # the token comes on stdin, never on our side's command line or logs
-        r = self.cp.run(f't=$(cat); exec {cmd} --token="$t"', input=token.encode(), check=False,
-                        secret=True)
+        # the token travels in a kubeconfig on kubectl's stdin: never on a command line (ps on
+        # the host) nor in our logs
+        kubeconfig = json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "probe",
+            "clusters": [{"name": "c", "cluster": {
+                "server": f"https://127.0.0.1:{defaults.APISERVER_PORT}",
+                "certificate-authority": paths.CA_CRT}}],
+            "users": [{"name": "sa", "user": {"token": token}}],
+            "contexts": [{"name": "probe", "context": {"cluster": "c", "user": "sa"}}]})
+        r = self.cp.run([f"{defaults.BIN_DIR}/kubectl", "--kubeconfig=/dev/stdin", "get", "secrets",
+                         "-n", NAMESPACE], input=kubeconfig.encode(), check=False, secret=True)
         text = r.err + r.out
         return (not r.ok and "forbidden" in text.lower(),
                 "403 Forbidden listing Secrets" if "forbidden" in text.lower() else text[-200:])

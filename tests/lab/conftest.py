@@ -103,17 +103,16 @@ class LabCluster:
         return self.down_s
 
 
-def own_lab(name: str, directory: Path, masters: int = 1, workers: int = 1) -> LabCluster:
-    """A named lab for one test module, its inventory in `directory`; a lab of that name left
-    over by an earlier, killed run is taken down first."""
+def fresh_lab(name: str, inventory: Path, *, masters: int = 1, workers: int = 1) -> LabCluster:
+    """Lab `name` up, its inventory written to `inventory` (a leftover of an earlier, killed
+    run goes down first)."""
     if LabState(name).exists():
         api.down(name=name, log=lambda s: None)
-    inv = directory / "inventory.yaml"
-    info = api.up(name=name, masters=masters, workers=workers, output=inv, log=lambda s: None)
-    return LabCluster(name=name, inventory=inv, info=info)
+    info = api.up(name=name, masters=masters, workers=workers, output=inventory, log=lambda s: None)
+    return LabCluster(name=name, inventory=inventory, info=info)
 
 
-def module_lab(name: str, tmp_path_factory, masters: int = 1, workers: int = 1):
+def module_lab(name: str, tmp_path_factory, *, masters: int = 1, workers: int = 1):
     """The body of a module fixture owning its lab: yields (LabCluster, artifact dir), takes
     the lab down afterwards.  `yield from module_lab("rst", tmp_path_factory)`"""
     reason = lab_skip_reason()
@@ -121,7 +120,7 @@ def module_lab(name: str, tmp_path_factory, masters: int = 1, workers: int = 1):
         pytest.skip(reason)
     from tests.lab.test_up import artifacts_dir
     art = artifacts_dir()
-    lab = own_lab(name, tmp_path_factory.mktemp(name), masters, workers)
+    lab = fresh_lab(name, tmp_path_factory.mktemp(name) / "inventory.yaml", masters=masters, workers=workers)
     try:
         yield lab, art
     finally:
@@ -142,11 +141,8 @@ def lab_cluster(tmp_path_factory):
         if lab is not None and lab.down_s is None:
             return lab
         name = f"pytest-{masters}m{workers}w"
-        if LabState(name).exists():  # left over by an earlier, killed test session
-            api.down(name=name, log=lambda s: None)
-        inv = tmp_path_factory.mktemp(name) / "inventory.yaml"
-        info = api.up(name=name, masters=masters, workers=workers, output=inv, log=lambda s: None)
-        labs[key] = lab = LabCluster(name=name, inventory=inv, info=info)
+        labs[key] = lab = fresh_lab(name, tmp_path_factory.mktemp(name) / "inventory.yaml",
+                                    masters=masters, workers=workers)
         return lab
 
     yield get

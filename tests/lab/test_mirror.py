@@ -10,11 +10,15 @@ Debian's nginx packages). The images come from an image directory (spec.artifact
 2. A file replaced on the mirror (its checksum file too, as an attacker would) is refused by a
    fresh deployer (empty download cache) holding the lock: a clear error, nothing installed.
 3. With the mirror restored, the fresh deployer converges to nothing to do.
+4. A registry mirror that needs credentials (spec.containerRuntime.registryMirrors): a pod
+   naming an image of registry.k8s.io that no node has is pulled through the mirror with the
+   credentials (hosts.toml 0600 on the nodes; the password never in kdeploy's output).
 
 Needs: root + systemd-nspawn + debootstrap, and KDEPLOY_ARTIFACTS (a built artifact directory).
 """
 from __future__ import annotations
 
+import base64
 import glob
 import hashlib
 import io
@@ -34,7 +38,7 @@ from kdeploy.artifacts import catalog
 from kdeploy.artifacts.fetch import add_sum, layout_path
 from kdeploy.artifacts.layout import cache_root, read_manifest
 from kdeploy.lab.state import LabState
-from tests.lab.conftest import LabCluster, lab_skip_reason, own_lab
+from tests.lab.conftest import LabCluster, fresh_lab, lab_skip_reason
 from tests.lab.test_up import artifacts_dir, events
 
 pytestmark = pytest.mark.lab
@@ -88,8 +92,8 @@ def mir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp(LAB)
     www = tmp / "www"
     official_layout(art, www, tmp)
-    lab = own_lab(LAB, tmp)
-    inv = lab.inventory
+    inv = tmp / "inventory.yaml"
+    lab = fresh_lab(LAB, inv)
     srv = None
     try:
         doc = yaml.safe_load(inv.read_text())
@@ -167,3 +171,72 @@ def test_up_from_a_mirror_locks_sums_and_refuses_a_replaced_file(mir):
     assert p.returncode == 0, f"rc={p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     assert any(e.get("event") == "no-changes" for e in events(p.stdout)), p.stdout[-2000:]
     print(f"fresh deployer, restored mirror: {time.monotonic() - t:.1f}s, no changes")
+
+
+def busybox_oci(tmp: Path, ref: str) -> Path:
+    from kdeploy.artifacts.oci import ImageFile, ImageSpec, write_image_archive
+    from tests.lab.conftest import debian_debs
+    (deb,) = debian_debs(("busybox-static",))
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp / "bb")], check=True)
+    out = tmp / "busybox-oci.tar"
+    write_image_archive(ImageSpec(ref, [ImageFile(tmp / "bb/bin/busybox", "/bin/busybox")],
+                                  entrypoint=["/bin/busybox"], cmd=["sleep", "3600"]), out)
+    return out
+
+
+def test_registry_mirror_with_credentials(mir):
+    lab, art, www, tmp, url = mir
+    worker = lab.machines[-1]["name"]
+    cp = lab.machines[0]["name"]
+    gw = LabState(LAB).load().gateway
+    image = "registry.k8s.io/kdeploy-lab/busybox:1.0"
+    archive = busybox_oci(tmp, image)
+    pw = tmp / "registry-password"
+    pw.write_text("lab-s3cret\n")
+    pw.chmod(0o600)
+    log = tmp / "registry.log"
+    srv = subprocess.Popen(["ip", "netns", "exec", lab.netns, sys.executable, "-m", "tests.lab.registry",
+                            "--bind", gw, "--port", "5000", "--user", "puller", "--password-file", str(pw),
+                            "--log", str(log), f"kdeploy-lab/busybox:1.0={archive}"],
+                           cwd=Path(__file__).resolve().parents[2],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        doc = yaml.safe_load(lab.inventory.read_text())
+        doc["spec"].setdefault("containerRuntime", {})["registryMirrors"] = [{
+            "registry": "registry.k8s.io", "endpoints": [f"http://{gw}:5000"],
+            "auth": {"username": "puller", "passwordFile": str(pw)}}]
+        lab.inventory.write_text(yaml.safe_dump(doc))
+        p = deployer(lab, tmp / "cache-b", "up", "-i", str(lab.inventory), "--mirror", url, "--json",
+                     "--no-verify")
+        assert p.returncode == 0, f"rc={p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+        token = base64.b64encode(b"puller:lab-s3cret").decode()
+        for text in (p.stdout, p.stderr):
+            assert "lab-s3cret" not in text and token not in text
+        rc, out, _ = lab.run(worker, "stat -c '%a %U' /etc/containerd/certs.d/registry.k8s.io/hosts.toml")
+        assert out.split() == ["600", "root"], out
+        pod = json.dumps({"apiVersion": "v1", "kind": "Pod",
+                          "metadata": {"name": "from-mirror", "namespace": "default"},
+                          "spec": {"nodeName": worker, "containers": [
+                              {"name": "c", "image": image, "imagePullPolicy": "Always"}]}})
+        kubectl = "kubectl --kubeconfig=/etc/kubernetes/admin.conf"
+        rc, out, err = lab.run(cp, f"echo '{pod}' | {kubectl} apply -f -")
+        assert rc == 0, err
+        phase = ""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and phase != "Running":
+            time.sleep(2)
+            _, phase, _ = lab.run(cp, f"{kubectl} -n default get pod from-mirror -o jsonpath='{{.status.phase}}'")
+        _, desc, _ = lab.run(cp, f"{kubectl} -n default describe pod from-mirror | tail -8")
+        assert phase == "Running", desc
+        reqs = [json.loads(ln) for ln in log.read_text().splitlines()]
+        pulled = [r for r in reqs if r["path"].startswith("/v2/kdeploy-lab/busybox/") and r["authorized"]]
+        assert any("/manifests/" in r["path"] for r in pulled) and any("/blobs/" in r["path"] for r in pulled)
+        print(f"\npulled through the registry mirror: {len(pulled)} authorized requests")
+        # the hosts.toml is stable: a re-run changes nothing
+        p = deployer(lab, tmp / "cache-b", "up", "-i", str(lab.inventory), "--mirror", url, "--json",
+                     "--no-verify")
+        assert p.returncode == 0 and any(e.get("event") == "no-changes" for e in events(p.stdout)), \
+            p.stdout[-2000:]
+    finally:
+        srv.terminate()
+        srv.wait(timeout=10)

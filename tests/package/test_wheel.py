@@ -24,7 +24,7 @@ from tests.conftest import REPO, SAMPLES, fake_artifact_set
 SHIPPED = ["kdeploy/templates/containerd/config.toml.j2", "kdeploy/playbooks/transport/run.yml",
            "kdeploy/playbooks/transport/put.yml", "kdeploy/playbooks/transport/get.yml",
            "kdeploy/artifacts/build/build.sh", "kdeploy/artifacts/build/mkmanifest.py",
-           "kdeploy/artifacts/build/mkimage.py"]
+           "kdeploy/artifacts/build/mkimage.py", "kdeploy/cis/config.yaml.j2"]
 # not part of the package source: left out of the copy the wheel is built from
 _NOT_SOURCE_TOP = {".git", "tests", "bench", "_out", "build", "dist", ".venv"}
 _NOT_SOURCE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",

@@ -23,7 +23,7 @@ from kdeploy.errors import ArtifactError
 SCRIPT = Path(__file__).resolve().with_name("build.sh")
 # build.sh's components, in build order (its run_component lines)
 COMPONENTS = ("kubernetes", "etcd", "containerd", "runc", "cni", "crictl", "coredns", "api-lb",
-              "images")
+              "images", "kube-bench")
 # the go.mod build.sh writes says `go 1.26.0`, and it builds with GOTOOLCHAIN=local
 MIN_GO = (1, 26)
 _GO_HINT = (f"install Go {MIN_GO[0]}.{MIN_GO[1]} or newer from https://go.dev/dl/ and put its bin/ "

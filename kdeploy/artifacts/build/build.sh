@@ -55,7 +55,7 @@ export PYTHONPATH="$(cd "$HERE/../../.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
   'from kdeploy.artifacts.catalog import DEFAULT_KUBERNETES_VERSION as v; print(v)')
 PINS=$("$PY" -m kdeploy.artifacts --shell "$K8S_VERSION") || {
   echo "cannot read pins for $K8S_VERSION (needs kdeploy's dependencies: pip install kdeploy)" >&2; exit 2; }
-eval "$PINS"   # ETCD CONTAINERD RUNC CNI CRICTL COREDNS PAUSE AGNHOST NGINX
+eval "$PINS"   # ETCD CONTAINERD RUNC CNI CRICTL COREDNS PAUSE AGNHOST NGINX KUBE_BENCH{,_BENCHMARK,_FILES}
 
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/kdeploy
 DEST=$CACHE/artifacts-build/$K8S_VERSION-$ARCH
@@ -287,6 +287,28 @@ build_api_lb() {
   install -m 0644 "$d/root/usr/lib/nginx/modules/ngx_stream_module.so" "$DEST/lib/ngx_stream_module.so"
 }
 
+# ---------------------------------------------------------------- kube-bench
+# The CIS benchmark runner (`kdeploy cis`), not installed on hosts: the binary and, from the same
+# module source (Apache-2.0), cfg/config.yaml and the pinned benchmark's control files under
+# tools/kube-bench/. Some of its dependencies have no entry in the Go checksum database: this
+# build alone runs with GOSUMDB=off (pinned by version; go.sum kept across runs).
+build_kube_bench() (
+  export GOSUMDB=off
+  local d=$SRC/kube-bench v=v$KUBE_BENCH m=github.com/aquasecurity/kube-bench
+  gomod "$d" $m "$v"
+  local moddir
+  moddir=$(go mod download -json "$m@$v" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  (cd "$d" && CGO_ENABLED=0 go build -mod=mod -ldflags "-s -w -X $m/cmd.KubeBenchVersion=$v" \
+      -o "$d/out/kube-bench" $m)
+  local rel
+  for rel in $KUBE_BENCH_FILES; do
+    case $rel in
+      */kube-bench) install -D -m 0755 "$d/out/kube-bench" "$DEST/$rel" ;;
+      *) install -D -m 0644 "$moddir/${rel#tools/kube-bench/}" "$DEST/$rel" ;;
+    esac
+  done
+)
+
 # ---------------------------------------------------------------- images
 build_images() {
   [ -f "$SRC/pause.c" ] || { echo "pause.c missing: build the kubernetes component first" >&2; return 1; }
@@ -316,6 +338,8 @@ run_component coredns    build_coredns    "$COREDNS" "$SRC/coredns/coredns-bin"
 run_component api-lb     build_api_lb     "$NGINX" bin/nginx lib/ngx_stream_module.so
 run_component images     build_images     "$PAUSE/$COREDNS/$AGNHOST" \
   images/pause.tar images/coredns.tar images/agnhost.tar
+# shellcheck disable=SC2086  # KUBE_BENCH_FILES: relpaths without spaces
+run_component kube-bench build_kube_bench "$KUBE_BENCH/$KUBE_BENCH_BENCHMARK" $KUBE_BENCH_FILES
 
 if [ -z "$ONLY" ]; then
   "$PY" -m kdeploy.artifacts.build.mkmanifest --write "$DEST" --k8s-version "$K8S_VERSION" --arch "$ARCH"

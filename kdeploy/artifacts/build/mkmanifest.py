@@ -3,7 +3,7 @@
     python3 -m kdeploy.artifacts.build.mkmanifest --write DIR --k8s-version 1.37.2 --arch amd64
     python3 -m kdeploy.artifacts.build.mkmanifest --check DIR
         exit 0 when every file matches the manifest and every file of the catalog
-        (bin/, cni/, lib/, images/) is listed
+        (bin/, cni/, lib/, images/, tools/kube-bench/) is listed
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from kdeploy.artifacts.catalog import IMAGES, build_versions_for, file_specs
+from kdeploy.artifacts.catalog import (IMAGES, KUBE_BENCH_BENCHMARK, KUBE_BENCH_VERSION,
+                                      build_versions_for, file_specs, kube_bench_files)
 from kdeploy.artifacts.layout import read_manifest, verify_dir, write_manifest
 from kdeploy.errors import KdeployError
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             # a set built before the catalog gained a file is not complete (the build then
             # rebuilds only the components whose stamps miss it)
             verify_dir(Path(a.check), kubernetes_version=doc.get("kubernetesVersion"),
-                       required=[s.relpath for s in file_specs()])
+                       required=[s.relpath for s in file_specs()] + kube_bench_files())
             print(f"{a.check}: {len(doc['files'])} files match manifest.json")
             return 0
         if not a.k8s_version:
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         v = build_versions_for(a.k8s_version)
         comps = {k: val for k, val in v.as_dict().items() if not k.endswith("_image")}
         images = {f"images/{fname}": getattr(v, attr) for fname, _, attr in IMAGES.values()}
+        if all((Path(a.write) / rel).is_file() for rel in kube_bench_files()):
+            comps["kube_bench"] = f"{KUBE_BENCH_VERSION}/{KUBE_BENCH_BENCHMARK}"
         doc = write_manifest(Path(a.write), kubernetes_version=a.k8s_version, arch=a.arch,
                              source="built-from-go-modules", components=comps, images=images)
         print(f"{a.write}/manifest.json: {len(doc['files'])} files")

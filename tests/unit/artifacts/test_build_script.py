@@ -21,11 +21,13 @@ REPO = Path(__file__).resolve().parents[3]
 def test_shell_pins_match_catalog():
     out = subprocess.run([sys.executable, "-m", "kdeploy.artifacts", "--shell", "1.37.2"],
                          capture_output=True, text=True, check=True, cwd=REPO).stdout
-    pins = dict(line.split("=", 1) for line in out.split())
+    pins = dict(line.split("=", 1) for line in out.splitlines())
     v = catalog.versions_for("1.37.2")
     assert pins == {"ETCD": v.etcd, "CONTAINERD": v.containerd, "RUNC": v.runc, "CNI": v.cni_plugins,
                     "CRICTL": v.crictl, "COREDNS": v.coredns, "PAUSE": v.pause, "AGNHOST": v.agnhost,
-                    "NGINX": v.nginx}
+                    "NGINX": v.nginx, "KUBE_BENCH": catalog.KUBE_BENCH_VERSION,
+                    "KUBE_BENCH_BENCHMARK": catalog.KUBE_BENCH_BENCHMARK,
+                    "KUBE_BENCH_FILES": "'" + " ".join(catalog.kube_bench_files()) + "'"}
 
 
 def test_shell_pins_reject_unsupported():
@@ -49,8 +51,18 @@ def test_build_script_builds_etcdutl_and_api_lb():
     assert "libnginx-mod-stream=\"$NGINX\"" in text and "lib/ngx_stream_module.so" in text
 
 
+def test_build_script_builds_kube_bench_with_gosumdb_off_for_it_alone():
+    text = SCRIPT.read_text()
+    body = text.split("build_kube_bench() (", 1)[1].split("\n)\n", 1)[0]
+    assert "export GOSUMDB=off" in body          # a subshell: the other components keep it on
+    assert text.count("GOSUMDB") == body.count("GOSUMDB") + 1   # + the comment above it
+    assert 'run_component kube-bench build_kube_bench "$KUBE_BENCH/$KUBE_BENCH_BENCHMARK" ' \
+        "$KUBE_BENCH_FILES" in text
+
+
 def test_mkmanifest_check_requires_every_catalog_file(tmp_path):
-    """A cached build from before a file joined the catalog (etcdutl, lib/) is not 'valid'."""
+    """A cached build from before a file joined the catalog (etcdutl, lib/, kube-bench) is not
+    'valid' (the build then builds just what is missing)."""
     d = fake_artifact_set(tmp_path / "set")
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "XDG_CACHE_HOME": str(tmp_path / "c")}
     run = lambda *a: subprocess.run(  # noqa: E731
@@ -65,6 +77,17 @@ def test_mkmanifest_check_requires_every_catalog_file(tmp_path):
     assert run("--write", str(d), "--k8s-version", "1.37.2").returncode == 0
     p = run("--check", str(d))
     assert p.returncode == 1 and "bin/etcdutl" in p.stderr
+    fake_artifact_set(d)
+    assert run("--write", str(d), "--k8s-version", "1.37.2").returncode == 0
+    assert run("--check", str(d)).returncode == 0
+    assert json.loads((d / "manifest.json").read_text())["components"]["kube_bench"] == \
+        f"{catalog.KUBE_BENCH_VERSION}/{catalog.KUBE_BENCH_BENCHMARK}"
+    for rel in catalog.kube_bench_files():     # a set built before kube-bench joined
+        (d / rel).unlink()
+    assert run("--write", str(d), "--k8s-version", "1.37.2").returncode == 0
+    assert "kube_bench" not in json.loads((d / "manifest.json").read_text())["components"]
+    p = run("--check", str(d))
+    assert p.returncode == 1 and catalog.KUBE_BENCH_BIN in p.stderr
 
 
 def test_components_are_the_scripts():

@@ -379,3 +379,37 @@ def test_images_dir_adds_image_archives_with_their_names(upstream, tmp_path):
     (d / "coredns.tar").write_bytes(b"not a tar")
     with pytest.raises(ArtifactError, match="coredns.tar: not a readable image archive"):
         resolve("1.37.2", fetcher=upstream, images_dir=d)
+
+
+def test_fetch_to_dir_adds_kube_bench_release_only_when_asked(upstream, tmp_path):
+    from kdeploy.cis import kube_bench_from
+    from kdeploy.artifacts.update import release_key
+
+    from .conftest import _tar
+    r = catalog.kube_bench_release("amd64")
+    assert r.url.endswith(f"/v{catalog.KUBE_BENCH_VERSION}/kube-bench_{catalog.KUBE_BENCH_VERSION}"
+                          "_linux_amd64.tar.gz")
+    members = {m: f"{m} content".encode() for m in r.members.values()}
+    data = _tar({**members, "cfg/eks-1.7.0/node.yaml": b"not extracted"})
+    upstream.files[r.url] = data
+    upstream.files[r.sha256_url] = (f"{hashlib.sha256(b'x').hexdigest()}  other.tar.gz\n"
+                                    f"{hashlib.sha256(data).hexdigest()}  {r.asset}\n").encode()
+    plain = fetch_to_dir(tmp_path / "plain", "1.37.2", "amd64", fetcher=upstream)
+    assert r.url not in upstream.calls and "kube_bench" not in plain["components"]
+    lock = ChecksumLock(tmp_path / "lock.json")
+    out = tmp_path / "with"
+    doc = fetch_to_dir(out, "1.37.2", "amd64", fetcher=upstream, lock=lock, kube_bench=True)
+    assert r.sha256_url in upstream.calls                       # no pinned sum: read, then locked
+    assert json.loads((tmp_path / "lock.json").read_text())["files"][release_key(r)]["sha256"] == \
+        hashlib.sha256(data).hexdigest()
+    assert set(catalog.kube_bench_files()) <= set(doc["files"])
+    assert not (out / "tools" / "kube-bench" / "cfg" / "eks-1.7.0").exists()
+    assert os.stat(out / catalog.KUBE_BENCH_BIN).st_mode & 0o777 == 0o755
+    assert os.stat(out / "tools/kube-bench/cfg/config.yaml").st_mode & 0o777 == 0o644
+    assert doc["components"]["kube_bench"].startswith(catalog.KUBE_BENCH_VERSION)
+    assert kube_bench_from(out)["cfg/config.yaml"].read_bytes() == b"cfg/config.yaml content"
+    assert {f.name for f in resolve("1.37.2", offline_dir=out)} == \
+        {f.name for f in resolve("1.37.2", offline_dir=tmp_path / "plain")}   # hosts: the same
+    written = fetch_mirror_layout(tmp_path / "www", "1.37.2", "amd64", fetcher=upstream, lock=lock,
+                                  kube_bench=True)
+    assert r.url.split("://", 1)[1] in written and r.sha256_url.split("://", 1)[1] in written

@@ -58,8 +58,8 @@ def test_inventory_defaults_root_no_become_default_known_hosts():
     assert f"UserKnownHostsFile={kh}" in shlex.split(hv["ansible_ssh_common_args"])
 
 
-def test_strict_no_only_when_opted_out():
-    assert "StrictHostKeyChecking=no" in shlex.split(
+def test_opt_out_accepts_new_keys_only():
+    assert "StrictHostKeyChecking=accept-new" in shlex.split(
         _hv(strict_host_key_checking=False)["ansible_ssh_common_args"])
     assert "StrictHostKeyChecking=yes" in shlex.split(_hv()["ansible_ssh_common_args"])
 
@@ -100,7 +100,7 @@ def test_from_cluster_resolves_like_ssh_transport(tmp_path):
     assert hv["ansible_ssh_private_key_file"] == str(tmp_path / "id")
     assert hv["ansible_port"] == 2022 and hv["ansible_user"] == "debian" and hv["ansible_become"]
     args = shlex.split(hv["ansible_ssh_common_args"])
-    assert f"UserKnownHostsFile={tmp_path / 'kh'}" in args and "StrictHostKeyChecking=no" in args
+    assert f"UserKnownHostsFile={tmp_path / 'kh'}" in args and "StrictHostKeyChecking=accept-new" in args
     assert any("kdeploy.netns_proxy labns %h %p" in a for a in args)
     assert t.data_root is None  # nothing on disk until the first call
 
@@ -337,6 +337,32 @@ def test_unknown_host_key_rejected_with_hint(sshd, tmp_path):
     assert e.value.message.startswith(f"host node1 (127.0.0.1:{sshd.port}): unreachable")
     assert "Host key verification failed" in e.value.message
     assert "strictHostKeyChecking: false" in e.value.hint
+
+
+@real
+def test_opt_out_accepts_a_new_key_but_never_a_changed_one(sshd, tmp_path):
+    kh = tmp_path / "kh"
+    kh.write_text("")
+    tr = _t(sshd, known_hosts_file=kh, strict_host_key_checking=False)
+    try:
+        assert tr.run(["true"]).ok               # new key: accepted and remembered
+    finally:
+        tr.close()
+    assert "ssh-" in kh.read_text()
+    # the host now presents another key than the one remembered: refused despite the opt-out
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    other = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    kh.write_text("".join(f"{ln.split()[0]} {other}\n" for ln in kh.read_text().splitlines()))
+    tr = _t(sshd, known_hosts_file=kh, strict_host_key_checking=False)
+    try:
+        with pytest.raises(TransportError) as e:
+            tr.run(["true"])
+    finally:
+        tr.close()
+    assert "unreachable" in e.value.message
+    assert "Host key verification failed" in e.value.message or "CHANGED" in e.value.message
 
 
 @real
