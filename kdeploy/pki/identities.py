@@ -57,7 +57,6 @@ class Place:
     phase: str
     restarts: tuple[str, ...] = ()
     server: str | None = None
-    owner: str = "root"              # owner and group of the file (a key its non-root unit reads)
     run_on_change: tuple[tuple[str, ...], ...] = ()   # argv lists run after the file changed
 
 
@@ -165,8 +164,8 @@ def build_table(c: Cluster) -> Table:
         )),
     )
 
-    def pair(hosts, crt, key, phase, restarts, key_owner="root"):
-        return (P(hosts, "crt", crt, phase, restarts), P(hosts, "key", key, phase, restarts, owner=key_owner))
+    def pair(hosts, crt, key, phase, restarts):
+        return (P(hosts, "crt", crt, phase, restarts), P(hosts, "key", key, phase, restarts))
 
     api_dns, api_ip = apiserver_sans(c)
     ids: list[Identity] = [
@@ -201,11 +200,9 @@ def build_table(c: Cluster) -> Table:
         one = (h.name,)
         # kubeadm gives the etcd server cert clientAuth too (etcd's gRPC gateway dials itself)
         ids.append(Identity(f"etcd/{h.name}/server", ETCD_CA, h.name, (), dns, ip, (SERVER, CLIENT),
-                            places=pair(one, paths.ETCD_SERVER_CRT, paths.ETCD_SERVER_KEY, "etcd", (ETCD,),
-                                        defaults.ETCD_USER)))
+                            places=pair(one, paths.ETCD_SERVER_CRT, paths.ETCD_SERVER_KEY, "etcd", (ETCD,))))
         ids.append(Identity(f"etcd/{h.name}/peer", ETCD_CA, h.name, (), dns, ip, (SERVER, CLIENT),
-                            places=pair(one, paths.ETCD_PEER_CRT, paths.ETCD_PEER_KEY, "etcd", (ETCD,),
-                                        defaults.ETCD_USER)))
+                            places=pair(one, paths.ETCD_PEER_CRT, paths.ETCD_PEER_KEY, "etcd", (ETCD,))))
     for h in c.hosts:
         one = (h.name,)
         node = f"system:node:{h.name}"

@@ -527,17 +527,15 @@ class PKI:
             m = merged.get(place.path)
             if m is None:
                 merged[place.path] = {"content": content, "secret": secret, "phase": place.phase,
-                                      "restarts": list(place.restarts), "owner": place.owner,
-                                      "run": list(place.run_on_change)}
+                                      "restarts": list(place.restarts), "run": list(place.run_on_change)}
                 continue
-            assert m["content"] == content and m["owner"] == place.owner, place.path
+            assert m["content"] == content, place.path
             m["run"] += [r for r in place.run_on_change if r not in m["run"]]
             if PHASES.index(place.phase) < PHASES.index(m["phase"]):
                 m["phase"] = place.phase
             m["restarts"] += [r for r in place.restarts if r not in m["restarts"]]
         return [File(path=p, content=m["content"], phase=m["phase"],
                      mode=0o600 if m["secret"] else 0o644, secret=m["secret"],
-                     owner=m["owner"], group=m["owner"],
                      restarts=tuple(m["restarts"]), run_on_change=tuple(m["run"]))
                 for p, m in sorted(merged.items())]
 

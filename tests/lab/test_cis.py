@@ -24,26 +24,9 @@ pytestmark = pytest.mark.lab
 
 LAB = "cis"
 
-# check id -> what kube-bench says (measured on main, kube-bench 0.14.0, cis-1.11)
-KNOWN_FAILS: dict[str, str] = {
-    "1.1.1": ("Ensure that the API server pod specification file permissions are set to 600 or "
-              "more restrictive (Automated)"),
-    "1.1.3": ("Ensure that the controller manager pod specification file permissions are set to "
-              "600 or more restrictive (Automated)"),
-    "1.1.5": ("Ensure that the scheduler pod specification file permissions are set to 600 or more"
-              " restrictive (Automated)"),
-    "1.1.7": ("Ensure that the etcd pod specification file permissions are set to 600 or more "
-              "restrictive (Automated)"),
-    "1.1.12": "Ensure that the etcd data directory ownership is set to etcd:etcd (Automated)",
-    "1.2.30": ("Ensure that the --service-account-extend-token-expiration parameter is set to "
-               "false (Automated)"),
-    "1.4.1": "Ensure that the --profiling argument is set to false (Automated)",
-    "4.1.1": ("Ensure that the kubelet service file permissions are set to 600 or more restrictive"
-              " (Automated)"),
-    "4.1.9": ("If the kubelet config.yaml configuration file is being used validate permissions "
-              "set to 600 or more restrictive (Automated)"),
-    "4.2.10": "Ensure that the --rotate-certificates argument is not set to false (Automated)",
-}
+# check id -> what kube-bench says (measured on main, kube-bench 0.14.0, cis-1.11): empty since
+# the hardening (docs/security.md)
+KNOWN_FAILS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

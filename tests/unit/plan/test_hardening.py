@@ -55,16 +55,22 @@ def test_component_files_are_root_0600(cluster_desired):
 def test_etcd_runs_as_its_own_user(cluster_desired):
     cluster, desired = cluster_desired
     cp = _files(desired, "cp1")
-    for key in (paths.ETCD_SERVER_KEY, paths.ETCD_PEER_KEY):
-        assert (cp[key].mode, cp[key].owner, cp[key].group) == (0o600, "etcd", "etcd")
-    for root_owned in (paths.ETCD_HEALTHCHECK_CLIENT_KEY, paths.APISERVER_ETCD_CLIENT_KEY, paths.ETCD_CA_CRT):
-        assert cp[root_owned].owner == "root", root_owned
+    # every PKI file stays root:root (CIS 1.1.19); etcd gets its keys as systemd credentials
+    for f in cp.values():
+        if f.path.startswith(paths.PKI + "/"):
+            assert (f.owner, f.group) == ("root", "root"), f.path
     sysusers = cp[ETCD_SYSUSERS]
     assert sysusers.phase == "os" and sysusers.run_on_change == (("systemd-sysusers", ETCD_SYSUSERS),)
     assert sysusers.content.decode().splitlines()[-1].split()[:2] == ["u", "etcd"]
     unit = cp[f"{UNITS}/etcd.service"].content.decode()
-    for line in ("User=etcd", "Group=etcd", "StateDirectory=etcd", "StateDirectoryMode=0700"):
+    for line in ("User=etcd", "Group=etcd", "StateDirectory=etcd", "StateDirectoryMode=0700",
+                 f"LoadCredential=server.key:{paths.ETCD_SERVER_KEY}",
+                 f"LoadCredential=peer.key:{paths.ETCD_PEER_KEY}"):
         assert line in unit.splitlines()
+    flags = _flags(unit)
+    assert flags["key-file"] == "${CREDENTIALS_DIRECTORY}/server.key"
+    assert flags["peer-key-file"] == "${CREDENTIALS_DIRECTORY}/peer.key"
+    assert flags["cert-file"] == paths.ETCD_SERVER_CRT and flags["data-dir"] == defaults.ETCD_DATA_DIR
     assert defaults.ETCD_DATA_DIR == "/var/lib/etcd"        # StateDirectory is relative to /var/lib
     assert ETCD_SYSUSERS not in _files(desired, "worker1")  # only etcd hosts get the user
 
@@ -74,11 +80,11 @@ def test_an_owner_changed_by_hand_is_put_back(cluster_desired):
     obs = outcome(desired)
     key = _files(desired, "cp1")[paths.ETCD_SERVER_KEY]
     files = dict(obs["cp1"].files)
-    files[key.path] = FileState(key.sha256, 0o644, "root", "root")
+    files[key.path] = FileState(key.sha256, 0o640, "etcd", "etcd")
     p = plan({"cp1": desired["cp1"]}, {"cp1": Observed(files=files, units=obs["cp1"].units,
                                                        contents=obs["cp1"].contents)})
     assert [(c.kind, c.target, c.reason) for c in p.changes] == [
-        ("mode", key.path, "mode 0o644 -> 0o600, owner root -> etcd, group root -> etcd")]
+        ("mode", key.path, "mode 0o640 -> 0o600, owner etcd -> root, group etcd -> root")]
 
 
 def _flags(unit: str) -> dict[str, str]:
