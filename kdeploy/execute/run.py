@@ -35,6 +35,7 @@ class Deployment:
     artifacts: list
     desired: dict[str, HostResources]
     etcd: object = None              # kdeploy.verbs.membership.EtcdView, once facts are in
+    images: object = None            # kdeploy.render.images.Images the rendered files name
 
 
 def prepare(cluster: Cluster, *, artifacts_dir: Path | None = None, need_artifacts: bool = True,
@@ -53,11 +54,43 @@ def prepare(cluster: Cluster, *, artifacts_dir: Path | None = None, need_artifac
     a_dir = artifacts_dir
     if a_dir is None and cluster.spec.artifacts.dir:  # relative to the inventory, like key files
         a_dir = resolve_path(cluster.spec.artifacts.dir, cluster)
-    if need_artifacts or a_dir is not None:
+    resolved = need_artifacts or a_dir is not None
+    if resolved:
         from kdeploy.artifacts import resolve
         arts = resolve(cluster.version, arch, offline_dir=a_dir, mirror=cluster.spec.artifacts.mirror)
-    desired = desired_state(cluster, pki=pki, artifacts=arts)
-    return Deployment(cluster, state, pki, arts, desired)
+    images = images_in_use(cluster, state, arts if resolved else None, write=write_state)
+    desired = desired_state(cluster, pki=pki, artifacts=arts, images=images)
+    return Deployment(cluster, state, pki, arts, desired, images=images)
+
+
+IMAGES_RECORD = "images.json"
+
+
+def images_in_use(cluster: Cluster, state: Path, artifacts: list | None, *, write: bool = True):
+    """The image refs the rendered files name (kdeploy.render.images.Images). With a resolved
+    artifact set: that set's (its manifest's refs for the archives it holds, else upstream's),
+    recorded in the state dir (images.json). Without one (verify, certs, a plan without
+    --artifacts): the record of the last deployment of this version, so such a verb renders
+    what the nodes have, never upstream's names for images kdeploy imported under its own."""
+    from kdeploy.pki.crypto import write_atomic
+    from kdeploy.render.images import from_record, images_for, images_of_artifacts, record_text
+    path = state / IMAGES_RECORD
+    if artifacts is None:
+        try:
+            recorded = from_record(path.read_text(), cluster.version)
+        except OSError:
+            recorded = None
+        return recorded or images_for(cluster.version)
+    images = images_of_artifacts(cluster.version, artifacts)
+    text = record_text(images, cluster.version)
+    if write:
+        try:
+            same = path.read_text() == text
+        except OSError:
+            same = False
+        if not same:
+            write_atomic(path, text.encode(), 0o600)
+    return images
 
 
 def _scratch_state(state: Path) -> Path:

@@ -1,15 +1,27 @@
-"""Image references the rendered files name (sandbox image, CoreDNS).
+"""Image references the rendered files name (sandbox image, CoreDNS, the verify workload) and
+the images kdeploy preloads on the nodes.
 
-They come from the artifact catalog (kdeploy.artifacts.catalog.versions_for) so the images
-kdeploy ships offline and the ones the configs reference cannot drift. The constants below are
-only a fallback for when the catalog module is absent.
+They come from the artifact set in use: an offline set records the refs of the image archives
+it holds in its manifest.json ("images": relpath -> ref; the artifact build names the images it
+makes under kdeploy's own registry, see kdeploy.artifacts.catalog.BUILT_IMAGE_REGISTRY). Those
+archives are imported on every node, so those refs are "preloaded". An image the set does not
+hold (the official release downloads hold none) keeps upstream's ref from the catalog
+(kdeploy.artifacts.catalog.versions_for), and the nodes pull it. Reading a local manifest is
+all this does: no network.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterable
 
 FALLBACK_PAUSE_IMAGE = "registry.k8s.io/pause:3.10.2"
 FALLBACK_COREDNS_VERSION = "1.14.6"
+FALLBACK_AGNHOST_IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.66.1"
+
+# IMAGES name (kdeploy.artifacts.catalog) -> Images field
+_FIELD = {"pause-image": "pause", "coredns-image": "coredns", "agnhost-image": "agnhost"}
 
 
 @dataclass(frozen=True)
@@ -17,15 +29,112 @@ class Images:
     pause: str
     coredns: str
     coredns_version: str
-    source: str            # "catalog" or "fallback"
+    agnhost: str = FALLBACK_AGNHOST_IMAGE
+    source: str = "catalog"            # "catalog", "fallback", or the artifact set's manifest
+    preloaded: tuple[str, ...] = ()    # refs of the image archives kdeploy imports on every node
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "preloaded": list(self.preloaded)}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "Images | None":
+        """An Images from to_dict()'s output; None when it is not one (a hand-edited record)."""
+        try:
+            kw = {f.name: doc[f.name] for f in fields(cls)}
+            kw["preloaded"] = tuple(kw["preloaded"])
+            if not all(isinstance(v, str) for k, v in kw.items() if k != "preloaded") or \
+                    not all(isinstance(r, str) for r in kw["preloaded"]):
+                return None
+            return cls(**kw)
+        except (KeyError, TypeError):
+            return None
 
 
 def images_for(kubernetes_version: str) -> Images:
+    """Upstream's refs (the catalog's); nothing preloaded: what the nodes pull themselves."""
     try:
         from kdeploy.artifacts.catalog import versions_for
     except ImportError:
         return Images(FALLBACK_PAUSE_IMAGE,
                       f"registry.k8s.io/coredns/coredns:v{FALLBACK_COREDNS_VERSION}",
-                      FALLBACK_COREDNS_VERSION, "fallback")
+                      FALLBACK_COREDNS_VERSION, FALLBACK_AGNHOST_IMAGE, "fallback")
     v = versions_for(kubernetes_version)
-    return Images(v.pause_image, v.coredns_image, v.coredns, "catalog")
+    return Images(v.pause_image, v.coredns_image, v.coredns, v.agnhost_image, "catalog")
+
+
+def images_from_manifest(kubernetes_version: str, doc: dict, source: str = "manifest") -> Images:
+    """The refs of an artifact set with manifest `doc`: an image archive the set holds is
+    preloaded under the ref its manifest records (a set written before the manifest recorded
+    refs: the catalog's, the name such sets gave their images); any other image keeps the
+    catalog's ref and is pulled."""
+    from kdeploy.artifacts.catalog import IMAGES
+    base = images_for(kubernetes_version)
+    refs = doc.get("images") if isinstance(doc.get("images"), dict) else {}
+    files = doc.get("files") if isinstance(doc.get("files"), dict) else {}
+    values = {f: getattr(base, f) for f in _FIELD.values()}
+    preloaded = []
+    for name, (fname, _, _) in IMAGES.items():
+        rel = f"images/{fname}"
+        if rel not in files:
+            continue
+        ref = refs.get(rel)
+        ref = ref if isinstance(ref, str) and ref else values[_FIELD[name]]
+        values[_FIELD[name]] = ref
+        preloaded.append(ref)
+    if not preloaded:
+        return base
+    return Images(values["pause"], values["coredns"], base.coredns_version, values["agnhost"],
+                  source, tuple(preloaded))
+
+
+def images_of_dir(root: Path, kubernetes_version: str | None = None) -> Images:
+    """The refs of the artifact set in directory `root` (its manifest is read, not verified).
+    kubernetes_version: the cluster's (default: the set's own)."""
+    from kdeploy.artifacts.layout import MANIFEST, read_manifest
+    doc = read_manifest(Path(root))
+    version = kubernetes_version or str(doc.get("kubernetesVersion", ""))
+    return images_from_manifest(version, doc, str(Path(root) / MANIFEST))
+
+
+def images_of_artifacts(kubernetes_version: str, artifacts: Iterable) -> Images:
+    """The refs of a resolved artifact set (kdeploy.artifacts.resolve's files): from the
+    manifest beside its image archives (DIR/images/x.tar -> DIR/manifest.json, for an offline
+    directory and a mirror's cached copy alike); the catalog's when it holds no image."""
+    from kdeploy.artifacts.catalog import IMAGES
+    roots = {Path(a.local_path).parent.parent for a in artifacts or () if a.name in IMAGES}
+    if len(roots) != 1:
+        return images_for(kubernetes_version)
+    return images_of_dir(roots.pop(), kubernetes_version)
+
+
+# --- the kubelet's preloaded-image allowlist -------------------------------------------------
+
+def repository(ref: str) -> str:
+    """An image ref without its tag and digest (what the kubelet's allowlist matches)."""
+    name = ref.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
+
+
+def preloaded_allowlist(images: Images, extra: Iterable[str] = ()) -> list[str]:
+    """The kubelet's preloadedImagesVerificationAllowlist: the repositories of the images kdeploy
+    preloads plus the operator's own (spec.kubelet.preloadedImages), sorted, without repeats."""
+    return sorted({repository(r) for r in images.preloaded} | set(extra))
+
+
+def record_text(images: Images, kubernetes_version: str) -> str:
+    """The state dir's record of the images a deployment configured (images.json)."""
+    return json.dumps({"kubernetesVersion": kubernetes_version, **images.to_dict()},
+                      indent=1, sort_keys=True) + "\n"
+
+
+def from_record(text: str, kubernetes_version: str) -> Images | None:
+    """The recorded images when the record is for this Kubernetes version, else None."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("kubernetesVersion") != kubernetes_version:
+        return None
+    return Images.from_dict(doc)

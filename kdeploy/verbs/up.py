@@ -48,11 +48,12 @@ def finish_interrupted_cordons(dep, transports: Mapping, emit: Callable) -> None
         finish_cordons(ledger, api_runner(dep.cluster, transports), emit)
 
 
-def verify(dep, transports: Mapping) -> list:
-    from kdeploy.artifacts import versions_for
+def verify(dep, transports: Mapping, *, keep_workload: bool = False) -> list:
+    """The checks of kdeploy.verify; the test workload runs the agnhost image of the artifact
+    set in use (dep.images) and is removed afterwards unless keep_workload."""
     from kdeploy.verify.checks import Verifier
-    return Verifier(dep.cluster, transports, dep.desired,
-                    workload_image=versions_for(dep.cluster.version).agnhost_image).run()
+    return Verifier(dep.cluster, transports, dep.desired, workload_image=dep.images.agnhost,
+                    keep_workload=keep_workload).run()
 
 
 def up_steps(dep, transports: Mapping) -> tuple:

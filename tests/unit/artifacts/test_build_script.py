@@ -15,7 +15,23 @@ def test_shell_pins_match_catalog():
     v = catalog.versions_for("1.37.2")
     assert pins == {"ETCD": v.etcd, "CONTAINERD": v.containerd, "RUNC": v.runc, "CNI": v.cni_plugins,
                     "CRICTL": v.crictl, "COREDNS": v.coredns, "PAUSE": v.pause, "AGNHOST": v.agnhost,
-                    "NGINX": v.nginx}
+                    "NGINX": v.nginx, "PAUSE_REF": "kdeploy.invalid/pause:3.10.2",
+                    "COREDNS_REF": "kdeploy.invalid/coredns:v1.14.6",
+                    "AGNHOST_REF": "kdeploy.invalid/agnhost:2.66.1"}
+
+
+def test_build_names_its_images_its_own_and_the_stamp_follows_the_names():
+    """The images built from source never carry upstream's names (their content differs);
+    renaming them invalidates only the images stamp (the pin is the refs)."""
+    text = (REPO / "tests" / "artifacts" / "build").read_text()
+    assert "registry.k8s.io" not in text
+    for var in ("PAUSE_REF", "COREDNS_REF", "AGNHOST_REF"):
+        assert f'--ref "${var}"' in text
+    assert 'run_component images     build_images     "$PAUSE_REF $COREDNS_REF $AGNHOST_REF"' in text
+    refs = catalog.built_image_refs(catalog.build_versions_for("1.36.3"))
+    assert refs == {"images/pause.tar": "kdeploy.invalid/pause:3.10.2",
+                    "images/coredns.tar": "kdeploy.invalid/coredns:v1.14.2",
+                    "images/agnhost.tar": "kdeploy.invalid/agnhost:2.63.0"}
 
 
 def test_shell_pins_reject_unsupported():
