@@ -75,3 +75,27 @@ def test_mkmanifest_check_requires_every_catalog_file(tmp_path):
     assert run("--write", str(d), "--k8s-version", "1.37.2").returncode == 0
     p = run("--check", str(d))
     assert p.returncode == 1 and "bin/etcdutl" in p.stderr
+
+
+def test_mkmanifest_check_refuses_a_set_whose_images_have_other_names(tmp_path):
+    """A cached set built when the images had upstream's names is stale: the build then
+    rebuilds the images alone (their stamp's pin is the refs) and writes a new manifest."""
+    from kdeploy.artifacts.layout import write_manifest
+    for s in catalog.file_specs():
+        p = tmp_path / s.relpath
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(s.relpath.encode())
+    v = catalog.build_versions_for("1.37.2")
+    script = REPO / "tests" / "artifacts" / "mkmanifest.py"
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+
+    def check():
+        return subprocess.run([sys.executable, str(script), "--check", str(tmp_path)],
+                              capture_output=True, text=True, env=env)
+    old = {f"images/{f}": getattr(v, attr) for f, _, attr in catalog.IMAGES.values()}
+    write_manifest(tmp_path, kubernetes_version="1.37.2", arch="amd64", source="t", images=old)
+    p = check()
+    assert p.returncode == 1 and "not the build's" in p.stderr
+    write_manifest(tmp_path, kubernetes_version="1.37.2", arch="amd64", source="t",
+                   images=catalog.built_image_refs(v))
+    assert check().returncode == 0
