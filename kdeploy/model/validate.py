@@ -85,6 +85,13 @@ def image_pattern_error(pattern: object) -> str | None:
         return "write the image name without a tag or digest (the kubelet matches every tag)"
     if not _IMG_NAME_RE.match(pattern):
         return "is not a valid image name (lowercase path components, e.g. registry.example.com/team/app)"
+    # kubelet 1.35 refuses a name that is not its own normalized form (docker.io/library/nginx,
+    # not nginx, docker.io/nginx or index.docker.io/...): it would not start
+    first, _, rest = pattern.partition("/")
+    if not rest or not ("." in first or ":" in first or first == "localhost"):
+        return "write the full name with its registry (docker.io/library/nginx, not nginx)"
+    if first == "index.docker.io" or (first == "docker.io" and "/" not in rest):
+        return "write Docker Hub names in full: docker.io/library/nginx, docker.io/team/app"
     return None
 
 

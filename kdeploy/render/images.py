@@ -118,9 +118,19 @@ def repository(ref: str) -> str:
 
 
 def preloaded_allowlist(images: Images, extra: Iterable[str] = ()) -> list[str]:
-    """The kubelet's preloadedImagesVerificationAllowlist: the repositories of the images kdeploy
-    preloads plus the operator's own (spec.kubelet.preloadedImages), sorted, without repeats."""
-    return sorted({repository(r) for r in images.preloaded} | set(extra))
+    """The kubelet's preloadedImagesVerificationAllowlist: the images kdeploy preloads plus the
+    operator's own (spec.kubelet.preloadedImages), sorted, without repeats.
+
+    Images under kdeploy's own registry are listed as its "/*" prefix: only kdeploy imports
+    there and nothing can be pulled from it, so the prefix means exactly kdeploy's images (those
+    of every set it imported, e.g. the previous version's during an upgrade), and kubelet 1.35
+    matches exact names against the pod's image *with* its tag (no tagged image ever matches;
+    1.36 strips the tag first), while a prefix matches in 1.35-1.37. Other preloaded refs (a set
+    from before built images were renamed) are listed by name (effective from 1.36)."""
+    from kdeploy.artifacts.catalog import BUILT_IMAGE_REGISTRY
+    own = BUILT_IMAGE_REGISTRY + "/"
+    names = {own + "*" if r.startswith(own) else repository(r) for r in images.preloaded}
+    return sorted(names | set(extra))
 
 
 def record_text(images: Images, kubernetes_version: str) -> str:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write a single-layer image archive importable by `ctr -n k8s.io images import` (no docker).
 
-    mkimage.py --ref registry.k8s.io/pause:3.10.2 --file SRC:/pause --entrypoint /pause -o pause.tar
+    mkimage.py --ref kdeploy.invalid/pause:3.10.2 --file SRC:/pause --entrypoint /pause -o pause.tar
 """
 from __future__ import annotations
 

@@ -299,6 +299,9 @@ def test_preloaded_images_valid_patterns_load(write_inv):
     (" registry.example.com/app", "leading or trailing spaces"),
     ("registry.example.com/App", "not a valid image name"),
     ("", "non-empty"),
+    ("nginx", "full name with its registry"),          # kubelet 1.35 would not start
+    ("team/app", "full name with its registry"),
+    ("docker.io/nginx", "Docker Hub names in full"),
 ])
 def test_preloaded_images_bad_pattern_is_named_with_its_index(write_inv, pattern, why):
     e = error_of(write_inv, doc(spec__kubelet={"preloadedImages": ["ok.example.com/x", pattern]}))

@@ -77,8 +77,13 @@ def test_refs_from_a_directory_and_from_resolved_artifacts(tmp_path):
 
 def test_allowlist_is_the_repositories_of_the_preloaded_images_plus_the_operators():
     im = images_from_manifest(V, built_set())
-    assert preloaded_allowlist(im) == ["kdeploy.invalid/agnhost", "kdeploy.invalid/coredns",
-                                       "kdeploy.invalid/pause"]
+    # kdeploy's own registry as one prefix: matches tagged refs on kubelet 1.35 too
+    assert preloaded_allowlist(im) == ["kdeploy.invalid/*"]
+    old = built_set()
+    del old["images"]                       # a set from before the rename: upstream's names
+    assert preloaded_allowlist(images_from_manifest(V, old)) == [
+        "registry.k8s.io/coredns/coredns", "registry.k8s.io/e2e-test-images/agnhost",
+        "registry.k8s.io/pause"]
     assert preloaded_allowlist(images_for(V)) == []
     assert preloaded_allowlist(images_for(V), ("r.example.com/a/*", "r.example.com/b")) == [
         "r.example.com/a/*", "r.example.com/b"]
