@@ -181,10 +181,13 @@ class Verifier:
         seen: set[str] = set()
 
         def dial():
-            raw = self.kubectl(
-                "get", "--raw",
-                f"/api/v1/namespaces/{NAMESPACE}/pods/{src}:8080/proxy/dial?request=hostname"
-                f"&protocol=http&host={svc}&port=80&tries=20", check=False, timeout=60)
+            try:
+                raw = self.kubectl(
+                    "get", "--raw",
+                    f"/api/v1/namespaces/{NAMESPACE}/pods/{src}:8080/proxy/dial?request=hostname"
+                    f"&protocol=http&host={svc}&port=80&tries=20", check=False, timeout=60)
+            except KdeployError as e:  # a dial that hangs (a node just joined): try again
+                return False, e.message[-200:]
             try:
                 seen.update(json.loads(raw).get("responses") or [])
             except ValueError:
