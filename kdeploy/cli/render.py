@@ -59,7 +59,7 @@ def render_command(inventory: InventoryOpt, output: OutOpt, state_dir: StateDirO
     # the image refs of the inventory's artifact directory (its manifest only: no hashing, no
     # network), else those the last `kdeploy up` recorded, else upstream's
     images = (images_of_dir(resolve_path(cluster.spec.artifacts.dir, cluster), cluster.version)
-              if cluster.spec.artifacts.dir else images_in_use(cluster, state, None, write=False))
+              if cluster.spec.artifacts.dir else images_in_use(cluster, state, None))
     rows: list[tuple[str, int, int, int]] = []
     try:
         for name, res in desired_state(cluster, pki=pki, images=images).items():

@@ -124,6 +124,7 @@ def run_up(cluster: Cluster, transports: Mapping, *, inventory, artifacts_dir: P
                         tm[f"phase {ph.phase}"] = ph.seconds
                     if out.result:
                         record.write("results.json", {"phases": [ph.__dict__ for ph in out.result.phases]})
+            run.record_images(dep)   # the hosts have this set's images now
             out.admin = run.write_admin_kubeconfig(dep)
             if check and not p.empty:
                 t = time.monotonic()
