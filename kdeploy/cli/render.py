@@ -35,10 +35,10 @@ def render_command(inventory: InventoryOpt, output: OutOpt, state_dir: StateDirO
     """Render every host's files into DIR/<host>/<path> (PKI included unless --no-pki)."""
     from kdeploy.execute.run import images_in_use, pin_pod_cidrs, state_dir_for
     from kdeploy.model.validate import resolve_path
-    from kdeploy.render.images import images_of_dir
     from kdeploy.pki import ensure_pki
     from kdeploy.plan.desired import desired_state
     from kdeploy.plan.planner import render_block
+    from kdeploy.render.images import images_of_dir
 
     cluster = load(inventory)
     pki = None
@@ -57,7 +57,7 @@ def render_command(inventory: InventoryOpt, output: OutOpt, state_dir: StateDirO
                            "pass a writable directory with -o") from None
 
     # the image refs of the inventory's artifact directory (its manifest only: no hashing, no
-    # network), else those the last `kdeploy up` recorded, else upstream's
+    # network), else those recorded when the hosts got them (kdeploy up), else upstream's
     images = (images_of_dir(resolve_path(cluster.spec.artifacts.dir, cluster), cluster.version)
               if cluster.spec.artifacts.dir else images_in_use(cluster, state, None))
     rows: list[tuple[str, int, int, int]] = []

@@ -65,9 +65,9 @@ _IMG_NAME_RE = re.compile(rf"^(?:{_IMG_DOMAIN}/)?{_IMG_COMPONENT}(?:/{_IMG_COMPO
 
 def image_pattern_error(pattern: object) -> str | None:
     """Why the kubelet would refuse `pattern` in preloadedImagesVerificationAllowlist (the rules
-    of k8s.io/kubernetes pkg/kubelet/images/pullmanager getAllowlistImagePattern), or None.
-    An image name without tag or digest (registry.example.com/team/app), or a prefix ending in
-    "/*" (registry.example.com/team/*)."""
+    of k8s.io/kubernetes pkg/kubelet/images/pullmanager getAllowlistImagePattern in 1.35-1.37),
+    or None. A full image name without tag or digest (registry.example.com/team/app), or a
+    prefix ending in "/*" (registry.example.com/team/*)."""
     if not isinstance(pattern, str) or not pattern:
         return "must be a non-empty image name"
     if pattern != pattern.strip():
@@ -262,7 +262,7 @@ def check_cluster(c: Cluster, line_for: Callable[[tuple], int | None] = lambda p
         why = image_pattern_error(pattern)
         if why:
             err(("spec", "kubelet", "preloadedImages", i), f"'{pattern}': {why}",
-                "an image name as pods write it, without tag or digest "
+                "a full image name with its registry, without tag or digest "
                 "(registry.example.com/team/app), or a prefix ending in '/*' "
                 "(registry.example.com/team/*)")
     if not c.spec.kubelet.fail_cgroup_v1:
