@@ -11,7 +11,6 @@ Targets: under 1 % failed API requests, no gap over 2 s, no failed Service reque
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kdeploy.render.images import images_of_dir  # noqa: E402
 from tests.lab.conftest import LabCluster  # noqa: E402
 from tests.lab.test_up import events  # noqa: E402
 from tests.lab.test_upgrade import KUBECTL, WORKLOAD, start_probe, stop_probe  # noqa: E402
@@ -50,8 +50,7 @@ def main() -> None:
         lab = LabCluster(name=a.name, inventory=inv, info=info)
         try:
             up_s, _ = kdeploy("up", "-i", str(inv), "--artifacts", a.artifacts)
-            image = "registry.k8s.io/e2e-test-images/agnhost:" + json.loads(
-                (Path(a.artifacts) / "manifest.json").read_text())["components"]["agnhost"]
+            image = images_of_dir(Path(a.artifacts)).agnhost
             rc, _, err = lab.run("m1", f"cat > /root/w.yaml <<'EOF'\n{WORKLOAD.replace('IMAGE', image)}"
                                        f"\nEOF\n{KUBECTL} apply -f /root/w.yaml && {KUBECTL} -n "
                                        "upgrade-probe rollout status deploy/web --timeout=240s", timeout=300)

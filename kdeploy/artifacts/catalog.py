@@ -65,6 +65,12 @@ class ComponentVersions:
     def agnhost_image(self) -> str:
         return f"registry.k8s.io/e2e-test-images/agnhost:{self.agnhost}"
 
+    def built_image(self, name: str) -> str:
+        """The ref of an image kdeploy builds itself (IMAGES name: pause-image, ...): kdeploy's
+        own name, never upstream's, as its content differs (see BUILT_IMAGE_REGISTRY)."""
+        repo, tag = BUILT_IMAGE_NAMES[name]
+        return f"{BUILT_IMAGE_REGISTRY}/{repo}:{tag.format(v=self)}"
+
     def as_dict(self) -> dict[str, str]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d.update(pause_image=self.pause_image, coredns_image=self.coredns_image,
@@ -174,11 +180,30 @@ KUBE_BINARIES = {
 ETCD_BINARIES = ("etcd", "etcdctl", "etcdutl")
 CONTAINERD_BINARIES = ("containerd", "ctr", "containerd-shim-runc-v2")
 CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
-IMAGES = {  # name -> (file, component, versions attribute holding the ref)
+IMAGES = {  # name -> (file, component, versions attribute holding the upstream ref)
     "pause-image": ("pause.tar", "images", "pause_image"),
     "coredns-image": ("coredns.tar", "images", "coredns_image"),
     "agnhost-image": ("agnhost.tar", "images", "agnhost_image"),
 }
+
+# Images the artifact build (kdeploy/artifacts/build) makes from source are named under a registry
+# of kdeploy's own, never upstream's: their content differs (our agnhost holds the agnhost binary
+# alone, upstream's a shell and tools), and a pod naming the upstream ref must get upstream's
+# image. `.invalid` is reserved (RFC 2606/6761): the name never resolves (no DNS, no mDNS, no
+# daemon on the node), so nothing can be pulled under it and a present copy is the one kdeploy
+# imported. An artifact set's manifest.json records the refs ("images": relpath -> ref); that
+# map, not this table, is what a deployment configures.
+BUILT_IMAGE_REGISTRY = "kdeploy.invalid"
+BUILT_IMAGE_NAMES = {  # IMAGES name -> (repository under BUILT_IMAGE_REGISTRY, tag)
+    "pause-image": ("pause", "{v.pause}"),
+    "coredns-image": ("coredns", "v{v.coredns}"),
+    "agnhost-image": ("agnhost", "{v.agnhost}"),
+}
+
+
+def built_image_refs(v: ComponentVersions) -> dict[str, str]:
+    """relpath -> ref of the images the artifact build makes (its manifest's "images")."""
+    return {f"images/{fname}": v.built_image(n) for n, (fname, _, _) in IMAGES.items()}
 
 
 def file_specs(*, images: bool = True) -> list[FileSpec]:
@@ -306,4 +331,7 @@ def shell_pins(kubernetes_version: str) -> str:
         f"NGINX={v.nginx}", f"KUBE_BENCH={KUBE_BENCH_VERSION}",
         f"KUBE_BENCH_BENCHMARK={KUBE_BENCH_BENCHMARK}",
         f"KUBE_BENCH_FILES='{' '.join(kube_bench_files())}'",
+        f"PAUSE_REF={v.built_image('pause-image')}",
+        f"COREDNS_REF={v.built_image('coredns-image')}",
+        f"AGNHOST_REF={v.built_image('agnhost-image')}",
     ])

@@ -29,7 +29,7 @@ class ImageFile:
 
 @dataclass
 class ImageSpec:
-    ref: str                                  # registry.k8s.io/pause:3.10.2
+    ref: str                                  # kdeploy.invalid/pause:3.10.2
     files: list[ImageFile]
     arch: str = "amd64"
     entrypoint: list[str] = field(default_factory=list)

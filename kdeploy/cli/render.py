@@ -33,15 +33,17 @@ def _write(root: Path, host: str, path: str, content: bytes, mode: int) -> None:
 def render_command(inventory: InventoryOpt, output: OutOpt, state_dir: StateDirOpt = None,
                    no_pki: NoPkiOpt = False) -> None:
     """Render every host's files into DIR/<host>/<path> (PKI included unless --no-pki)."""
-    from kdeploy.execute.run import pin_pod_cidrs, state_dir_for
+    from kdeploy.execute.run import images_in_use, pin_pod_cidrs, state_dir_for
+    from kdeploy.model.validate import resolve_path
     from kdeploy.pki import ensure_pki
     from kdeploy.plan.desired import desired_state
     from kdeploy.plan.planner import render_block
+    from kdeploy.render.images import images_of_dir
 
     cluster = load(inventory)
     pki = None
+    state = state_dir or state_dir_for(cluster)
     if not no_pki:  # exactly what `kdeploy up` would place: same pod CIDRs, same PKI
-        state = state_dir or state_dir_for(cluster)
         cluster = pin_pod_cidrs(cluster, state)
         pki = ensure_pki(cluster, state)
         for w in getattr(pki, "warnings", ()):
@@ -54,9 +56,13 @@ def render_command(inventory: InventoryOpt, output: OutOpt, state_dir: StateDirO
         raise KdeployError(f"cannot create output directory {output}: {e.strerror}",
                            "pass a writable directory with -o") from None
 
+    # the image refs of the inventory's artifact directory (its manifest only: no hashing, no
+    # network), else those recorded when the hosts got them (kdeploy up), else upstream's
+    images = (images_of_dir(resolve_path(cluster.spec.artifacts.dir, cluster), cluster.version)
+              if cluster.spec.artifacts.dir else images_in_use(cluster, state, None))
     rows: list[tuple[str, int, int, int]] = []
     try:
-        for name, res in desired_state(cluster, pki=pki).items():
+        for name, res in desired_state(cluster, pki=pki, images=images).items():
             for f in res.files:
                 _write(output, name, f.path, f.content, 0o600 if f.secret else (f.mode & 0o777))
             for b in res.blocks:  # the block as `kdeploy up` writes it into the host's file

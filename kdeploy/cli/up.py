@@ -82,9 +82,9 @@ def _print_checks(results, as_json: bool) -> None:
         console.print(checks_table(results))
 
 
-def _verify(dep, transports, as_json):
+def _verify(dep, transports, as_json, *, keep_workload: bool = False):
     from kdeploy.verbs.up import verify
-    results = verify(dep, transports)
+    results = verify(dep, transports, keep_workload=keep_workload)
     _print_checks(results, as_json)
     return results
 

@@ -1,6 +1,8 @@
 """kdeploy verify: check a live cluster and print a pass/fail table."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from kdeploy.cli.common import InventoryOpt, JsonOpt, load
@@ -10,8 +12,12 @@ from kdeploy.cli.plan import TransportOpt, factory_for
 def register(app: typer.Typer) -> None:
     @app.command()
     def verify(inventory: InventoryOpt, as_json: JsonOpt = False,
-               transport: TransportOpt = "ssh") -> None:
-        """Check the live cluster: units, etcd, apiserver, nodes, pods, networking, DNS, security."""
+               transport: TransportOpt = "ssh",
+               keep_workload: Annotated[bool, typer.Option(
+                   "--keep-workload", help="Leave the test workload (namespace kdeploy-verify) "
+                   "running after the checks.")] = False) -> None:
+        """Check the live cluster: units, etcd, apiserver, nodes, pods, networking, DNS, security.
+        The test workload is removed afterwards unless --keep-workload."""
         from kdeploy.cli.up import _verify
         from kdeploy.errors import VerifyError
         from kdeploy.execute import run
@@ -25,7 +31,7 @@ def register(app: typer.Typer) -> None:
             close_all(transports)
             raise UnreachableHosts(failed)
         try:
-            results = _verify(dep, transports, as_json)
+            results = _verify(dep, transports, as_json, keep_workload=keep_workload)
         finally:
             close_all(transports)
         if not all(r.ok for r in results):

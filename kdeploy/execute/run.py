@@ -35,6 +35,8 @@ class Deployment:
     artifacts: list
     desired: dict[str, HostResources]
     etcd: object = None              # kdeploy.verbs.membership.EtcdView, once facts are in
+    images: object = None            # kdeploy.render.images.Images the rendered files name
+    images_from_set: bool = False    # they come from a resolved artifact set (record_images)
 
 
 def prepare(cluster: Cluster, *, artifacts_dir: Path | None = None, need_artifacts: bool = True,
@@ -53,15 +55,56 @@ def prepare(cluster: Cluster, *, artifacts_dir: Path | None = None, need_artifac
     a_dir = artifacts_dir
     if a_dir is None and cluster.spec.artifacts.dir:  # relative to the inventory, like key files
         a_dir = resolve_path(cluster.spec.artifacts.dir, cluster)
-    if need_artifacts or a_dir is not None:
+    resolved = need_artifacts or a_dir is not None
+    if resolved:
         from kdeploy.artifacts import resolve
         from kdeploy.artifacts.lock import LOCK_NAME, ChecksumLock
         images = cluster.spec.artifacts.images
         arts = resolve(cluster.version, arch, offline_dir=a_dir, mirror=cluster.spec.artifacts.mirror,
                        lock=ChecksumLock(state / LOCK_NAME, write=write_state),
                        images_dir=resolve_path(images, cluster) if images else None)
-    desired = desired_state(cluster, pki=pki, artifacts=arts)
-    return Deployment(cluster, state, pki, arts, desired)
+    images = images_in_use(cluster, state, arts if resolved else None)
+    desired = desired_state(cluster, pki=pki, artifacts=arts, images=images)
+    return Deployment(cluster, state, pki, arts, desired, images=images, images_from_set=resolved)
+
+
+IMAGES_RECORD = "images.json"
+
+
+def images_in_use(cluster: Cluster, state: Path, artifacts: list | None):
+    """The image refs the rendered files name (kdeploy.render.images.Images). With a resolved
+    artifact set: that set's (its manifest's refs for the archives it holds, else upstream's).
+    Without one (verify, certs, a plan without --artifacts): those of the state dir's record
+    (record_images) when it is of this Kubernetes version, so such a verb renders what the
+    nodes have, never upstream's names for images kdeploy imported under its own; else
+    upstream's."""
+    from kdeploy.render.images import from_record, images_for, images_of_artifacts
+    if artifacts is not None:
+        return images_of_artifacts(cluster.version, artifacts)
+    try:
+        recorded = from_record((state / IMAGES_RECORD).read_text(), cluster.version)
+    except OSError:
+        recorded = None
+    return recorded or images_for(cluster.version)
+
+
+def record_images(dep: Deployment) -> None:
+    """Record the image refs of dep's artifact set in the state dir (images.json, for
+    images_in_use) once the hosts have them: after an apply that succeeded, or a plan with
+    nothing to change. Never before: a run refused or failed later (a downgrade, an unhealthy
+    etcd) must not make the next verify name images the nodes do not have."""
+    from kdeploy.pki.crypto import write_atomic
+    from kdeploy.render.images import record_text
+    if not dep.images_from_set or dep.images is None:
+        return
+    path = dep.state_dir / IMAGES_RECORD
+    text = record_text(dep.images, dep.cluster.version)
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    write_atomic(path, text.encode(), 0o600)
 
 
 def _scratch_state(state: Path) -> Path:

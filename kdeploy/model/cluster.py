@@ -155,6 +155,10 @@ class ContainerRuntimeSettings(_Base):
 class KubeletSettings(_Base):
     fail_cgroup_v1: bool = True
     max_pods: int = Field(110, ge=1, le=1000)
+    # images the operator preloads on the nodes (full image names without tag, or prefixes
+    # ending in "/*"): the kubelet uses a present copy without checking pull credentials, like
+    # the images kdeploy imports (kdeploy.render.images, docs/artifacts.md)
+    preloaded_images: tuple[str, ...] = ()
 
 
 class ArtifactSettings(_Base):

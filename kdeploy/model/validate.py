@@ -57,6 +57,44 @@ def resolve_path(p: str, cluster: Cluster) -> Path:
     return path
 
 
+_IMG_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMG_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_IMG_DOMAIN = rf"(?:{_IMG_DOMAIN_PART}(?:\.{_IMG_DOMAIN_PART})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?"
+_IMG_NAME_RE = re.compile(rf"^(?:{_IMG_DOMAIN}/)?{_IMG_COMPONENT}(?:/{_IMG_COMPONENT})*$")
+
+
+def image_pattern_error(pattern: object) -> str | None:
+    """Why the kubelet would refuse `pattern` in preloadedImagesVerificationAllowlist (the rules
+    of k8s.io/kubernetes pkg/kubelet/images/pullmanager getAllowlistImagePattern in 1.35-1.37),
+    or None. A full image name without tag or digest (registry.example.com/team/app), or a
+    prefix ending in "/*" (registry.example.com/team/*)."""
+    if not isinstance(pattern, str) or not pattern:
+        return "must be a non-empty image name"
+    if pattern != pattern.strip():
+        return "leading or trailing spaces are not allowed"
+    if pattern.endswith("/*"):
+        prefix = pattern[:-1]
+        if "*" in prefix:
+            return "only a final '/*' wildcard is allowed"
+        if len(prefix) == 1:
+            return "a wildcard needs at least a registry host name before '/*'"
+        return None
+    if "*" in pattern:
+        return "only a final '/*' wildcard is allowed (e.g. registry.example.com/team/*)"
+    if "@" in pattern or ":" in pattern.rsplit("/", 1)[-1]:
+        return "write the image name without a tag or digest (the kubelet matches every tag)"
+    if not _IMG_NAME_RE.match(pattern):
+        return "is not a valid image name (lowercase path components, e.g. registry.example.com/team/app)"
+    # kubelet 1.35 refuses a name that is not its own normalized form (docker.io/library/nginx,
+    # not nginx, docker.io/nginx or index.docker.io/...): it would not start
+    first, _, rest = pattern.partition("/")
+    if not rest or not ("." in first or ":" in first or first == "localhost"):
+        return "write the full name with its registry (docker.io/library/nginx, not nginx)"
+    if first == "index.docker.io" or (first == "docker.io" and "/" not in rest):
+        return "write Docker Hub names in full: docker.io/library/nginx, docker.io/team/app"
+    return None
+
+
 def check_cluster(c: Cluster, line_for: Callable[[tuple], int | None] = lambda p: None
                   ) -> tuple[list[Problem], list[Problem]]:
     """Return (errors, warnings)."""
@@ -234,6 +272,13 @@ def check_cluster(c: Cluster, line_for: Callable[[tuple], int | None] = lambda p
         except ValueError:
             err(("spec", "controlPlane", "endpoint"), f"'{ep}' is not host[:port]",
                 "e.g. 192.0.2.10:6443 or api.example.com")
+    for i, pattern in enumerate(c.spec.kubelet.preloaded_images):
+        why = image_pattern_error(pattern)
+        if why:
+            err(("spec", "kubelet", "preloadedImages", i), f"'{pattern}': {why}",
+                "a full image name with its registry, without tag or digest "
+                "(registry.example.com/team/app), or a prefix ending in '/*' "
+                "(registry.example.com/team/*)")
     if not c.spec.kubelet.fail_cgroup_v1:
         warn(("spec", "kubelet", "failCgroupV1"),
              "kubelet will run on cgroup v1 hosts (deprecated upstream)",

@@ -58,21 +58,23 @@ def _node_labels(cluster: Cluster, rendered: dict[str, HostResources]) -> File:
     return File(NODE_LABELS, text.encode(), "addons", mode=0o755, run_on_change=(("sh", NODE_LABELS),))
 
 
-def _addon_files(cluster: Cluster) -> list[File]:
+def _addon_files(cluster: Cluster, images=None) -> list[File]:
     from kdeploy.render import render_addons
     out = []
-    for f in render_addons(cluster):
+    for f in render_addons(cluster, images):
         if not f.run_on_change and f.path.endswith((".yaml", ".yml")):
             f = replace(f, run_on_change=(KUBECTL_ADMIN + ("apply", "-f", f.path),))
         out.append(f)
     return out
 
 
-def desired_state(cluster: Cluster, *, pki=None, artifacts=None) -> dict[str, HostResources]:
+def desired_state(cluster: Cluster, *, pki=None, artifacts=None, images=None) -> dict[str, HostResources]:
+    """images: the image refs of the artifact set in use (kdeploy.render.images.Images; None:
+    the catalog's, nothing preloaded)."""
     from kdeploy.render import addons_host, render_host
     first_cp = addons_host(cluster)
-    rendered = {h.name: render_host(cluster, h) for h in cluster.hosts}
-    addons = _addon_files(cluster) + [_node_labels(cluster, rendered)]
+    rendered = {h.name: render_host(cluster, h, images) for h in cluster.hosts}
+    addons = _addon_files(cluster, images) + [_node_labels(cluster, rendered)]
     from kdeploy.render.registries import registry_files
     registries = registry_files(cluster)  # every host is a node
     out: dict[str, HostResources] = {}

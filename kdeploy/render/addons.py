@@ -9,6 +9,7 @@ from kdeploy.model.cluster import Cluster
 from kdeploy.plan.resources import File
 from kdeploy.render import env as _env
 from kdeploy.render.context import ADDONS_DIR, cluster_context
+from kdeploy.render.images import Images
 
 ADDONS: tuple[tuple[str, str], ...] = (
     ("addons/apiserver-to-kubelet-rbac.yaml.j2", f"{ADDONS_DIR}/00-apiserver-to-kubelet-rbac.yaml"),
@@ -21,8 +22,8 @@ def addons_host(cluster: Cluster) -> str:
     return cluster.control_plane[0].name
 
 
-def render_addons(cluster: Cluster) -> list[File]:
-    ctx = cluster_context(cluster)
+def render_addons(cluster: Cluster, images: Images | None = None) -> list[File]:
+    ctx = cluster_context(cluster, images)
     environment = _env.environment()
     return [File(path=path, content=_env.render(tmpl, ctx.base, environment, with_globals=True).encode(),
                  phase="addons")

@@ -18,7 +18,7 @@ from kdeploy.model import defaults
 from kdeploy.model.cluster import Cluster, Host
 from kdeploy.pki import paths as pki_paths
 from kdeploy.render import env as _env
-from kdeploy.render.images import Images, images_for
+from kdeploy.render.images import Images, images_for, preloaded_allowlist
 from kdeploy.render.labels import CONTROL_PLANE_ROLE_LABEL, CONTROL_PLANE_TAINT, split_labels
 
 # host paths of the files rendered here (PKI paths live in kdeploy.pki.paths)
@@ -101,9 +101,9 @@ class ClusterContext:
         return self.routes_text[:start] + self.routes_text[end:]
 
 
-def _build(cluster: Cluster) -> ClusterContext:
+def _build(cluster: Cluster, images: Images | None = None) -> ClusterContext:
     net = cluster.spec.network
-    images = images_for(cluster.version)
+    images = images or images_for(cluster.version)
     pki = {k: getattr(pki_paths, k) for k in dir(pki_paths) if k.isupper()}
     etcd_members = cluster.etcd
     kc_user, kc_groups, fp_cn = _identities(cluster)
@@ -178,6 +178,10 @@ def _build(cluster: Cluster) -> ClusterContext:
             "max_pods": cluster.spec.kubelet.max_pods,
             "pod_pids_limit": defaults.KUBELET_POD_PIDS_LIMIT,
             "resolv_conf": RESOLV_CONF,
+            # images the kubelet uses when present without checking pull credentials (even
+            # while a pull of the same image keeps failing): the ones kdeploy preloads plus the
+            # operator's; empty = the kubelet's default policy (docs/artifacts.md)
+            "preloaded_images": preloaded_allowlist(images, cluster.spec.kubelet.preloaded_images),
         },
         "kube_proxy": {
             "config": KUBE_PROXY_CONFIG,
@@ -216,17 +220,18 @@ def _build(cluster: Cluster) -> ClusterContext:
 
 
 _lock = threading.Lock()
-_cache: dict[int, tuple[weakref.ref, ClusterContext]] = {}
+_cache: dict[tuple[int, Images | None], tuple[weakref.ref, ClusterContext]] = {}
 
 
-def cluster_context(cluster: Cluster) -> ClusterContext:
-    """The context of `cluster`, built once per Cluster object (models are frozen)."""
-    key = id(cluster)
+def cluster_context(cluster: Cluster, images: Images | None = None) -> ClusterContext:
+    """The context of `cluster`, built once per Cluster object (models are frozen) and image
+    set (None: the catalog's refs, nothing preloaded; kdeploy.render.images)."""
+    key = (id(cluster), images)
     with _lock:
         hit = _cache.get(key)
         if hit is not None and hit[0]() is cluster:
             return hit[1]
-    ctx = _build(cluster)
+    ctx = _build(cluster, images)
     with _lock:
         for k in [k for k, (ref, _) in _cache.items() if ref() is None]:
             del _cache[k]

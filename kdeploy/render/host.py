@@ -9,13 +9,15 @@ from kdeploy.model.cluster import Cluster, Host
 from kdeploy.plan.resources import Block, File, HostResources, Unit
 from kdeploy.render import env as _env
 from kdeploy.render.context import HOSTS_FILE, cluster_context, host_context
+from kdeploy.render.images import Images
 
 
-def render_host(cluster: Cluster, host: Host) -> HostResources:
+def render_host(cluster: Cluster, host: Host, images: Images | None = None) -> HostResources:
+    """images: the refs of the artifact set in use (kdeploy.render.images; None: the catalog's)."""
     # the file table comes from kdeploy.components, which read paths from kdeploy.pki (whose
     # kubeconfigs are rendered here): imported at the first call, not at import
     from kdeploy.render.table import FILES, UNITS
-    ctx = cluster_context(cluster)
+    ctx = cluster_context(cluster, images)
     h = host_context(ctx, host)
     values = {**ctx.base, "host": h}
     environment = _env.environment()
@@ -36,6 +38,6 @@ def render_host(cluster: Cluster, host: Host) -> HostResources:
     return HostResources(host=host.name, files=files, blocks=blocks, units=units, extra=extra)
 
 
-def render_all(cluster: Cluster) -> dict[str, HostResources]:
+def render_all(cluster: Cluster, images: Images | None = None) -> dict[str, HostResources]:
     """render_host for every host, in inventory order."""
-    return {h.name: render_host(cluster, h) for h in cluster.hosts}
+    return {h.name: render_host(cluster, h, images) for h in cluster.hosts}

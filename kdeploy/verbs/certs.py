@@ -181,6 +181,7 @@ def run_renew(cluster: Cluster, *, transports: Mapping, renew_all: bool = False,
             tm["reissue"] = time.monotonic() - t
             if not p.empty:
                 out.result = run.rollout(dep, transports, p, steps, record, emit, api, tm)
+            run.record_images(dep)              # with --artifacts: the hosts have that set's images
             run.write_admin_kubeconfig(dep)     # the deployer's admin.conf carries a renewed cert
             return out
         finally:

@@ -231,6 +231,7 @@ def _run_rotation(kind: _Kind, cluster: Cluster, transports: Mapping, *, names: 
                 emit({"event": "rotate-stage", "stage": stage, "changes": len(p.changes)})
                 if not p.empty:
                     run.rollout(dep, transports, p, rotate_steps(cluster), record, emit, api, tm)
+                run.record_images(dep)
                 run.write_admin_kubeconfig(dep)
                 if not (rot.rolled_out and p.empty):   # done by the run that rolled it out
                     kind.follow_up(stage, dep, api, emit)

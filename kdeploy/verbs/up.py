@@ -48,11 +48,12 @@ def finish_interrupted_cordons(dep, transports: Mapping, emit: Callable) -> None
         finish_cordons(ledger, api_runner(dep.cluster, transports), emit)
 
 
-def verify(dep, transports: Mapping) -> list:
-    from kdeploy.artifacts import versions_for
+def verify(dep, transports: Mapping, *, keep_workload: bool = False) -> list:
+    """The checks of kdeploy.verify; the test workload runs the agnhost image of the artifact
+    set in use (dep.images) and is removed afterwards unless keep_workload."""
     from kdeploy.verify.checks import Verifier
-    return Verifier(dep.cluster, transports, dep.desired,
-                    workload_image=versions_for(dep.cluster.version).agnhost_image).run()
+    return Verifier(dep.cluster, transports, dep.desired, workload_image=dep.images.agnhost,
+                    keep_workload=keep_workload).run()
 
 
 def up_steps(dep, transports: Mapping) -> tuple:
@@ -123,6 +124,7 @@ def run_up(cluster: Cluster, transports: Mapping, *, inventory, artifacts_dir: P
                         tm[f"phase {ph.phase}"] = ph.seconds
                     if out.result:
                         record.write("results.json", {"phases": [ph.__dict__ for ph in out.result.phases]})
+            run.record_images(dep)   # the hosts have this set's images now
             out.admin = run.write_admin_kubeconfig(dep)
             if check and not p.empty:
                 t = time.monotonic()

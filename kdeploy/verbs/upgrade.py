@@ -328,6 +328,7 @@ def run_upgrade(cluster: Cluster, *, to: str, transports: Mapping, artifacts_dir
             api = api_runner(cluster, transports)
             finish_cordons(hooks.ledger, api, emit)
             if p.empty:
+                run.record_images(dep)
                 return out
             refuse_unhealthy(cluster, transports, api, force=force)
             if not confirm(p, out.steps):
@@ -336,6 +337,7 @@ def run_upgrade(cluster: Cluster, *, to: str, transports: Mapping, artifacts_dir
             out.snapshot = snapshot(cluster, transports, dep.state_dir, emit)
             tm["etcd snapshot"] = time.monotonic() - t
             out.result = run.rollout(dep, transports, p, steps, record, emit, api, tm)
+            run.record_images(dep)   # every host has the new set's images now
             run.write_admin_kubeconfig(dep)
             return out
         finally:

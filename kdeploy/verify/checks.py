@@ -29,11 +29,12 @@ class CheckResult:
 class Verifier:
     def __init__(self, cluster: Cluster, transports: Mapping[str, Transport],
                  desired: Mapping[str, HostResources], *, workload_image: str,
-                 timeout: float = 180.0):
+                 keep_workload: bool = False, timeout: float = 180.0):
         self.c = cluster
         self.t = transports
         self.desired = desired
         self.image = workload_image
+        self.keep_workload = keep_workload
         self.timeout = timeout
         self.cp = transports[cluster.control_plane[0].name]
         self.etcd_host = transports[cluster.etcd[0].name]
@@ -129,10 +130,34 @@ class Verifier:
                     f"{len(items)} pods running" if not bad else ", ".join(bad))
         return self._until(probe)
 
+    def _namespace_phase(self) -> str:
+        """Active, Terminating, "" when the test workload's namespace does not exist, or
+        "unknown" when the API does not answer."""
+        r = self.cp.run(list(KUBECTL_ADMIN) + ["get", "namespace", NAMESPACE, "--ignore-not-found",
+                                               "-o", "jsonpath={.status.phase}"], check=False,
+                        timeout=60)
+        return r.out.strip() if r.ok else "unknown"
+
+    def _namespace_gone(self) -> tuple[bool, str]:
+        phase = self._namespace_phase()
+        return not phase, f"namespace {NAMESPACE}: {phase or 'gone'}"
+
+    def remove_workload(self) -> tuple[bool, str]:
+        """Delete the namespace of the test workload (its Deployment, Service, ServiceAccount
+        and Secret) and wait until it is gone, so a next verify starts clean."""
+        r = self.cp.run(list(KUBECTL_ADMIN) + ["delete", "namespace", NAMESPACE,
+                                               "--ignore-not-found", "--wait=false"],
+                        check=False, timeout=60)
+        if not r.ok:
+            return False, (r.err or r.out)[-200:]
+        return self._until(self._namespace_gone, 120)
+
     def workload(self) -> tuple[bool, str]:
         from kdeploy.render.env import render
         manifest = render("verify/workload.yaml.j2", {"namespace": NAMESPACE, "image": self.image,
                                                       "replicas": max(2, len(self.c.workers))})
+        # an earlier verify's namespace still terminating would refuse the apply
+        self._until(lambda: (self._namespace_phase() != "Terminating", ""), 120)
         self.kubectl("apply", "-f", "-", input=manifest.encode())
         ok, detail = self._until(lambda: self._rollout())
         if not ok:
@@ -155,10 +180,13 @@ class Verifier:
         seen: set[str] = set()
 
         def dial():
-            raw = self.kubectl(
-                "get", "--raw",
-                f"/api/v1/namespaces/{NAMESPACE}/pods/{src}:8080/proxy/dial?request=hostname"
-                f"&protocol=http&host={svc}&port=80&tries=20", check=False, timeout=60)
+            try:
+                raw = self.kubectl(
+                    "get", "--raw",
+                    f"/api/v1/namespaces/{NAMESPACE}/pods/{src}:8080/proxy/dial?request=hostname"
+                    f"&protocol=http&host={svc}&port=80&tries=20", check=False, timeout=60)
+            except KdeployError as e:  # a dial that hangs (a node just joined): try again
+                return False, e.message[-200:]
             try:
                 seen.update(json.loads(raw).get("responses") or [])
             except ValueError:
@@ -263,4 +291,9 @@ class Verifier:
             r = CheckResult(name, ok, detail, round(time.monotonic() - t0, 2))
             on_result(r)
             out.append(r)
+        if not self.keep_workload:  # no test workload stays behind (kdeploy verify --keep-workload)
+            try:
+                self.remove_workload()
+            except KdeployError:
+                pass  # the checks' verdict stands; the next verify waits for or replaces it
         return out

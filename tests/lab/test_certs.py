@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kdeploy.render.images import images_of_dir
 from tests.lab.conftest import LabCluster, lab_skip_reason
 from tests.lab.test_up import artifacts_dir, assert_ok, events, kdeploy
 from tests.lab.test_upgrade import GAP_LIMIT, KUBECTL, WORKLOAD, start_probe, stop_probe
@@ -122,8 +123,7 @@ def test_renew_all_under_load(crt):
     assert not any("PRIVATE" in json.dumps(c) for c in before["certificates"])
 
     # 2. a workload and its Service; the probe on the worker (the API through its LB + the Service)
-    image = "registry.k8s.io/e2e-test-images/agnhost:" + json.loads(
-        (art / "manifest.json").read_text())["components"]["agnhost"]
+    image = images_of_dir(art).agnhost
     rc, _, err = lab.run("m1", f"cat > /root/w.yaml <<'EOF'\n{WORKLOAD.replace('IMAGE', image)}\nEOF\n"
                                f"{KUBECTL} apply -f /root/w.yaml && {KUBECTL} -n upgrade-probe "
                                "rollout status deploy/web --timeout=240s", timeout=300)

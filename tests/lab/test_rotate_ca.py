@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from kdeploy.render.images import images_of_dir
 from tests.lab.test_up import artifacts_dir, assert_ok, events, kdeploy
 from tests.lab.test_upgrade import KUBECTL, deploy_workload, kubectl
 
@@ -173,8 +174,7 @@ def test_rotate_ca_killed_and_resumed_cluster_serving_throughout(rot_lab):
     lab, art = rot_lab
     inv = Path(lab.inventory)
     assert_ok(kdeploy("up", "-i", str(inv), "--artifacts", str(art)))
-    image = "registry.k8s.io/e2e-test-images/agnhost:" + json.loads(
-        (art / "manifest.json").read_text())["components"]["agnhost"]
+    image = images_of_dir(art).agnhost
     deploy_workload(lab, art)
     pki = state_pki(inv)
     old = {ca: fingerprint(pki / f"{ca}.crt") for ca in set(CA_FILES.values())}
@@ -308,8 +308,7 @@ def incluster_ok(lab, name: str, calls: int = 3) -> None:
 def test_rotate_sa_key_waits_for_tokens_then_drops_the_old_key(rot_lab):
     lab, art = rot_lab
     inv = Path(lab.inventory)
-    image = "registry.k8s.io/e2e-test-images/agnhost:" + json.loads(
-        (art / "manifest.json").read_text())["components"]["agnhost"]
+    image = images_of_dir(art).agnhost
     pki = state_pki(inv)
     if (pki / "rotate-sa.json").exists():          # left by an earlier, failed run: finish it
         assert_ok(kdeploy("certs", "rotate-sa-key", "-i", str(inv), "--yes", "--drop-after", "0"))

@@ -19,6 +19,8 @@ import yaml
 
 pytestmark = pytest.mark.lab
 
+KUBECTL = "/usr/local/bin/kubectl --kubeconfig=/etc/kubernetes/admin.conf"
+
 
 def artifacts_dir() -> Path:
     d = os.environ.get("KDEPLOY_ARTIFACTS")
@@ -101,8 +103,11 @@ def test_up_verify_then_add_a_worker_then_noop_and_clean_plan(three):
     p3 = kdeploy("plan", "-i", str(lab.inventory), "--artifacts", str(art))
     assert p3.returncode == 0, p3.stdout[-3000:] + p3.stderr[-2000:]
 
+    # a second verify (up's was the first) works, and neither leaves its test workload behind
     v = kdeploy("verify", "-i", str(lab.inventory), "--json")
     assert_ok(v)
+    rc, out, err = lab.run("m1", f"{KUBECTL} get namespace kdeploy-verify --ignore-not-found")
+    assert rc == 0 and not out.strip(), out + err
 
 
 def test_corrupted_artifact_is_refused_before_any_host_is_touched(three, tmp_path):
@@ -134,6 +139,106 @@ def test_unreachable_host_is_named_and_others_untouched(three, tmp_path):
     assert p.returncode == 6, p.stderr
     assert "ghost" in p.stderr and "unreachable" in p.stderr and "Traceback" not in p.stderr
     assert lab.run("m2", "stat -c %Y /etc/kubernetes/kubelet.conf")[1] == before
+
+
+PRELOADED_POD = """apiVersion: v1
+kind: Pod
+metadata: {name: NAME, namespace: default}
+spec:
+  nodeName: NODE
+  terminationGracePeriodSeconds: 0
+  containers:
+    - name: dns
+      image: IMAGE
+      POLICY
+      args: ["-dns.port", "1053"]   # no Corefile: CoreDNS serves whoami on that port
+"""
+
+
+def _pod(lab, name: str, image: str, node: str, policy: str | None = None) -> None:
+    doc = (PRELOADED_POD.replace("NAME", name).replace("NODE", node).replace("IMAGE", image)
+           .replace("POLICY", f"imagePullPolicy: {policy}" if policy else ""))
+    rc, _, err = lab.run("m1", f"{KUBECTL} apply -f - <<'EOF'\n{doc}EOF")
+    assert rc == 0, err
+
+
+def _pod_state(lab, name: str) -> str:
+    """Running, or the waiting reason of its container (ErrImagePull, ImagePullBackOff, ...)."""
+    rc, out, _ = lab.run("m1", f"{KUBECTL} get pod {name} -o json")
+    if rc != 0:
+        return "absent"
+    st = json.loads(out)["status"]
+    cs = (st.get("containerStatuses") or [{}])[0].get("state", {})
+    if "running" in cs:
+        return "Running"
+    return (cs.get("waiting") or {}).get("reason") or st.get("phase", "?")
+
+
+def _wait_state(lab, name: str, want: set[str], timeout: float) -> tuple[str, float]:
+    t0 = time.monotonic()
+    state = _pod_state(lab, name)
+    while state not in want and time.monotonic() - t0 < timeout:
+        time.sleep(2)
+        state = _pod_state(lab, name)
+    return state, time.monotonic() - t0
+
+
+def _pulling(lab, name: str) -> bool:
+    """The kubelet started pulling the image of pod `name` (this pod: events of an earlier pod
+    of that name do not count)."""
+    rc, uid, _ = lab.run("m1", f"{KUBECTL} get pod {name} -o jsonpath={{.metadata.uid}}")
+    rc2, out, _ = lab.run("m1", f"{KUBECTL} get events --field-selector "
+                                f"involvedObject.uid={uid.strip()},reason=Pulling -o name")
+    return rc == 0 and rc2 == 0 and bool(uid.strip()) and bool(out.strip())
+
+
+def preloaded_image_while_its_pull_fails(lab, image: str, node: str = "m2",
+                                         timeout: float = 40) -> dict[str, float]:
+    """While a pod with imagePullPolicy Always is pulling a preloaded image and failing (the
+    lab's nodes have no internet: each attempt waits ~50 s for DNS), new pods naming it with the
+    default policy start from the present copy; again once the Always pod is gone. Without the
+    kubelet's allowlist, the Always pod's pull intent makes the kubelet pull for the new pod
+    too (it stays Pending: ErrImagePull). Returns seconds to Running per pod."""
+    failing = {"ErrImagePull", "ImagePullBackOff"}
+    lab.run("m1", f"{KUBECTL} delete pod pull-always use-present use-present-again "
+                  "--ignore-not-found --wait=true")
+    figures = {}
+    try:
+        _pod(lab, "pull-always", image, node, "Always")
+        t0 = time.monotonic()
+        while not _pulling(lab, "pull-always"):
+            assert time.monotonic() - t0 < 60, "the Always pod never started pulling"
+            time.sleep(1)
+        _pod(lab, "use-present", image, node)        # while that pull is in flight
+        state, figures["use-present"] = _wait_state(lab, "use-present", {"Running"}, timeout)
+        assert state == "Running", (f"a new IfNotPresent pod on {node} is {state} after "
+                                    f"{figures['use-present']:.0f} s while a pod with "
+                                    f"imagePullPolicy Always pulls the preloaded {image}")
+        state, figures["always fails"] = _wait_state(lab, "pull-always", failing, 120)
+        assert state in failing, f"the Always pod should fail to pull {image}: {state}"
+        lab.run("m1", f"{KUBECTL} delete pod pull-always --wait=true")
+        _pod(lab, "use-present-again", image, node)
+        state, figures["use-present-again"] = _wait_state(lab, "use-present-again", {"Running"},
+                                                          timeout)
+        assert state == "Running", f"after the Always pod is gone: {state}"
+    finally:
+        lab.run("m1", f"{KUBECTL} delete pod pull-always use-present use-present-again "
+                      "--ignore-not-found --wait=false")
+    return figures
+
+
+def test_preloaded_image_is_used_while_a_pull_of_it_keeps_failing(three):
+    """Air-gapped nodes: the kubelet's pull-intent records (KEP-2535) must not turn the images
+    kdeploy imported into ones it insists on pulling (kubelet allowlist, docs/artifacts.md)."""
+    lab, art = three
+    from kdeploy.render.images import images_of_dir
+    p, _, _ = up_json(lab.inventory, art)   # converged already when the first test ran
+    assert_ok(p)
+    image = images_of_dir(art).coredns
+    assert image in images_of_dir(art).preloaded
+    figures = preloaded_image_while_its_pull_fails(lab, image)
+    print(f"\npreloaded {image} while its pull fails: Running after "
+          + ", ".join(f"{k} {v:.1f} s" for k, v in figures.items()))
 
 
 @pytest.fixture(scope="module")

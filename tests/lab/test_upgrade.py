@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from kdeploy.components.etcd import ETCDCTL
+from kdeploy.render.images import images_of_dir
 from tests.lab.test_up import assert_ok, events, kdeploy
 
 pytestmark = pytest.mark.lab
@@ -97,8 +98,7 @@ spec:
 def deploy_workload(lab, artifacts: Path, replicas: int = 2) -> str:
     """The probed workload (agnhost netexec behind a Service, PDB minAvailable 1) with the
     agnhost image of that artifact set; its Service IP."""
-    image = "registry.k8s.io/e2e-test-images/agnhost:" + json.loads(
-        (Path(artifacts) / "manifest.json").read_text())["components"]["agnhost"]
+    image = images_of_dir(Path(artifacts)).agnhost
     rc, _, err = lab.run("m1", f"cat > /root/w.yaml <<'EOF'\n{WORKLOAD.replace('IMAGE', image)}\nEOF\n"
                                f"{KUBECTL} apply -f /root/w.yaml && {KUBECTL} -n upgrade-probe scale "
                                f"deploy/web --replicas={replicas} && {KUBECTL} -n upgrade-probe "

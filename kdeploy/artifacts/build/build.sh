@@ -55,7 +55,7 @@ export PYTHONPATH="$(cd "$HERE/../../.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
   'from kdeploy.artifacts.catalog import DEFAULT_KUBERNETES_VERSION as v; print(v)')
 PINS=$("$PY" -m kdeploy.artifacts --shell "$K8S_VERSION") || {
   echo "cannot read pins for $K8S_VERSION (needs kdeploy's dependencies: pip install kdeploy)" >&2; exit 2; }
-eval "$PINS"   # ETCD CONTAINERD RUNC CNI CRICTL COREDNS PAUSE AGNHOST NGINX KUBE_BENCH{,_BENCHMARK,_FILES}
+eval "$PINS"   # ETCD CONTAINERD RUNC CNI CRICTL COREDNS PAUSE AGNHOST NGINX KUBE_BENCH{,_BENCHMARK,_FILES}, *_REF (image names)
 
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/kdeploy
 DEST=$CACHE/artifacts-build/$K8S_VERSION-$ARCH
@@ -314,12 +314,12 @@ build_images() {
   [ -f "$SRC/pause.c" ] || { echo "pause.c missing: build the kubernetes component first" >&2; return 1; }
   gcc -Os -static -DVERSION="v$PAUSE-kdeploy" -o "$SRC/pause" "$SRC/pause.c"
   strip "$SRC/pause"
-  "$PY" -m kdeploy.artifacts.build.mkimage --ref "registry.k8s.io/pause:$PAUSE" --arch "$ARCH" \
+  "$PY" -m kdeploy.artifacts.build.mkimage --ref "$PAUSE_REF" --arch "$ARCH" \
       --file "$SRC/pause:/pause" --entrypoint /pause --user 65535:65535 -o "$DEST/images/pause.tar"
-  "$PY" -m kdeploy.artifacts.build.mkimage --ref "registry.k8s.io/coredns/coredns:v$COREDNS" --arch "$ARCH" \
+  "$PY" -m kdeploy.artifacts.build.mkimage --ref "$COREDNS_REF" --arch "$ARCH" \
       --file "$SRC/coredns/coredns-bin:/coredns" --entrypoint /coredns --expose 53/udp --expose 53/tcp \
       --user 65532:65532 -o "$DEST/images/coredns.tar"
-  "$PY" -m kdeploy.artifacts.build.mkimage --ref "registry.k8s.io/e2e-test-images/agnhost:$AGNHOST" --arch "$ARCH" \
+  "$PY" -m kdeploy.artifacts.build.mkimage --ref "$AGNHOST_REF" --arch "$ARCH" \
       --file "$SRC/agnhost/agnhost:/agnhost" --entrypoint /agnhost --expose 80/tcp \
       -o "$DEST/images/agnhost.tar"
 }
@@ -336,7 +336,8 @@ run_component cni        build_cni        "$CNI" \
 run_component crictl     build_crictl     "$CRICTL" bin/crictl
 run_component coredns    build_coredns    "$COREDNS" "$SRC/coredns/coredns-bin"
 run_component api-lb     build_api_lb     "$NGINX" bin/nginx lib/ngx_stream_module.so
-run_component images     build_images     "$PAUSE/$COREDNS/$AGNHOST" \
+# the pin is the refs: renaming the images rebuilds only them (a second or so)
+run_component images     build_images     "$PAUSE_REF $COREDNS_REF $AGNHOST_REF" \
   images/pause.tar images/coredns.tar images/agnhost.tar
 # shellcheck disable=SC2086  # KUBE_BENCH_FILES: relpaths without spaces
 run_component kube-bench build_kube_bench "$KUBE_BENCH/$KUBE_BENCH_BENCHMARK" $KUBE_BENCH_FILES

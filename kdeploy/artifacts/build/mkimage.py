@@ -1,6 +1,6 @@
 """Write a single-layer image archive importable by `ctr -n k8s.io images import` (no docker).
 
-    python3 -m kdeploy.artifacts.build.mkimage --ref registry.k8s.io/pause:3.10.2 \
+    python3 -m kdeploy.artifacts.build.mkimage --ref kdeploy.invalid/pause:3.10.2 \
         --file SRC:/pause --entrypoint /pause -o pause.tar
 """
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
     python3 -m kdeploy.artifacts.build.mkmanifest --write DIR --k8s-version 1.37.2 --arch amd64
     python3 -m kdeploy.artifacts.build.mkmanifest --check DIR
-        exit 0 when every file matches the manifest and every file of the catalog
-        (bin/, cni/, lib/, images/, tools/kube-bench/) is listed
+        exit 0 when every file matches the manifest, every file of the catalog
+        (bin/, cni/, lib/, images/, tools/kube-bench/) is listed and the images carry the
+        build's names (built_image_refs)
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from kdeploy.artifacts.catalog import (IMAGES, KUBE_BENCH_BENCHMARK, KUBE_BENCH_VERSION,
-                                      build_versions_for, file_specs, kube_bench_files)
+from kdeploy.artifacts.catalog import (KUBE_BENCH_BENCHMARK, KUBE_BENCH_VERSION, build_versions_for,
+                                      built_image_refs, file_specs, kube_bench_files)
 from kdeploy.artifacts.layout import read_manifest, verify_dir, write_manifest
 from kdeploy.errors import KdeployError
 
@@ -32,13 +33,19 @@ def main(argv: list[str] | None = None) -> int:
             # rebuilds only the components whose stamps miss it)
             verify_dir(Path(a.check), kubernetes_version=doc.get("kubernetesVersion"),
                        required=[s.relpath for s in file_specs()] + kube_bench_files())
+            # a set built when the images had other names is stale (the images stamp rebuilds them)
+            want = built_image_refs(build_versions_for(doc["kubernetesVersion"]))
+            if doc.get("images") != want:
+                print(f"{a.check}: image names {doc.get('images')} are not the build's {want}",
+                      file=sys.stderr)
+                return 1
             print(f"{a.check}: {len(doc['files'])} files match manifest.json")
             return 0
         if not a.k8s_version:
             ap.error("--write needs --k8s-version")
         v = build_versions_for(a.k8s_version)
         comps = {k: val for k, val in v.as_dict().items() if not k.endswith("_image")}
-        images = {f"images/{fname}": getattr(v, attr) for fname, _, attr in IMAGES.values()}
+        images = built_image_refs(v)
         if all((Path(a.write) / rel).is_file() for rel in kube_bench_files()):
             comps["kube_bench"] = f"{KUBE_BENCH_VERSION}/{KUBE_BENCH_BENCHMARK}"
         doc = write_manifest(Path(a.write), kubernetes_version=a.k8s_version, arch=a.arch,

@@ -27,7 +27,24 @@ def test_shell_pins_match_catalog():
                     "CRICTL": v.crictl, "COREDNS": v.coredns, "PAUSE": v.pause, "AGNHOST": v.agnhost,
                     "NGINX": v.nginx, "KUBE_BENCH": catalog.KUBE_BENCH_VERSION,
                     "KUBE_BENCH_BENCHMARK": catalog.KUBE_BENCH_BENCHMARK,
-                    "KUBE_BENCH_FILES": "'" + " ".join(catalog.kube_bench_files()) + "'"}
+                    "KUBE_BENCH_FILES": "'" + " ".join(catalog.kube_bench_files()) + "'",
+                    "PAUSE_REF": "kdeploy.invalid/pause:3.10.2",
+                    "COREDNS_REF": "kdeploy.invalid/coredns:v1.14.6",
+                    "AGNHOST_REF": "kdeploy.invalid/agnhost:2.66.1"}
+
+
+def test_build_names_its_images_its_own_and_the_stamp_follows_the_names():
+    """The images built from source never carry upstream's names (their content differs);
+    renaming them invalidates only the images stamp (the pin is the refs)."""
+    text = SCRIPT.read_text()
+    assert "registry.k8s.io" not in text
+    for var in ("PAUSE_REF", "COREDNS_REF", "AGNHOST_REF"):
+        assert f'--ref "${var}"' in text
+    assert 'run_component images     build_images     "$PAUSE_REF $COREDNS_REF $AGNHOST_REF"' in text
+    refs = catalog.built_image_refs(catalog.build_versions_for("1.36.3"))
+    assert refs == {"images/pause.tar": "kdeploy.invalid/pause:3.10.2",
+                    "images/coredns.tar": "kdeploy.invalid/coredns:v1.14.2",
+                    "images/agnhost.tar": "kdeploy.invalid/agnhost:2.63.0"}
 
 
 def test_shell_pins_reject_unsupported():
@@ -154,3 +171,23 @@ def test_cached_set_is_reused_and_copied(tmp_path):
     assert f"cached and valid: {dest}" in p.stdout and "building" not in p.stdout
     assert (out / "manifest.json").is_file() and (out / "bin" / "kubelet").read_bytes() == b"kubelet"
     assert not (out / ".stamps").exists()
+
+
+def test_mkmanifest_check_refuses_a_set_whose_images_have_other_names(tmp_path):
+    """A cached set built when the images had upstream's names is stale: the build then
+    rebuilds the images alone (their stamp's pin is the refs) and writes a new manifest."""
+    from kdeploy.artifacts.layout import write_manifest
+    fake_artifact_set(tmp_path)
+    v = catalog.build_versions_for("1.37.2")
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+
+    def check():
+        return subprocess.run([sys.executable, "-m", "kdeploy.artifacts.build.mkmanifest", "--check",
+                               str(tmp_path)], capture_output=True, text=True, env=env, cwd=REPO)
+    old = {f"images/{f}": getattr(v, attr) for f, _, attr in catalog.IMAGES.values()}
+    write_manifest(tmp_path, kubernetes_version="1.37.2", arch="amd64", source="t", images=old)
+    p = check()
+    assert p.returncode == 1 and "not the build's" in p.stderr
+    write_manifest(tmp_path, kubernetes_version="1.37.2", arch="amd64", source="t",
+                   images=catalog.built_image_refs(v))
+    assert check().returncode == 0, check().stderr

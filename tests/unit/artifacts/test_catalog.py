@@ -151,3 +151,17 @@ def test_file_specs_install_paths_modes_roles():
     # every binary of the official releases lands somewhere in the layout
     rels = {rel for r in catalog.releases(versions_for("1.37.2"), "amd64") for rel in r.members}
     assert rels == {s.relpath for s in catalog.file_specs(images=False)}
+
+
+def test_built_images_never_carry_upstream_names():
+    """Images kdeploy builds from source differ from upstream's: they get kdeploy's own
+    registry, which never resolves (RFC 6761 .invalid), with upstream's version tags."""
+    for minor in catalog.SUPPORTED_MINORS:
+        v = catalog.build_versions_for(minor)
+        refs = catalog.built_image_refs(v)
+        assert set(refs) == {f"images/{f}" for f, _, _ in catalog.IMAGES.values()}
+        upstream = {getattr(v, attr) for _, _, attr in catalog.IMAGES.values()}
+        assert not set(refs.values()) & upstream
+        assert all(r.startswith(catalog.BUILT_IMAGE_REGISTRY + "/") for r in refs.values())
+        assert catalog.BUILT_IMAGE_REGISTRY.endswith(".invalid")
+        assert refs["images/coredns.tar"].endswith(f":v{v.coredns}")

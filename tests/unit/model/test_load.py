@@ -281,3 +281,29 @@ def test_a_host_named_only_in_a_group_is_warned_about_or_refused(write_inv):
     assert w and "host node2 (group kube_node) has no address" in w[0] and "ansible_host" in w[0]
     e = error_of(write_inv, ini.replace("[etcd]\nnode1", "[etcd]\nnode1\netcd2"))
     assert "host etcd2 (group etcd) has no address" in e.message and "peer URL" in e.message
+
+
+def test_preloaded_images_valid_patterns_load(write_inv):
+    c, warnings = load_inventory(write_inv(doc(spec__kubelet={"preloadedImages": [
+        "registry.example.com/team/app", "localhost:5000/tools", "registry.example.com/mirror/*"]})))
+    assert c.spec.kubelet.preloaded_images == (
+        "registry.example.com/team/app", "localhost:5000/tools", "registry.example.com/mirror/*")
+
+
+@pytest.mark.parametrize("pattern,why", [
+    ("registry.example.com/app:1.0", "without a tag or digest"),
+    ("registry.example.com/app@sha256:" + "a" * 64, "without a tag or digest"),
+    ("registry.example.com/*/app", "only a final '/*' wildcard"),
+    ("registry.example.com/app*", "only a final '/*' wildcard"),
+    ("/*", "at least a registry host name"),
+    (" registry.example.com/app", "leading or trailing spaces"),
+    ("registry.example.com/App", "not a valid image name"),
+    ("", "non-empty"),
+    ("nginx", "full name with its registry"),          # kubelet 1.35 would not start
+    ("team/app", "full name with its registry"),
+    ("docker.io/nginx", "Docker Hub names in full"),
+])
+def test_preloaded_images_bad_pattern_is_named_with_its_index(write_inv, pattern, why):
+    e = error_of(write_inv, doc(spec__kubelet={"preloadedImages": ["ok.example.com/x", pattern]}))
+    assert "spec.kubelet.preloadedImages[1]" in e.message and why in e.message, e.message
+    assert "/*" in e.hint or "/*" in e.message

@@ -51,3 +51,25 @@ def test_render_no_pki(tmp_path):
     assert not (out / "node1/etc/kubernetes/pki").exists()
     assert not (tmp_path / ".kdeploy").exists()
     assert (out / "node1/var/lib/kubelet/config.yaml").is_file()
+
+
+def test_render_names_the_images_of_the_inventorys_artifact_dir(tmp_path, no_network):
+    """spec.artifacts.dir: its manifest's refs (read, not verified; no network)."""
+    import json
+    from kdeploy.artifacts.catalog import build_versions_for, built_image_refs
+    from kdeploy.model import load_inventory
+    inv = tmp_path / "cluster.yaml"
+    shutil.copy(SAMPLES / "cluster.yaml", inv)
+    version = load_inventory(inv)[0].version
+    (tmp_path / "set" / "images").mkdir(parents=True)
+    refs = built_image_refs(build_versions_for(version))
+    (tmp_path / "set" / "manifest.json").write_text(json.dumps({
+        "kubernetesVersion": version, "images": refs,
+        "files": {rel: {"sha256": "0" * 64, "size": 1} for rel in refs}}))
+    inv.write_text(inv.read_text().replace("spec:\n", "spec:\n  artifacts:\n    dir: set\n", 1))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["render", "-i", str(inv), "-o", str(out), "--no-pki"])
+    assert r.exit_code == 0, r.output
+    assert refs["images/pause.tar"] in (out / "worker1/etc/containerd/config.toml").read_text()
+    assert refs["images/coredns.tar"] in (out / "cp1/etc/kubernetes/addons/10-coredns.yaml").read_text()
+    assert '"kdeploy.invalid/*"' in (out / "worker1/var/lib/kubelet/config.yaml").read_text()
