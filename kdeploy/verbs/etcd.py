@@ -11,7 +11,8 @@ restored into a scratch dir on one of them (`etcdutl snapshot restore` verifies 
 hash etcd appends) before anything stops; a healthy cluster is refused unless forced. Then: the
 control plane stops, etcd stops, every member's data dir is moved aside and restored from the
 snapshot (a new cluster token; the revision bumped and marked compacted so watchers relist
-instead of seeing stale data), the members start together, then the control plane. A journal
+instead of seeing stale data), the members start together, then the control plane, then every
+kubelet restarts (so pods deleted after the snapshot are finished, not left terminating). A journal
 in the state dir (restore.json) and a marker per member make a re-run finish an interrupted
 restore with the same token.
 """
@@ -309,6 +310,18 @@ def restore(cluster: Cluster, transports: Mapping, state_dir: Path, snapshot: Pa
             time.sleep(1)
     _parallel(ready, cps)
     tm["control plane up"] = time.monotonic() - t
+    # 5. every kubelet restarts (its containers keep running): a kubelet remembers the pods it
+    # already finished, so a pod the snapshot still shows as terminating (deleted after the
+    # snapshot was taken) would never get its final delete from it, and its namespace would stay
+    # Terminating for good; a restarted kubelet relists and finishes them
+    t = time.monotonic()
+    nodes = [h.name for h in cluster.hosts if h.name in transports]
+    _parallel(lambda h: transports[h].run("systemctl restart kubelet", timeout=120, check=False), nodes)
+    left_out = sorted(h.name for h in cluster.hosts if h.name not in transports)
+    if left_out:
+        emit({"event": "note", "host": left_out[0],
+              "what": f"kubelet not restarted on unreachable {', '.join(left_out)}: restart it there"})
+    tm["kubelets restarted"] = time.monotonic() - t
     _parallel(lambda h: transports[h].run(f"rm -f -- {q}", check=False), etcd)
     jpath.unlink(missing_ok=True)
     out.seconds = time.monotonic() - t0
