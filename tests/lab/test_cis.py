@@ -17,7 +17,7 @@ import time
 import pytest
 
 from kdeploy.artifacts.catalog import KUBE_BENCH_BIN
-from tests.lab.conftest import fresh_lab, lab_skip_reason
+from tests.lab.conftest import module_lab
 from tests.lab.test_up import artifacts_dir, assert_ok, kdeploy
 
 pytestmark = pytest.mark.lab
@@ -31,20 +31,18 @@ KNOWN_FAILS: dict[str, str] = {}
 
 @pytest.fixture(scope="module")
 def cis_lab(tmp_path_factory):
-    reason = lab_skip_reason()
-    if reason:
-        pytest.skip(reason)
     art = artifacts_dir()
     if KUBE_BENCH_BIN not in json.loads((art / "manifest.json").read_text())["files"]:
         pytest.skip(f"{art} has no kube-bench (kdeploy artifacts build adds the component)")
-    lab = fresh_lab(LAB, tmp_path_factory.mktemp(LAB) / "inventory.yaml")
+    labs = module_lab(LAB, tmp_path_factory)
+    lab, _ = next(labs)
     try:
         t = time.monotonic()
         assert_ok(kdeploy("up", "-i", str(lab.inventory), "--artifacts", str(art), "--no-verify"))
         print(f"\nup: {time.monotonic() - t:.0f}s")
         yield lab, art
     finally:
-        lab.down()
+        labs.close()  # module_lab takes the lab down
 
 
 def test_cis_zero_fail_apart_from_known(cis_lab):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import glob
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -37,8 +36,9 @@ import yaml
 from kdeploy.artifacts import catalog
 from kdeploy.artifacts.fetch import add_sum, layout_path
 from kdeploy.artifacts.layout import cache_root, read_manifest
+from kdeploy.artifacts.update import release_key
 from kdeploy.lab.state import LabState
-from tests.lab.conftest import LabCluster, fresh_lab, lab_skip_reason
+from tests.lab.conftest import LabCluster, module_lab
 from tests.lab.test_up import artifacts_dir, events
 
 pytestmark = pytest.mark.lab
@@ -80,25 +80,22 @@ def official_layout(art: Path, www: Path, tmp: Path) -> None:
 
 def catalog_pinned(r) -> bool:
     from kdeploy.artifacts._checksums import CHECKSUMS
-    return bool(CHECKSUMS.get(f"{r.component}/{r.version}/{r.arch}/{r.asset}"))
+    return bool(CHECKSUMS.get(release_key(r)))
 
 
 @pytest.fixture(scope="module")
 def mir(tmp_path_factory):
-    reason = lab_skip_reason()
-    if reason:
-        pytest.skip(reason)
     art = artifacts_dir()
-    tmp = tmp_path_factory.mktemp(LAB)
+    tmp = tmp_path_factory.mktemp(f"{LAB}-files")
     www = tmp / "www"
     official_layout(art, www, tmp)
-    inv = tmp / "inventory.yaml"
-    lab = fresh_lab(LAB, inv)
+    labs = module_lab(LAB, tmp_path_factory)
+    lab, _ = next(labs)
     srv = None
     try:
-        doc = yaml.safe_load(inv.read_text())
+        doc = yaml.safe_load(lab.inventory.read_text())
         doc.setdefault("spec", {}).setdefault("artifacts", {})["images"] = str(art / "images")
-        inv.write_text(yaml.safe_dump(doc))
+        lab.inventory.write_text(yaml.safe_dump(doc))
         gw = LabState(LAB).load().gateway
         # the mirror: a plain web server inside the lab's network (reachable by nothing else)
         srv = subprocess.Popen(["ip", "netns", "exec", lab.netns, sys.executable, "-m",
@@ -109,7 +106,7 @@ def mir(tmp_path_factory):
         if srv:
             srv.terminate()
             srv.wait(timeout=10)
-        lab.down()
+        labs.close()  # module_lab takes the lab down
 
 
 def deployer(lab: LabCluster, cache: Path, *args: str) -> subprocess.CompletedProcess:
@@ -129,7 +126,6 @@ def host_sha(lab: LabCluster, machine: str, path: str) -> str:
 def test_up_from_a_mirror_locks_sums_and_refuses_a_replaced_file(mir):
     lab, art, www, tmp, url = mir
     worker = lab.machines[-1]["name"]
-    state = lab.inventory.parent / ".kdeploy" / "lab-mir"
     t = time.monotonic()
     p = deployer(lab, tmp / "cache-a", "up", "-i", str(lab.inventory), "--mirror", url, "--json")
     first = time.monotonic() - t
