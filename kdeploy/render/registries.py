@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 
+from kdeploy.errors import InventoryError
 from kdeploy.model import defaults
 from kdeploy.model.cluster import Cluster, RegistryMirror
 from kdeploy.model.validate import resolve_path
@@ -27,7 +28,14 @@ def registry_dir(registry: str) -> str:
 def _authorization(cluster: Cluster, m: RegistryMirror) -> str | None:
     if not m.auth:
         return None
-    password = resolve_path(m.auth.password_file, cluster).read_text().rstrip("\r\n")
+    path = resolve_path(m.auth.password_file, cluster)
+    try:
+        password = path.read_text().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InventoryError(f"cannot read password file {path}: "
+                             f"{getattr(e, 'strerror', None) or e}",
+                             "make it a readable text file (mode 0600, owned by the deployer's user)",
+                             field=f"spec.containerRuntime.registryMirrors[{m.registry}].auth.passwordFile")
     token = base64.b64encode(f"{m.auth.username}:{password}".encode()).decode()
     return f"Basic {token}"
 

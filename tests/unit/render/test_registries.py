@@ -73,3 +73,14 @@ def test_a_registry_listed_twice_is_refused(tmp_path):
     m = {"registry": "docker.io", "endpoints": ["https://a"]}
     with pytest.raises(InventoryError, match="docker.io has two entries"):
         load_inventory(_inventory(tmp_path, [m, m]))
+
+
+def test_unreadable_password_file_is_a_clear_error(tmp_path):
+    from kdeploy.errors import KdeployError
+    (tmp_path / "pw").write_bytes(b"\xff\xfe not text")
+    cluster, _ = load_inventory(_inventory(tmp_path, [
+        {"registry": "r.example", "endpoints": ["https://m"], "auth": {"username": "u", "passwordFile": "pw"}}]))
+    with pytest.raises(KdeployError) as e:
+        desired_state(cluster)
+    assert "cannot read password file" in e.value.message and "registryMirrors" in e.value.message
+    assert e.value.hint
