@@ -275,8 +275,9 @@ def rollout(dep: Deployment, transports: Mapping, the_plan: Plan, steps, record:
             emit: Callable[[dict], None], api, timings: dict[str, float]):
     """A lifecycle verb's rolling steps on the engine (the steps carry their own gates); the
     result (also of a failed run) goes to the run record, the time to timings["rollout"]."""
+    from kdeploy.transport.pool import group_of
     engine = Engine(dep.desired, transports, roles=roles_of(dep.cluster), gates=(),
-                    emit=record.tee(emit), api_runner=api)
+                    emit=record.tee(emit), api_runner=api, batch=group_of(transports))
     t = time.monotonic()
     result = None
     try:
@@ -294,6 +295,8 @@ def rollout(dep: Deployment, transports: Mapping, the_plan: Plan, steps, record:
 def apply(dep: Deployment, transports: Mapping, the_plan: Plan,
           emit: Callable[[dict], None], steps=None, api_runner=None):
     from kdeploy.components import gates
+    from kdeploy.transport.pool import group_of
+    # ansible: a whole step's hosts in one ansible-runner run (kdeploy.execute.batch)
     engine = Engine(dep.desired, transports, roles=roles_of(dep.cluster), gates=gates(dep.cluster),
-                    emit=emit, api_runner=api_runner)
+                    emit=emit, api_runner=api_runner, batch=group_of(transports))
     return engine.apply(the_plan, steps)

@@ -77,6 +77,19 @@ def connect_all(cluster, hosts: Iterable | None = None, *, factory: Factory = ss
     return ok
 
 
+def group_of(transports: dict[str, Transport]):
+    """An object driving all these transports in one call per operation (`run_many`, `apply`:
+    kdeploy.execute.batch.BatchApplier) when their class offers one (ansible: AnsibleGroup, one
+    ansible-runner run for all hosts); None otherwise (ssh: a thread per host is as fast)."""
+    if not transports:
+        return None
+    kinds = {type(t) for t in transports.values()}
+    if len(kinds) != 1:
+        return None
+    make = getattr(kinds.pop(), "group_of", None)
+    return make(transports) if make is not None else None
+
+
 def close_all(transports: dict[str, Transport]) -> None:
     for t in transports.values():
         try:
