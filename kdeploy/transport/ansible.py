@@ -71,6 +71,10 @@ CONTROL_PERSIST = "60s"
 _FILE_NOT_FOUND = "File not found"
 
 
+class _BinaryOutput(Exception):
+    """run(): the command's output is not text; run again with the exact-bytes capture."""
+
+
 # --- typed results ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -490,6 +494,16 @@ class AnsibleTransport:
     # --- Transport protocol ----------------------------------------------------------------
     def run(self, cmd: str | Sequence[str], *, input: bytes | None = None,
             timeout: float | None = 300, check: bool = True, secret: bool = False) -> CommandResult:
+        try:
+            return self._run(cmd, input=input, timeout=timeout, check=check, secret=secret)
+        except _BinaryOutput:
+            # the command module cannot return bytes that are not UTF-8 (an etcd value, a
+            # snapshot): run it again with its output captured on the host and read back exact
+            return self._run(cmd, input=input, timeout=timeout, check=check, secret=secret,
+                             exact=True)
+
+    def _run(self, cmd: str | Sequence[str], *, input: bytes | None, timeout: float | None,
+             check: bool, secret: bool, exact: bool = False) -> CommandResult:
         shown = display(cmd, secret)
         argv = run_argv(cmd)
         files: dict[str, bytes] = {}
@@ -501,7 +515,7 @@ class AnsibleTransport:
                 files["kd_stdin_file"] = base64.b64encode(input)
                 argv = b64_stdin_wrap(argv)
         capture = ""
-        if secret:
+        if secret or exact:
             capture = f"/tmp/.kdeploy-out-{_secrets.token_hex(16)}"
             argv = capture_wrap(argv, capture)
         ev = {"kd_argv": argv, "kd_stdin_file": "", "kd_timeout": int(timeout or 0),
@@ -512,9 +526,12 @@ class AnsibleTransport:
         res = call.results.get("run") or {}
         command_failed = (step is not None and step.status == "failed" and not secret
                           and isinstance(res.get("rc"), int) and bad is step)
+        if (not secret and not exact and bad is not None
+                and "surrogates not allowed" in (bad.msg or "")):
+            raise _BinaryOutput()
         if step is None or (bad is not None and not command_failed):
             raise self._fail(call, "run.yml", shown, secret=secret)
-        if secret:
+        if secret or exact:
             got = call.results.get("read captured output") or {}
             try:
                 rc, out, err = parse_capture(base64.b64decode(got.get("content", "")))
@@ -806,10 +823,11 @@ class AnsibleGroup:
               stop: Callable[[], bool] = lambda: False, step: str = "") -> dict[str, str]:
         """kdeploy.execute.batch.BatchApplier: every host's HostWork in ONE run of apply.yml.
         {host: error} of the hosts that failed."""
+        first = next(iter(self.t.values()))
+        source = (first.playbooks / "transport" / "apply.py").read_text()
         hostvars, files = {}, {}
         for h, w in work.items():
-            hv, data = apply_vars(w)
-            hostvars[h], files[h] = hv, {"kd_bundle": data}
+            hostvars[h], files[h] = apply_vars(w, source)
         gate_of = {h: w.gates for h, w in work.items()}
 
         def on_event(event: dict) -> None:
@@ -827,7 +845,7 @@ class AnsibleGroup:
         failed: dict[str, str] = {}
         for h, call in calls.items():
             bad = call.failed_step()
-            if bad is None and call.step("ops") is not None:
+            if bad is None and call.steps:
                 continue
             if bad is not None and bad.task in ("ops", "gates"):
                 msg = _applier_error(call.results.get(bad.task) or {})
@@ -855,9 +873,16 @@ def _applier_error(res: Mapping) -> str:
     return ""
 
 
-def apply_vars(w) -> tuple[dict, bytes]:
-    """(host vars, bundle bytes) of a kdeploy.execute.batch.HostWork for apply.yml. Pure. The
-    bundle holds file contents (secrets too): it only ever travels as a 0600 file."""
+def applier_script(source: str, bundle: Mapping) -> bytes:
+    """apply.py with its BUNDLE appended (base64 JSON: no quoting issue, never templated)."""
+    data = base64.b64encode(json.dumps(bundle).encode()).decode("ascii")
+    return (source.rstrip("\n") + f'\n\nBUNDLE = json.loads(base64.b64decode("{data}"))\n'
+            "sys.exit(main(BUNDLE))\n").encode()
+
+
+def apply_vars(w, source: str) -> tuple[dict, dict[str, bytes]]:
+    """(host vars, private files) of a kdeploy.execute.batch.HostWork for apply.yml. Pure. The
+    ops script holds file contents (secrets too): it only ever travels as a 0600 file."""
     import posixpath
     ops = []
     for o in w.ops:
@@ -876,14 +901,48 @@ def apply_vars(w) -> tuple[dict, bytes]:
             d.update(argv=list(o.argv), timeout=o.timeout, check=o.check, key=o.key)
         ops.append(d)
     from kdeploy.execute.journal import PATH as JOURNAL
-    bundle = {"ops": ops,
-              "journal": {"path": JOURNAL, "add": sorted(w.journal_add),
-                          "done": sorted(w.journal_done), "known": sorted(w.known)},
-              "gates": [{"cmd": g.cmd, "timeout": g.timeout, "what": g.what} for g in w.gates]}
+    files: dict[str, bytes] = {}
+    if ops or w.journal_add:
+        files["kd_ops"] = applier_script(source, {
+            "mode": "ops", "ops": ops,
+            "journal": {"path": JOURNAL, "add": sorted(w.journal_add),
+                        "done": sorted(w.journal_done), "known": sorted(w.known)}})
+    if w.gates:
+        files["kd_gates"] = applier_script(source, {
+            "mode": "gates",
+            "gates": [{"cmd": g.cmd, "timeout": g.timeout, "what": g.what} for g in w.gates]})
     bins = w.binaries
-    hv = {"kd_dirs": sorted({posixpath.dirname(b.path) for b in bins}),
+    hv = {"kd_ops": "", "kd_gates": "",
+          "kd_dirs": sorted({posixpath.dirname(b.path) for b in bins}),
           "kd_binaries": [{"src": str(Path(b.local_path).resolve()), "dest": b.path,
                            "mode": f"{b.mode:04o}", "validate": sha256_validate(b.sha256)}
-                          for b in bins],
-          "kd_has_ops": bool(ops or w.journal_add), "kd_has_gates": bool(w.gates)}
-    return hv, json.dumps(bundle).encode()
+                          for b in bins]}
+    return hv, files
+
+
+def _connect_many(cluster, hosts) -> tuple[dict[str, AnsibleTransport], dict[str, KdeployError]]:
+    """kdeploy.transport.pool.connect_each for ansible_factory: every host checked with ONE run
+    (`true` on each; it also opens each host's ssh ControlMaster)."""
+    ts = {}
+    for h in hosts:
+        t = AnsibleTransport.from_cluster(cluster, h)
+        ts[t.host] = t
+    ok: dict[str, AnsibleTransport] = {}
+    failed: dict[str, KdeployError] = {}
+    try:
+        res = AnsibleGroup(ts).run_many({h: ["true"] for h in ts}, timeout=60)
+    except BaseException:
+        for t in ts.values():
+            t.close()
+        raise
+    for h, r in res.items():
+        if isinstance(r, KdeployError) or r.rc != 0:
+            failed[h] = r if isinstance(r, KdeployError) else ts[h]._error(
+                f"`true` exited {r.rc}", "check the ssh user's shell")
+            ts[h].close()
+        else:
+            ok[h] = ts[h]
+    return ok, failed
+
+
+ansible_factory.connect_many = _connect_many

@@ -1,10 +1,12 @@
 """kdeploy's applier: run on a host by playbooks/transport/apply.yml (python3, stdlib only, root).
 
-    python3 apply.py ops BUNDLE     # the host's operations of one engine step, in order
-    python3 apply.py gates BUNDLE   # then its gates (written by `ops` beside the bundle)
-
-BUNDLE (JSON, 0600, deleted as soon as it is read: it holds private keys):
-  {"ops": [{"kind": "file", "path", "content" (base64), "mode", "owner", "group"},
+The adapter (kdeploy.transport.ansible.applier_script) appends one line to a copy of this file,
+`BUNDLE = {...}` (JSON), and Ansible's `script` module runs that copy from its private remote
+tmp dir (removed after the task); the local copy is 0600 and deleted right after the run (it
+holds private keys). BUNDLE["mode"] is "ops" (the host's operations of one engine step, in
+order) or "gates" (its gates, after every host's operations):
+  {"mode": "ops",
+   "ops": [{"kind": "file", "path", "content" (base64), "mode", "owner", "group"},
            {"kind": "mode", "path", "mode", "owner", "group"},
            {"kind": "block", "path", "content" (base64: the rendered block), "begin", "end"},
            {"kind": "run", "argv", "timeout", "check", "key"}, ...],
@@ -114,7 +116,7 @@ def run(op):
         raise Failed(msg + ("\n" + t if t else ""))
 
 
-def do_ops(bundle, workdir):
+def do_ops(bundle):
     j = bundle.get("journal") or {}
     if j.get("add"):
         update_journal(j, add=j["add"])
@@ -168,25 +170,15 @@ def do_gates(gates):
     return len(gates)
 
 
-def main(argv):
+def main(bundle):
     os.umask(0o022)
-    mode, path = argv[1], argv[2]
-    workdir = os.path.dirname(path)
     try:
-        if mode == "ops":
-            with open(path, "rb") as f:
-                bundle = json.loads(f.read())
-            os.unlink(path)  # private keys: gone before anything runs
-            gates = os.path.join(workdir, "gates.json")
-            fd = os.open(gates, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(bundle.get("gates", []), f)
-            n = do_ops(bundle, workdir)
-        elif mode == "gates":
-            with open(os.path.join(workdir, "gates.json")) as f:
-                n = do_gates(json.load(f))
+        if bundle.get("mode") == "ops":
+            n = do_ops(bundle)
+        elif bundle.get("mode") == "gates":
+            n = do_gates(bundle.get("gates", []))
         else:
-            raise Failed("usage: apply.py ops|gates BUNDLE")
+            raise Failed("no operations given")
     except Failed as e:
         print(json.dumps({"ok": False, "error": str(e)}))
         return 1
@@ -197,5 +189,4 @@ def main(argv):
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+# the adapter appends: BUNDLE = json.loads(base64.b64decode("...")); sys.exit(main(BUNDLE))
