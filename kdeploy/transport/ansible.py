@@ -61,6 +61,7 @@ from kdeploy.transport.base import (
 log = logging.getLogger("kdeploy.transport.ansible")
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+UPLOAD_DIR = "/var/lib/kdeploy"   # apply: a step's binaries (one tar, 0600) until placed
 # Debian's python3 on the targets; not "auto": discovery may pick a user's shim (pyenv) first
 DEFAULT_REMOTE_PYTHON = "/usr/bin/python3"
 # playbooks/ lives at the repo root; kdeploy/playbooks is a symlink to it, which wheels ship as
@@ -825,10 +826,25 @@ class AnsibleGroup:
         {host: error} of the hosts that failed."""
         first = next(iter(self.t.values()))
         source = (first.playbooks / "transport" / "apply.py").read_text()
-        hostvars, files = {}, {}
+        hostvars, files, tars = {}, {}, {}
         for h, w in work.items():
-            hostvars[h], files[h] = apply_vars(w, source)
+            hostvars[h], files[h], members = apply_vars(w, source)
+            if members:
+                tars.setdefault(tuple(members), []).append(h)
         gate_of = {h: w.gates for h, w in work.items()}
+        tar_dir = Path(tempfile.mkdtemp(prefix="tar-", dir=self._ensure_root())) if tars else None
+        try:
+            for i, (members, hosts) in enumerate(tars.items()):
+                path = tar_dir / f"{i}.tar"
+                write_tar(path, members)
+                for h in hosts:
+                    hostvars[h]["kd_tar"] = str(path)
+            return self._apply(work, hostvars, files, gate_of, emit=emit, stop=stop, step=step)
+        finally:
+            if tar_dir is not None:
+                shutil.rmtree(tar_dir, ignore_errors=True)
+
+    def _apply(self, work, hostvars, files, gate_of, *, emit, stop, step) -> dict[str, str]:
 
         def on_event(event: dict) -> None:
             if event.get("event") != "runner_on_start":
@@ -838,7 +854,7 @@ class AnsibleGroup:
             if task == "gates":
                 for g in gate_of.get(h, ()):
                     emit({"event": "gate", "host": h, "phase": step, "what": g.what})
-            elif task in ("binary", "ops"):
+            elif task in ("binaries", "ops"):
                 emit({"event": "ansible-task", "host": h, "phase": step, "task": task})
 
         calls = self.play("apply.yml", hostvars, files, on_event=on_event, cancel=stop)
@@ -873,6 +889,23 @@ def _applier_error(res: Mapping) -> str:
     return ""
 
 
+def write_tar(path: Path, members: Sequence[tuple[str, str]]) -> None:
+    """An uncompressed tar (0600) of local files under the given member names."""
+    import tarfile
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w:", format=tarfile.GNU_FORMAT) as tar:
+        for name, local in members:
+            try:
+                ti = tar.gettarinfo(local, arcname=name)
+                ti.uid = ti.gid = 0
+                ti.uname = ti.gname = "root"
+                with open(local, "rb") as src:
+                    tar.addfile(ti, src)
+            except OSError as e:
+                raise TransportError(f"local file to upload not readable: {local} ({e.strerror})",
+                                     "check the artifact directory (kdeploy artifacts verify DIR)") from None
+
+
 def applier_script(source: str, bundle: Mapping) -> bytes:
     """apply.py with its BUNDLE appended (base64 JSON: no quoting issue, never templated)."""
     data = base64.b64encode(json.dumps(bundle).encode()).decode("ascii")
@@ -880,15 +913,20 @@ def applier_script(source: str, bundle: Mapping) -> bytes:
             "sys.exit(main(BUNDLE))\n").encode()
 
 
-def apply_vars(w, source: str) -> tuple[dict, dict[str, bytes]]:
-    """(host vars, private files) of a kdeploy.execute.batch.HostWork for apply.yml. Pure. The
-    ops script holds file contents (secrets too): it only ever travels as a 0600 file."""
-    import posixpath
+def apply_vars(w, source: str) -> tuple[dict, dict[str, bytes], list[tuple[str, str]]]:
+    """(host vars, private files, tar members) of a kdeploy.execute.batch.HostWork for
+    apply.yml. The ops script holds file contents (secrets too): it only ever travels as a
+    0600 file. Tar members: (name, local artifact) of the binaries, in the ops' order."""
     ops = []
+    members: list[tuple[str, str]] = []
     for o in w.ops:
-        if o.kind == "binary":
-            continue
         d: dict[str, Any] = {"kind": o.kind}
+        if o.kind == "binary":
+            member = str(len(members))
+            members.append((member, str(Path(o.local_path).resolve())))
+            d.update(path=o.path, member=member, sha256=o.sha256, mode=o.mode)
+            ops.append(d)
+            continue
         if o.kind in ("file", "mode", "block"):
             d["path"] = o.path
         if o.kind in ("file", "block"):
@@ -902,22 +940,18 @@ def apply_vars(w, source: str) -> tuple[dict, dict[str, bytes]]:
         ops.append(d)
     from kdeploy.execute.journal import PATH as JOURNAL
     files: dict[str, bytes] = {}
+    tar_dest = f"{UPLOAD_DIR}/.upload-{_secrets.token_hex(8)}.tar" if members else ""
     if ops or w.journal_add:
         files["kd_ops"] = applier_script(source, {
-            "mode": "ops", "ops": ops,
+            "mode": "ops", "ops": ops, "tar": tar_dest,
             "journal": {"path": JOURNAL, "add": sorted(w.journal_add),
                         "done": sorted(w.journal_done), "known": sorted(w.known)}})
     if w.gates:
         files["kd_gates"] = applier_script(source, {
             "mode": "gates",
             "gates": [{"cmd": g.cmd, "timeout": g.timeout, "what": g.what} for g in w.gates]})
-    bins = w.binaries
-    hv = {"kd_ops": "", "kd_gates": "",
-          "kd_dirs": sorted({posixpath.dirname(b.path) for b in bins}),
-          "kd_binaries": [{"src": str(Path(b.local_path).resolve()), "dest": b.path,
-                           "mode": f"{b.mode:04o}", "validate": sha256_validate(b.sha256)}
-                          for b in bins]}
-    return hv, files
+    hv = {"kd_ops": "", "kd_gates": "", "kd_tar": "", "kd_tar_dest": tar_dest}
+    return hv, files, members
 
 
 def _connect_many(cluster, hosts) -> tuple[dict[str, AnsibleTransport], dict[str, KdeployError]]:

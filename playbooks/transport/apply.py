@@ -5,14 +5,16 @@ The adapter (kdeploy.transport.ansible.applier_script) appends one line to a cop
 tmp dir (removed after the task); the local copy is 0600 and deleted right after the run (it
 holds private keys). BUNDLE["mode"] is "ops" (the host's operations of one engine step, in
 order) or "gates" (its gates, after every host's operations):
-  {"mode": "ops",
-   "ops": [{"kind": "file", "path", "content" (base64), "mode", "owner", "group"},
+  {"mode": "ops", "tar": "/var/lib/kdeploy/.upload-<random>.tar" (the binaries, or absent),
+   "ops": [{"kind": "binary", "path", "member", "sha256", "mode"},
+           {"kind": "file", "path", "content" (base64), "mode", "owner", "group"},
            {"kind": "mode", "path", "mode", "owner", "group"},
            {"kind": "block", "path", "content" (base64: the rendered block), "begin", "end"},
            {"kind": "run", "argv", "timeout", "check", "key"}, ...],
    "journal": {"path", "add": [...], "done": [...], "known": [...]},
    "gates": [{"cmd", "timeout", "what"}]}
-Binaries are placed before by Ansible's copy module (sha256-validated temp file + rename).
+Binaries arrive in one uncompressed tar (Ansible's copy, one transfer per host); each member
+is placed like a file, its sha256 checked before the rename; the tar is removed afterwards.
 What each operation does is exactly what kdeploy's engine does over ssh (kdeploy.execute.engine
 Engine._host_phase): atomic writes (temp file beside the target, fsync, rename), parent dirs
 0755, the journal of pending restarts written 0600 before and cleared after. Prints one JSON
@@ -21,6 +23,7 @@ content.
 """
 import base64
 import grp
+import hashlib
 import json
 import os
 import pwd
@@ -34,6 +37,44 @@ TMP_SUFFIX = ".kdeploy-tmp"
 
 class Failed(Exception):
     pass
+
+
+def place_member(tar, member, path, mode, sha256):
+    """A binary from the upload tar: temp file beside path, sha256 checked, rename."""
+    d = os.path.dirname(path)
+    os.makedirs(d, mode=0o755, exist_ok=True)
+    tmp = os.path.join(d, "." + os.path.basename(path) + TMP_SUFFIX)
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    src = tar.extractfile(member)
+    if src is None:
+        raise Failed("binary %s: missing from the upload" % path)
+    h = hashlib.sha256()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            while True:
+                chunk = src.read(1 << 20)
+                if not chunk:
+                    break
+                h.update(chunk)
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+            os.fchown(f.fileno(), 0, 0)
+            os.fchmod(f.fileno(), mode)
+        if h.hexdigest() != sha256:
+            raise Failed("sha256 mismatch for %s after upload (expected %s, got %s)"
+                         % (path, sha256, h.hexdigest()))
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def write_atomic(path, data, mode, owner="root", group="root"):
@@ -121,32 +162,49 @@ def do_ops(bundle):
     if j.get("add"):
         update_journal(j, add=j["add"])
     n = 0
-    for op in bundle.get("ops", []):
-        kind = op["kind"]
-        if kind == "file":
-            write_atomic(op["path"], base64.b64decode(op["content"]), op["mode"], op["owner"], op["group"])
-        elif kind == "mode":
-            try:
-                os.chown(op["path"], pwd.getpwnam(op["owner"]).pw_uid, grp.getgrnam(op["group"]).gr_gid)
-            except KeyError as e:
-                raise Failed("cannot chown %s: no such user or group %s" % (op["path"], e))
-            os.chmod(op["path"], op["mode"])
-        elif kind == "block":
-            try:
-                with open(op["path"], "rb") as f:
-                    old = f.read().decode("utf-8", "replace")
-            except FileNotFoundError:
-                old = ""
-            new = apply_block(old, base64.b64decode(op["content"]).decode(), op["begin"], op["end"])
-            write_atomic(op["path"], new.encode(), 0o644)
-        elif kind == "run":
-            run(op)
-        else:
-            raise Failed("unknown operation %r" % kind)
-        n += 1
+    tar = None
+    if bundle.get("tar"):
+        import tarfile
+        tar = tarfile.open(bundle["tar"], "r:")
+    try:
+        for op in bundle.get("ops", []):
+            do_op(op, tar)
+            n += 1
+    finally:
+        if tar is not None:
+            tar.close()
+            os.unlink(bundle["tar"])
     if j.get("done"):
         update_journal(j, remove=j["done"])
     return n
+
+
+def do_op(op, tar):
+    kind = op["kind"]
+    if kind == "binary":
+        if tar is None:
+            raise Failed("binary %s: no upload" % op["path"])
+        place_member(tar, op["member"], op["path"], op["mode"], op["sha256"])
+    elif kind == "file":
+        write_atomic(op["path"], base64.b64decode(op["content"]), op["mode"], op["owner"], op["group"])
+    elif kind == "mode":
+        try:
+            os.chown(op["path"], pwd.getpwnam(op["owner"]).pw_uid, grp.getgrnam(op["group"]).gr_gid)
+        except KeyError as e:
+            raise Failed("cannot chown %s: no such user or group %s" % (op["path"], e))
+        os.chmod(op["path"], op["mode"])
+    elif kind == "block":
+        try:
+            with open(op["path"], "rb") as f:
+                old = f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            old = ""
+        new = apply_block(old, base64.b64decode(op["content"]).decode(), op["begin"], op["end"])
+        write_atomic(op["path"], new.encode(), 0o644)
+    elif kind == "run":
+        run(op)
+    else:
+        raise Failed("unknown operation %r" % kind)
 
 
 def do_gates(gates):
