@@ -127,6 +127,10 @@ def _render_ansible(inventory: Path, out: Path, artifacts: Optional[Path]) -> No
     except OSError as e:
         raise KdeployError(f"cannot write into {out}: {e.strerror} ({e.filename})",
                            "pass a writable directory to --ansible") from None
+    # `kdeploy verify` (and plan) of the cluster the project deploys name the artifact set's
+    # image refs (as after `kdeploy up`), not upstream's: the project imports these images
+    from kdeploy.execute.run import record_images
+    record_images(dep)
     typer.echo(f"wrote the Ansible project of {cluster.name} into {out} "
                f"({len(counts)} hosts, {sum(counts.values())} files and binaries)")
     typer.echo(f"  deploy:  ansible-playbook -i {out}/inventory {out}/cluster.yml")
