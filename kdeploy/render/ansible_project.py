@@ -219,19 +219,20 @@ PHASE_TASKS = """\
   loop: "{{ kd_p.units }}"
   register: kd_started
 
-- name: "{{ kd_phase }}: restarts pending"
+- name: "{{ kd_phase }}: restarts due"
   ansible.builtin.set_fact:
-    kd_pending: "{{ ((kd_pending | default([])) + (kd_changed | map(attribute='restarts') | flatten | list)) | unique | difference(kd_started.results | default([]) | selectattr('changed') | map(attribute='item') | list) }}"
+    kd_restart: "{{ kd_all | intersect(kd_p.restart_upto) }}"
+    kd_pending: "{{ kd_all | difference(kd_p.restart_upto) }}"
+  vars:
+    # earlier phases' pending restarts + this phase's changed files', less the units that
+    # were just started (they run the new files already)
+    kd_all: "{{ ((kd_pending | default([])) + (kd_changed | map(attribute='restarts') | flatten | list)) | unique | difference(kd_started.results | default([]) | selectattr('changed') | map(attribute='item') | list) }}"
 
 - name: "{{ kd_phase }}: units whose files changed restarted"
   ansible.builtin.systemd_service:
     name: "{{ item }}"
     state: restarted
-  loop: "{{ kd_pending | intersect(kd_p.restart_upto) }}"
-
-- name: "{{ kd_phase }}: restarts done"
-  ansible.builtin.set_fact:
-    kd_pending: "{{ kd_pending | difference(kd_p.restart_upto) }}"
+  loop: "{{ kd_restart }}"
 
 - name: "{{ kd_phase }}: gates"
   ansible.builtin.command:
@@ -335,7 +336,9 @@ def write_project(out: Path, cluster, desired: Mapping[str, HostResources], *,
     write_atomic(out / "inventory" / "hosts.yml", dump(inventory(cluster)).encode(), 0o600)
     gv = {"kdeploy_cluster": cluster.name, "kdeploy_kubernetes_version": cluster.version,
           "kdeploy_api_server": cluster.api_server_url, "kdeploy_phases": [str(p) for p in PHASES],
-          "ansible_python_interpreter": "/usr/bin/python3"}
+          "ansible_python_interpreter": "/usr/bin/python3",
+          # one ssh round trip per module (sudo without requiretty, as kdeploy needs anyway)
+          "ansible_pipelining": True}
     write_atomic(out / "group_vars" / "all.yml", dump(gv).encode(), 0o600)
     write_atomic(out / "tasks" / "phase.yml", PHASE_TASKS.encode(), 0o644)
     write_atomic(out / "cluster.yml", cluster_playbook().encode(), 0o644)
