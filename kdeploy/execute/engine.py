@@ -234,7 +234,8 @@ class Engine:
                 for c in changes:
                     self.emit({"event": "change", "host": h, "phase": c.phase, "kind": c.kind,
                                "target": c.target, "action": c.action})
-                work[h] = host_work(h, self.desired[h], changes, phase=step.name)
+                if changes:  # a hooks-only step's host (etcd-join) has nothing to apply
+                    work[h] = host_work(h, self.desired[h], changes, phase=step.name)
             for g in gates:
                 targets = [h for h in (ready if rolling else self.desired) if g.role in self.roles[h]]
                 if not rolling and not any(h in hosts for h in targets):

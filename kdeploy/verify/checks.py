@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -55,15 +54,18 @@ class Verifier:
 
     # -- checks --------------------------------------------------------------------------------
     def units_active(self) -> tuple[bool, str]:
-        def one(name):
-            units = [u.name for u in self.desired[name].units]
-            r = self.t[name].run(["systemctl", "is-active", *units], check=False)
-            states = r.out.split()
-            bad = [f"{u}={s}" for u, s in zip(units, states) if s != "active"]
-            return name, bad
+        from kdeploy.transport.pool import run_many
+        units = {name: [u.name for u in self.desired[name].units] for name in self.desired}
+
         def probe():
-            with ThreadPoolExecutor(max_workers=len(self.t)) as ex:
-                res = list(ex.map(one, self.desired))
+            # every host in one call where the transport can (ansible: one run)
+            got = run_many(self.t, {n: ["systemctl", "is-active", *units[n]] for n in self.desired})
+            res = []
+            for name, r in got.items():
+                if isinstance(r, KdeployError):
+                    raise r
+                states = r.out.split()
+                res.append((name, [f"{u}={s}" for u, s in zip(units[name], states) if s != "active"]))
             bad = [f"{h}: {', '.join(b)}" for h, b in res if b]
             n = sum(len(self.desired[h].units) for h in self.desired)
             return (not bad, "; ".join(bad) if bad else f"{n} units active on {len(res)} hosts")
