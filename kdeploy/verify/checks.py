@@ -25,6 +25,9 @@ class CheckResult:
     seconds: float = 0.0
 
 
+MARK = "@@kdeploy-host "   # kubelet_anonymous_refused: one section per host in one call's output
+
+
 class Verifier:
     def __init__(self, cluster: Cluster, transports: Mapping[str, Transport],
                  desired: Mapping[str, HostResources], *, workload_image: str,
@@ -216,9 +219,11 @@ class Verifier:
         control-plane host: must get 401/403. python3 when the host has it; else kubectl with
         credentials the kubelet does not accept (kubectl cannot send none without prompting)."""
         bad, codes = [], {}
+        parts = []
         for h in self.c.hosts:
             url = f"https://{h.address}:{defaults.KUBELET_PORT}/pods"
-            script = (
+            parts.append(
+                f"echo {MARK}{h.name}\n"
                 "if command -v python3 >/dev/null; then python3 - <<'EOF'\n"
                 "import ssl, urllib.request, urllib.error\n"
                 "try:\n"
@@ -226,11 +231,23 @@ class Verifier:
                 "    print('HTTP 200')\n"
                 "except urllib.error.HTTPError as e:\n"
                 "    print('HTTP', e.code)\n"
+                "except Exception as e:\n"
+                "    print(type(e).__name__, e)\n"
                 "EOF\n"
                 f"else {defaults.BIN_DIR}/kubectl --kubeconfig=/dev/null --server={url.rsplit('/', 1)[0]} "
                 "--insecure-skip-tls-verify --token=not-a-credential get --raw /pods </dev/null 2>&1; fi")
-            r = self.cp.run(script, check=False, timeout=30)
-            text = (r.out + r.err).strip()
+        # every kubelet from one call (one ansible run with --transport ansible)
+        r = self.cp.run("\n".join(parts), check=False, timeout=30 + 15 * len(parts))
+        answers: dict[str, list[str]] = {}
+        cur = None
+        for line in (r.out + "\n" + r.err).splitlines():
+            if line.startswith(MARK):
+                cur = line[len(MARK):].strip()
+                answers[cur] = []
+            elif cur is not None:
+                answers[cur].append(line)
+        for h in self.c.hosts:
+            text = "\n".join(answers.get(h.name, [])).strip()
             code = next((c for c in ("401", "403") if f"HTTP {c}" in text or
                          ("Unauthorized" in text and c == "401") or ("Forbidden" in text and c == "403")), None)
             if code is None:
