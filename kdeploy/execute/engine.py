@@ -20,7 +20,7 @@ from typing import Callable, Mapping
 
 from kdeploy.errors import ApplyError, KdeployError, TransportError
 from kdeploy.execute import journal
-from kdeploy.facts.parse import SHA_CACHED
+from kdeploy.facts.parse import SHA_PRIME
 from kdeploy.plan.planner import Change, Plan, apply_block
 from kdeploy.execute.steps import SERIAL, Gate, Step, converge_steps  # noqa: F401 (Gate: re-export)
 from kdeploy.plan.resources import PHASES, Binary, Block, File, HostResources
@@ -72,6 +72,7 @@ class Engine:
         result = RunResult(changes=len(plan.changes))
         self._stop = threading.Event()
         self._cleanups: list[tuple[str, str, Callable[[], None]]] = []
+        self._prewarm(plan)
         try:
             self._journal_consequences(plan)
             for step in steps:
@@ -81,6 +82,20 @@ class Engine:
             self._run_cleanups()
             raise
         return result
+
+    def _prewarm(self, plan: Plan) -> None:
+        """Start compressing the binaries this plan uploads (kdeploy.transport.blobs) while the
+        first steps run; only transports that send compressed blobs ask for it."""
+        if not any(getattr(t, "compresses_uploads", False) for t in self.t.values()):
+            return
+        from kdeploy.transport import blobs
+        want: dict[str, object] = {}
+        for c in plan.changes:
+            if c.kind == "binary":
+                b = next((x for x in self.desired[c.host].binaries if x.path == c.target), None)
+                if b is not None and b.sha256:
+                    want[b.sha256] = b.local_path
+        blobs.prewarm([(p, sha) for sha, p in want.items()])
 
     # -- the hooks' context ------------------------------------------------------------------
     def api(self, argv: list[str], *, timeout: float = 60, check: bool = True):
@@ -231,10 +246,11 @@ class Engine:
                 bl: Block = blocks[c.target]
                 old = (t.get(bl.path) or b"").decode(errors="replace")
                 t.put(bl.path, apply_block(old, bl).encode(), mode=0o644)
-        pushed = [c.target for c in changes if c.kind == "binary"]
-        if pushed:  # prime the facts' hash cache: the next run need not hash them again
-            t.run("mkdir -p /var/lib/kdeploy\n" + SHA_CACHED.replace(
-                "@PATHS@", " ".join(shlex.quote(p) for p in pushed)), check=False)
+        pushed = [bins[c.target] for c in changes if c.kind == "binary"]
+        if pushed:  # prime the facts' hash cache with the sums the upload checked on the host:
+            # neither this run's gate nor the next run hashes them again
+            t.run(SHA_PRIME.replace("@PAIRS@", "\n".join(f"{b.sha256} {b.path}" for b in pushed)),
+                  check=False)
         if reload_needed:
             t.run(["systemctl", "daemon-reload"])
         done: set[str] = set()

@@ -35,6 +35,19 @@ if [ "$N" != /dev/null ]; then  # keep the entries of paths not looked at this t
 fi
 """ % SHA_CACHE
 
+# record the hashes of files kdeploy just wrote and checked (upload verified their sha256), so
+# neither this run nor the next hashes them again; same cache format as SHA_CACHED; @PAIRS@ are
+# "sha256 path" lines
+SHA_PRIME = r"""C=%s; mkdir -p /var/lib/kdeploy; N="$C.$$"; : > "$N"
+while read -r h p; do
+  k=$(stat -c '%%s %%Z %%i' -- "$p" 2>/dev/null) && echo "$h $k $p" >> "$N"
+done <<'KDEPLOY_EOF'
+@PAIRS@
+KDEPLOY_EOF
+[ -f "$C" ] && awk 'FILENAME==ARGV[1] {s[$5]=1; next} !($5 in s)' "$N" "$C" > "$N.o" && cat "$N.o" >> "$N"
+rm -f "$N.o"; mv -f "$N" "$C"
+""" % SHA_CACHE
+
 
 # the versions of the components as installed (what `kdeploy upgrade` and `up` compare with the
 # inventory); a binary that is not there prints nothing

@@ -39,8 +39,9 @@ from paramiko.sftp_file import SFTPFile
 
 from kdeploy.errors import KdeployError, TransportError
 from kdeploy.netns import connect_in_netns
+from kdeploy.transport import blobs
 from kdeploy.transport.base import (
-    upload_source, write_private, RC_MISSING,
+    unpack_script, upload_source, write_private, RC_MISSING,
     ssh_kwargs, sudo_get,
     CommandResult, check_abs, check_result, command_line, display,
     install_script, tmp_path_for,
@@ -50,6 +51,9 @@ log = logging.getLogger("kdeploy.transport.ssh")
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 _CHUNK = 1 << 18  # 256 KiB SFTP writes (paramiko splits into 32 KiB packets, pipelined)
+# compressed uploads streaming at once from this process: each costs deployer CPU (encryption
+# in paramiko); more would not send faster and would starve the live display and the gates
+STREAMS = threading.BoundedSemaphore(int(os.environ.get("KDEPLOY_UPLOAD_STREAMS", "8")))
 
 
 class _Transient(Exception):
@@ -57,6 +61,8 @@ class _Transient(Exception):
 
 
 class SSHTransport:
+    compresses_uploads = True  # put_file sends big files as gzip blobs (kdeploy.transport.blobs)
+
     def __init__(self, host: str, address: str, *, user: str = "root", port: int = 22,
                  key_file: str | os.PathLike | None = None,
                  known_hosts_file: str | os.PathLike | None = None,
@@ -295,7 +301,8 @@ class SSHTransport:
             raise self._error(f"connection lost while running {shown}: {e or type(e).__name__}") from None
         return check_result(self.host, res, sudo=self.sudo) if check else res
 
-    def _exec(self, line: str, shown: str, input: bytes | None, timeout: float | None) -> CommandResult:
+    def _exec(self, line: str, shown: str, input: bytes | Path | None,
+              timeout: float | None) -> CommandResult:
         tr = self._transport()
         try:
             chan = tr.open_session(timeout=self.connect_timeout)
@@ -306,7 +313,7 @@ class SSHTransport:
         with chan:
             chan.exec_command(line)
             writer = None
-            if input:
+            if input:  # bytes, or a local file streamed in chunks
                 writer = threading.Thread(target=_feed, args=(chan, input), daemon=True)
                 writer.start()
             else:
@@ -368,6 +375,9 @@ class SSHTransport:
         log.debug("%s: put_file %s -> %s", self.where, local_path, path)
         if sha256:
             sha256 = sha256.lower()
+        if blobs.wanted(local_path.stat().st_size, sha256):
+            self._put_blob(path, local_path, mode, sha256)
+            return
 
         def write(f) -> None:
             h = hashlib.sha256()
@@ -381,6 +391,31 @@ class SSHTransport:
                                      "the artifact cache is corrupt: delete the file and fetch it again")
 
         self._put(path, write, mode, "root", "root", sha256)
+
+    def _put_blob(self, path: str, local_path: Path, mode: int, sha256: str) -> None:
+        """Stream the file's cached gzip blob into `gzip -dc` on the host (one command, no SFTP);
+        the host checks the sha256 of the output before it renames it into place. A blob whose
+        output does not verify is rebuilt from the source once."""
+        script = command_line(unpack_script(path, mode=mode, sha256=sha256), sudo=self.sudo)
+        shown = f"upload {path} (gzip)"
+        for attempt in (1, 2):
+            blob = blobs.gzip_blob(local_path, sha256)
+            try:
+                with STREAMS:
+                    res = self._exec(script, shown, blob, timeout=600)
+            except TransportError:
+                raise
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                raise self._error(f"connection lost while writing {path}: {e or type(e).__name__}") from None
+            if res.rc == 65 and attempt == 1:
+                log.warning("%s: %s did not verify after upload; rebuilding its blob", self.where, path)
+                blobs.forget(sha256)
+                continue
+            if res.rc == 65:
+                raise self._error(f"sha256 mismatch for {path} after upload (expected {sha256})",
+                                  "the upload was corrupted in transit; retry")
+            check_result(self.host, res, sudo=self.sudo)
+            return
 
     def _put(self, path: str, write: Callable, mode: int, owner: str, group: str,
              verify_sha: str | None) -> None:
@@ -565,9 +600,14 @@ def _fsync(f: SFTPFile) -> None:
         pass  # server without the extension: rename is still atomic, durability best effort
 
 
-def _feed(chan: paramiko.Channel, data: bytes) -> None:
+def _feed(chan: paramiko.Channel, data: bytes | Path) -> None:
     try:
-        chan.sendall(data)
+        if isinstance(data, Path):
+            with open(data, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    chan.sendall(chunk)
+        else:
+            chan.sendall(data)
         chan.shutdown_write()
     except Exception:  # the command exited without reading its input
         pass
