@@ -22,7 +22,7 @@ from kdeploy.errors import ApplyError, KdeployError, TransportError
 from kdeploy.execute import journal
 from kdeploy.facts.parse import SHA_PRIME
 from kdeploy.plan.planner import Change, Plan, apply_block
-from kdeploy.execute.steps import SERIAL, Gate, Step, converge_steps  # noqa: F401 (Gate: re-export)
+from kdeploy.execute.steps import SERIAL, Gate, Lanes, Step, converge_steps  # noqa: F401 (Gate: re-export)
 from kdeploy.plan.resources import PHASES, Binary, Block, File, HostResources
 from kdeploy.transport.base import Transport
 
@@ -63,6 +63,9 @@ class Engine:
         self.emit = emit
         self.parallel = parallel
         self._stop = threading.Event()
+        # one host may be acted on by two lanes at once: its journal and hash cache are
+        # read-modify-write files
+        self._host_locks = {h: threading.Lock() for h in transports}
 
     # -- public ----------------------------------------------------------------------------
     def apply(self, plan: Plan, steps: tuple[Step, ...] | None = None) -> RunResult:
@@ -76,7 +79,10 @@ class Engine:
         try:
             self._journal_consequences(plan)
             for step in steps:
-                self._step(plan, step, result)
+                if isinstance(step, Lanes):
+                    self._lanes(plan, step, result)
+                else:
+                    self._step(plan, step, result)
         except BaseException:
             self._stop.set()  # running host steps finish their current command, gates give up
             self._run_cleanups()
@@ -126,6 +132,35 @@ class Engine:
                 self.emit({"event": "cleanup", "what": what, "ok": False, "error": msg})
 
     # -- steps -------------------------------------------------------------------------------
+    def _lanes(self, plan: Plan, lanes: Lanes, result: RunResult) -> None:
+        """Each lane's steps in order, the lanes side by side; the first failure stops the other
+        lanes at their next command and is the one raised."""
+        if any(c.kind == "unit-restart" and c.phase in lanes.phases for c in plan.changes):
+            for step in lanes.steps:  # a running cluster changes: one lane after the other
+                self._step(plan, step, result)
+            return
+        errors: list[BaseException] = []
+
+        def lane(steps: tuple[Step, ...]) -> None:
+            try:
+                for step in steps:
+                    if self._stop.is_set():
+                        return
+                    self._step(plan, step, result)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller below
+                with self._lock:
+                    errors.append(e)
+                self._stop.set()
+
+        threads = [threading.Thread(target=lane, args=(steps,), name=f"kdeploy-lane-{i}", daemon=True)
+                   for i, steps in enumerate(lanes.lanes)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
     def _step(self, plan: Plan, step: Step, result: RunResult) -> None:
         hosts = [h for h in step.hosts_with_changes(plan, tuple(self.desired)) if h in self.desired]
         if not hosts:
@@ -249,8 +284,9 @@ class Engine:
         pushed = [bins[c.target] for c in changes if c.kind == "binary"]
         if pushed:  # prime the facts' hash cache with the sums the upload checked on the host:
             # neither this run's gate nor the next run hashes them again
-            t.run(SHA_PRIME.replace("@PAIRS@", "\n".join(f"{b.sha256} {b.path}" for b in pushed)),
-                  check=False)
+            with self._host_locks.setdefault(host, threading.Lock()):
+                t.run(SHA_PRIME.replace("@PAIRS@", "\n".join(f"{b.sha256} {b.path}" for b in pushed)),
+                      check=False)
         if reload_needed:
             t.run(["systemctl", "daemon-reload"])
         done: set[str] = set()
@@ -272,6 +308,10 @@ class Engine:
 
     def _journal(self, t: Transport, host: str, add: set[str] = frozenset(),
                  remove: set[str] = frozenset()):
+        with self._host_locks.setdefault(host, threading.Lock()):
+            self._journal_locked(t, host, add, remove)
+
+    def _journal_locked(self, t: Transport, host: str, add: set[str], remove: set[str]):
         cur = set(journal.parse(t.get(journal.PATH)))
         res = self.desired[host]
         known = {f"run:{shlex.join(a)}" for r in (*res.files, *res.blocks, *res.binaries)

@@ -167,8 +167,7 @@ class SSHTransport:
         b = self.bastion
         bwhere = f"host {self.host}: bastion {b['address']}:{b['port']}"
         try:
-            jump = self._ssh(self._tcp(b["address"], int(b["port"]), bwhere), b["address"],
-                             int(b["port"]), b.get("user") or "root", b.get("key_file"), bwhere)
+            jump = _JUMPS.acquire(self, bwhere)
         except TransportError as e:
             raise TransportError(f"{self.where}: via bastion: {e.message}", e.hint) from None
         self._jump = jump
@@ -179,8 +178,19 @@ class SSHTransport:
         except paramiko.ChannelException as e:
             # the bastion could not reach the target: as transient as a refused connection
             raise _Transient(f"the bastion {b['address']} cannot connect: {e.text or e}") from None
-        except (paramiko.SSHException, OSError, EOFError) as e:
+        except (paramiko.SSHException, OSError, EOFError, AttributeError) as e:
+            _JUMPS.drop(jump)  # a dead shared connection: the next try opens a new one
             raise _Transient(f"bastion channel failed: {e}") from None
+
+    def _jump_key(self) -> tuple:
+        b = self.bastion
+        return (self.netns, b["address"], int(b["port"]), b.get("user") or "root", b.get("key_file"),
+                self.strict, self.known_hosts_file)
+
+    def _open_jump(self, bwhere: str) -> paramiko.SSHClient:
+        b = self.bastion
+        return self._ssh(self._tcp(b["address"], int(b["port"]), bwhere), b["address"],
+                         int(b["port"]), b.get("user") or "root", b.get("key_file"), bwhere)
 
     def _ssh(self, sock, address: str, port: int, user: str, key_file: str | None,
              where: str) -> paramiko.SSHClient:
@@ -272,12 +282,14 @@ class SSHTransport:
             self._close_locked()
 
     def _close_locked(self) -> None:
-        for obj in (self._sftp, self._client, self._jump):
+        for obj in (self._sftp, self._client):
             if obj is not None:
                 try:
                     obj.close()
                 except Exception:
                     pass
+        if self._jump is not None:
+            _JUMPS.release(self._jump)
         self._sftp = self._client = self._jump = None
         self._dirs.clear()
 
@@ -551,6 +563,64 @@ class SSHTransport:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+class _JumpPool:
+    """One connection per bastion (same address, port, user, key, netns, host-key policy) shared
+    by every host behind it: each host is a direct-tcpip channel of that connection (fan-out),
+    not a login of its own. 24 hosts behind one bastion used to be 24 logins at once, past
+    sshd's default MaxStartups (10 unauthenticated connections, then random drops). Closed when
+    the last host using it closes."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._by_key: dict[tuple, list] = {}     # key -> [client, users]
+        self._key_of: dict[int, tuple] = {}
+
+    def acquire(self, t: "SSHTransport", bwhere: str) -> paramiko.SSHClient:
+        key = t._jump_key()
+        with self._lock:  # one login at a time per pool: the others reuse it
+            entry = self._by_key.get(key)
+            if entry is not None and not SSHTransport._alive(entry[0]):
+                self._forget(key)
+                entry = None
+            if entry is None:
+                client = t._open_jump(bwhere)
+                entry = self._by_key[key] = [client, 0]
+                self._key_of[id(client)] = key
+            entry[1] += 1
+            return entry[0]
+
+    def release(self, client: paramiko.SSHClient) -> None:
+        with self._lock:
+            key = self._key_of.get(id(client))
+            entry = self._by_key.get(key) if key else None
+            if entry is None or entry[0] is not client:
+                return
+            entry[1] -= 1
+            if entry[1] <= 0:
+                self._forget(key)
+
+    def drop(self, client: paramiko.SSHClient) -> None:
+        with self._lock:
+            key = self._key_of.get(id(client))
+            if key and self._by_key.get(key, [None])[0] is client:
+                self._forget(key)
+
+    def _forget(self, key: tuple) -> None:
+        client = self._by_key.pop(key)[0]
+        self._key_of.pop(id(client), None)
+        try:
+            client.close()
+        except Exception:
+            pass
+
+    def open_count(self) -> int:
+        with self._lock:
+            return len(self._by_key)
+
+
+_JUMPS = _JumpPool()
+
 
 class _WarnAutoAdd(paramiko.MissingHostKeyPolicy):
     def __init__(self, where: str):

@@ -428,6 +428,33 @@ def test_bastion_in_netns(netns_sshd):
         tr.close()
 
 
+def test_hosts_behind_one_bastion_share_one_login_to_it(netns_sshd):
+    """Fan-out: 16 hosts connecting at once through a bastion log in to it once (each host is
+    a channel of that connection); the connection closes with the last host."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kdeploy.transport import ssh
+    s = netns_sshd
+    logins = s.log().count("Accepted publickey")
+    bastion = {"address": "127.0.0.1", "port": s.port, "user": "root", "key_file": str(s.client_key)}
+    ts = [SSHTransport(f"w{i}", "127.0.0.1", port=s.port, key_file=s.client_key,
+                       known_hosts_file=s.known_hosts, netns=s.netns, allow_agent=False,
+                       bastion=bastion) for i in range(16)]
+    try:
+        with ThreadPoolExecutor(16) as ex:
+            outs = list(ex.map(lambda t: t.connect().run(["hostname"]).ok, ts))
+        assert all(outs)
+        assert len({id(t._jump) for t in ts}) == 1 and ssh._JUMPS.open_count() == 1
+        deadline = time.monotonic() + 5
+        while s.log().count("Accepted publickey") - logins < 17 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert s.log().count("Accepted publickey") - logins == 17  # 16 hosts + 1 bastion login
+    finally:
+        for t in ts:
+            t.close()
+    assert ssh._JUMPS.open_count() == 0
+
+
 def test_bastion_cannot_reach_target(netns_sshd):
     s = netns_sshd
     tr = SSHTransport("behind", "127.0.0.1", port=free_port(), key_file=s.client_key,
