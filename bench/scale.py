@@ -156,6 +156,7 @@ def main() -> None:
     if rows:
         n, _, first, noop, _, _ = rows[-1]
         print("phases at N=%d: %s" % (n, ", ".join(f"{k} {v:.1f}" for k, v in first["timings"].items())))
+        print("no-op at N=%d: %s" % (n, ", ".join(f"{k} {v:.2f}" for k, v in noop["timings"].items())))
         print(f"ratios at N={n}: first/240 s = {first['seconds'] / 240:.2f}, no-op/5 s = {noop['seconds'] / 5:.2f}")
     if add:
         others = {h: k for h, k in add["changed"].items() if h != add["new"]}
