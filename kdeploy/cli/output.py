@@ -59,6 +59,7 @@ class LiveProgress:
         self.cells: dict[tuple[str, str], str] = {}
         self.counts: dict[tuple[str, str], int] = {}
         self.seconds: dict[str, float] = {}
+        self.now: dict[str, str] = {}   # host -> what it is doing (the last change or gate)
         self.live = Live(self._table(), console=console, refresh_per_second=8, transient=False)
         self.started = False
 
@@ -79,8 +80,12 @@ class LiveProgress:
         elif kind == "change":
             key = (e["host"], phase)
             self.counts[key] = self.counts.get(key, 0) + 1
+            target = e["target"]
+            self.now[e["host"]] = f"{e['action']} " + (target.rsplit("/", 1)[-1] if target.startswith("/")
+                                                        else target)[:40]
         elif kind == "gate":
             self.cells[(e["host"], phase)] = "waiting"
+            self.now[e["host"]] = f"waiting: {e.get('what', '')}"[:48]
         elif kind == "host-failed":
             self.cells[(e["host"], phase)] = "failed"
         elif kind == "phase-done":
@@ -88,6 +93,8 @@ class LiveProgress:
             for (h, p), v in list(self.cells.items()):
                 if p == phase and v in ("running", "waiting"):
                     self.cells[(h, p)] = "done"
+                    if not any(st in ("running", "waiting") for (h2, _), st in self.cells.items() if h2 == h):
+                        self.now.pop(h, None)
         self.live.update(self._table())
 
     def _table(self) -> Table:
@@ -95,6 +102,7 @@ class LiveProgress:
         t.add_column("host")
         for p in self.phases:
             t.add_column(p + (f" {self.seconds[p]:.0f}s" if p in self.seconds else ""), justify="center")
+        t.add_column("now", no_wrap=True, overflow="ellipsis", max_width=48)
         style = {"running": "yellow", "waiting": "cyan", "done": "green", "failed": "red"}
         for h in self.hosts:
             row = []
@@ -103,7 +111,7 @@ class LiveProgress:
                 n = self.counts.get((h, p), 0)
                 label = {"done": f"✓ {n}", "running": f"… {n}", "waiting": "⧗", "failed": "✗"}.get(st, "·")
                 row.append(Text(label, style=style.get(st, "dim")))
-            t.add_row(h, *row)
+            t.add_row(h, *row, Text(self.now.get(h, ""), style="dim"))
         return t
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol, Sequence
 
 from kdeploy.execute import journal
-from kdeploy.facts.parse import SHA_CACHED
+from kdeploy.facts.parse import SHA_PRIME
 from kdeploy.plan.planner import BLOCK_BEGIN, BLOCK_END, Change, render_block
 from kdeploy.plan.resources import HostResources
 
@@ -116,10 +116,10 @@ def host_ops(res: HostResources, changes: Sequence[Change]) -> list[Op]:
             out.append(Op("block", bl.path, content=render_block(bl).encode(),
                           begin=BLOCK_BEGIN.format(marker=bl.marker),
                           end=BLOCK_END.format(marker=bl.marker)))
-    pushed = [c.target for c in changes if c.kind == "binary"]
-    if pushed:  # prime the facts' hash cache, as the per-host path does
-        out.append(Op("run", argv=_argv("mkdir -p /var/lib/kdeploy\n" + SHA_CACHED.replace(
-            "@PATHS@", " ".join(shlex.quote(p) for p in pushed))), check=False))
+    pushed = [bins[c.target] for c in changes if c.kind == "binary"]
+    if pushed:  # prime the facts' hash cache with the sums checked on the host, as the per-host path
+        out.append(Op("run", argv=_argv(SHA_PRIME.replace(
+            "@PAIRS@", "\n".join(f"{b.sha256} {b.path}" for b in pushed))), check=False))
     if reload_needed:
         out.append(Op("run", argv=("systemctl", "daemon-reload")))
     for c in changes:

@@ -20,9 +20,9 @@ from typing import Callable, Mapping
 
 from kdeploy.errors import ApplyError, KdeployError, TransportError
 from kdeploy.execute import journal
-from kdeploy.facts.parse import SHA_CACHED
+from kdeploy.facts.parse import SHA_PRIME
 from kdeploy.plan.planner import Change, Plan, apply_block
-from kdeploy.execute.steps import SERIAL, Gate, Step, converge_steps  # noqa: F401 (Gate: re-export)
+from kdeploy.execute.steps import SERIAL, Gate, Lanes, Step, converge_steps  # noqa: F401 (Gate: re-export)
 from kdeploy.plan.resources import PHASES, Binary, Block, File, HostResources
 from kdeploy.transport.base import Transport
 
@@ -66,6 +66,9 @@ class Engine:
         self.emit = emit
         self.parallel = parallel
         self._stop = threading.Event()
+        # one host may be acted on by two lanes at once: its journal and hash cache are
+        # read-modify-write files
+        self._host_locks = {h: threading.Lock() for h in transports}
 
     # -- public ----------------------------------------------------------------------------
     def apply(self, plan: Plan, steps: tuple[Step, ...] | None = None) -> RunResult:
@@ -75,15 +78,33 @@ class Engine:
         result = RunResult(changes=len(plan.changes))
         self._stop = threading.Event()
         self._cleanups: list[tuple[str, str, Callable[[], None]]] = []
+        self._prewarm(plan)
         try:
             self._journal_consequences(plan)
             for step in steps:
-                self._step(plan, step, result)
+                if isinstance(step, Lanes):
+                    self._lanes(plan, step, result)
+                else:
+                    self._step(plan, step, result)
         except BaseException:
             self._stop.set()  # running host steps finish their current command, gates give up
             self._run_cleanups()
             raise
         return result
+
+    def _prewarm(self, plan: Plan) -> None:
+        """Start compressing the binaries this plan uploads (kdeploy.transport.blobs) while the
+        first steps run; only transports that send compressed blobs ask for it."""
+        if not any(getattr(t, "compresses_uploads", False) for t in self.t.values()):
+            return
+        from kdeploy.transport import blobs
+        want: dict[str, object] = {}
+        for c in plan.changes:
+            if c.kind == "binary":
+                b = next((x for x in self.desired[c.host].binaries if x.path == c.target), None)
+                if b is not None and b.sha256:
+                    want[b.sha256] = b.local_path
+        blobs.prewarm([(p, sha) for sha, p in want.items()])
 
     # -- the hooks' context ------------------------------------------------------------------
     def api(self, argv: list[str], *, timeout: float = 60, check: bool = True):
@@ -114,6 +135,35 @@ class Engine:
                 self.emit({"event": "cleanup", "what": what, "ok": False, "error": msg})
 
     # -- steps -------------------------------------------------------------------------------
+    def _lanes(self, plan: Plan, lanes: Lanes, result: RunResult) -> None:
+        """Each lane's steps in order, the lanes side by side; the first failure stops the other
+        lanes at their next command and is the one raised."""
+        if any(c.kind == "unit-restart" and c.phase in lanes.phases for c in plan.changes):
+            for step in lanes.steps:  # a running cluster changes: one lane after the other
+                self._step(plan, step, result)
+            return
+        errors: list[BaseException] = []
+
+        def lane(steps: tuple[Step, ...]) -> None:
+            try:
+                for step in steps:
+                    if self._stop.is_set():
+                        return
+                    self._step(plan, step, result)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller below
+                with self._lock:
+                    errors.append(e)
+                self._stop.set()
+
+        threads = [threading.Thread(target=lane, args=(steps,), name=f"kdeploy-lane-{i}", daemon=True)
+                   for i, steps in enumerate(lanes.lanes)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
     def _step(self, plan: Plan, step: Step, result: RunResult) -> None:
         hosts = [h for h in step.hosts_with_changes(plan, tuple(self.desired)) if h in self.desired]
         if not hosts:
@@ -205,7 +255,7 @@ class Engine:
             from kdeploy.execute.batch import HostWork, journal_known
             work = {h: HostWork(h, journal_add=frozenset(keys), known=journal_known(self.desired[h]))
                     for h, keys in per_host.items()}
-            failed = self.batch.apply(work, emit=self.emit, stop=self._stop.is_set, step="journal")
+            failed = self._batch_apply(work, "journal")
             if failed:
                 raise ApplyError("cannot write the journal of pending restarts on "
                                  + ", ".join(f"{h} ({m})" for h, m in failed.items()),
@@ -242,7 +292,7 @@ class Engine:
                     continue
                 for h in targets:
                     work.setdefault(h, host_work(h, self.desired[h], [], phase=step.name)).gates.append(g)
-            failed = self.batch.apply(work, emit=self.emit, stop=self._stop.is_set, step=step.name) if work else {}
+            failed = self._batch_apply(work, step.name) if work else {}
             for h, msg in failed.items():
                 pr.failed[h] = msg
                 self.emit({"event": "host-failed", "phase": step.name, "host": h, "error": msg})
@@ -251,6 +301,15 @@ class Engine:
             self._hooks(step, step.after, done, pr)
             if pr.failed:
                 break  # never take more hosts down while one failed
+
+    def _batch_apply(self, work: dict, step: str) -> dict[str, str]:
+        """batch.apply holding the hosts' locks (sorted: no deadlock): two lanes never act on
+        one host at once (its journal and hash cache are read-modify-write files)."""
+        from contextlib import ExitStack
+        with ExitStack() as stack:
+            for h in sorted(work):
+                stack.enter_context(self._host_locks.setdefault(h, threading.Lock()))
+            return self.batch.apply(work, emit=self.emit, stop=self._stop.is_set, step=step)
 
     def _hooks(self, step: Step, hooks, batch: list[str], pr: PhaseResult) -> list[str]:
         """Run hooks for each host of a batch (hosts in parallel); the hosts they passed."""
@@ -306,10 +365,12 @@ class Engine:
                 bl: Block = blocks[c.target]
                 old = (t.get(bl.path) or b"").decode(errors="replace")
                 t.put(bl.path, apply_block(old, bl).encode(), mode=0o644)
-        pushed = [c.target for c in changes if c.kind == "binary"]
-        if pushed:  # prime the facts' hash cache: the next run need not hash them again
-            t.run("mkdir -p /var/lib/kdeploy\n" + SHA_CACHED.replace(
-                "@PATHS@", " ".join(shlex.quote(p) for p in pushed)), check=False)
+        pushed = [bins[c.target] for c in changes if c.kind == "binary"]
+        if pushed:  # prime the facts' hash cache with the sums the upload checked on the host:
+            # neither this run's gate nor the next run hashes them again
+            with self._host_locks.setdefault(host, threading.Lock()):
+                t.run(SHA_PRIME.replace("@PAIRS@", "\n".join(f"{b.sha256} {b.path}" for b in pushed)),
+                      check=False)
         if reload_needed:
             t.run(["systemctl", "daemon-reload"])
         done: set[str] = set()
@@ -331,6 +392,10 @@ class Engine:
 
     def _journal(self, t: Transport, host: str, add: set[str] = frozenset(),
                  remove: set[str] = frozenset()):
+        with self._host_locks.setdefault(host, threading.Lock()):
+            self._journal_locked(t, host, add, remove)
+
+    def _journal_locked(self, t: Transport, host: str, add: set[str], remove: set[str]):
         from kdeploy.execute.batch import journal_known
         cur = set(journal.parse(t.get(journal.PATH)))
         known = journal_known(self.desired[host])

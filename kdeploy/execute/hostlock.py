@@ -128,6 +128,7 @@ class HostLocks:
 
     def _release(self) -> None:
         from kdeploy.transport.pool import run_many
+        # every host at once, in one call where the transport can (ansible: one run)
         try:
             run_many(self.t, {h: self._script(_RELEASE) for h in self._held}, timeout=30)
         except Exception:  # noqa: BLE001 - an unreleased lock goes stale by itself

@@ -107,3 +107,43 @@ def converge_steps(phases: tuple[str, ...]) -> tuple[Step, ...]:
     rolls one host at a time."""
     return tuple(Step(p, (p,), serial_when_restarting=p in ("etcd", "control-plane"))
                  for p in phases)
+
+
+@dataclass(frozen=True)
+class Lanes:
+    """Sequences of steps run side by side, each lane in its own order: `up` brings the control
+    plane up (etcd, api-lb, control-plane) while every node installs its runtime and images,
+    which need nothing from the control plane. The next step starts when every lane is done.
+    A plan that restarts a running unit in these phases runs the lanes one after the other (a
+    rolling change keeps today's order)."""
+    name: str
+    lanes: tuple[tuple[Step, ...], ...]
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        return tuple(p for lane in self.lanes for s in lane for p in s.phases)
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return tuple(s for lane in self.lanes for s in lane)
+
+
+CONTROL_LANE = ("etcd", "api-lb", "control-plane")
+NODE_LANE = ("runtime", "images")
+
+
+def with_lanes(steps: tuple[Step, ...]) -> tuple:
+    """`up`'s steps with the control-plane steps and the nodes' runtime/images steps in one Lanes
+    (placed where the first of them was); every other step keeps its place."""
+    a = tuple(s for s in steps if set(s.phases) <= set(CONTROL_LANE))
+    b = tuple(s for s in steps if set(s.phases) <= set(NODE_LANE))
+    if not a or not b:
+        return steps
+    out: list = []
+    for s in steps:
+        if s in a or s in b:
+            if not any(isinstance(x, Lanes) for x in out):
+                out.append(Lanes("control-plane | runtime, images", (a, b)))
+            continue
+        out.append(s)
+    return tuple(out)

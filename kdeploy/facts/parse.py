@@ -19,20 +19,37 @@ ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64
 # unchanged (a cache in kdeploy's own dir on the host: hashing ~600 MB of binaries on every
 # run would dominate a no-op `kdeploy up`). Any write or rename changes ctime/inode.
 SHA_CACHE = "/var/lib/kdeploy/sha256.cache"
-SHA_CACHED = r"""C=%s; N=/dev/null
-[ -d /var/lib/kdeploy ] && N="$C.$$" && : > "$N"
-for p in @PATHS@; do
-  [ -f "$p" ] || continue
-  k=$(stat -c '%%s %%Z %%i' -- "$p" 2>/dev/null) || continue
-  h=""; [ -f "$C" ] && h=$(awk -v p="$p" -v k="$k" '$5==p && ($2" "$3" "$4)==k {print $1; exit}' "$C")
-  [ -n "$h" ] || h=$(sha256sum -- "$p" 2>/dev/null | cut -d' ' -f1)
-  [ -n "$h" ] || continue
-  echo "$h  $p"; echo "$h $k $p" >> "$N"
-done
+SHA_CACHED = r"""C=%s; N=/dev/null; T=$(mktemp -d 2>/dev/null || echo /tmp/kdeploy-sha.$$)
+mkdir -p "$T"; : > "$T/hit"; : > "$T/miss"; : > "$T/h"; [ -f "$C" ] || C=/dev/null
+[ -d /var/lib/kdeploy ] && N="%s.$$" && : > "$N"
+# a constant number of processes whatever the number of paths: one stat, a few awk, one sha256sum
+stat -L -c '%%f %%s %%Z %%i %%n' -- @PATHS@ 2>/dev/null \
+  | awk 'length($1) == 4 && substr($1, 1, 1) == "8" {print $2, $3, $4, $5}' > "$T/s"
+awk -v T="$T" 'FILENAME == ARGV[1] {c[$5] = $1; k[$5] = $2 " " $3 " " $4; next}
+  ($4 in c) && k[$4] == $1 " " $2 " " $3 {print c[$4], $1, $2, $3, $4 > (T "/hit"); next}
+  {print > (T "/miss")}' "$C" "$T/s"
+[ -s "$T/miss" ] && awk '{print $4}' "$T/miss" | xargs -d '\n' sha256sum -- 2>/dev/null > "$T/h"
+awk 'FILENAME == ARGV[1] {k[$4] = $1 " " $2 " " $3; next} ($2 in k) {print $1, k[$2], $2}' \
+  "$T/miss" "$T/h" >> "$T/hit"
+awk '{print $1 "  " $5}' "$T/hit"
 if [ "$N" != /dev/null ]; then  # keep the entries of paths not looked at this time
-  [ -f "$C" ] && awk 'FILENAME==ARGV[1] {s[$5]=1; next} !($5 in s)' "$N" "$C" > "$N.o" && cat "$N.o" >> "$N"
-  rm -f "$N.o"; mv -f "$N" "$C"
+  cp "$T/hit" "$N" && awk 'FILENAME == ARGV[1] {s[$5] = 1; next} !($5 in s)' "$T/hit" "$C" >> "$N"
+  mv -f "$N" "%s"
 fi
+rm -rf "$T"
+""" % (SHA_CACHE, SHA_CACHE, SHA_CACHE)
+
+# record the hashes of files kdeploy just wrote and checked (upload verified their sha256), so
+# neither this run nor the next hashes them again; same cache format as SHA_CACHED; @PAIRS@ are
+# "sha256 path" lines
+SHA_PRIME = r"""C=%s; mkdir -p /var/lib/kdeploy; N="$C.$$"; : > "$N"
+while read -r h p; do
+  k=$(stat -c '%%s %%Z %%i' -- "$p" 2>/dev/null) && echo "$h $k $p" >> "$N"
+done <<'KDEPLOY_EOF'
+@PAIRS@
+KDEPLOY_EOF
+[ -f "$C" ] && awk 'FILENAME==ARGV[1] {s[$5]=1; next} !($5 in s)' "$N" "$C" > "$N.o" && cat "$N.o" >> "$N"
+rm -f "$N.o"; mv -f "$N" "$C"
 """ % SHA_CACHE
 
 

@@ -11,7 +11,7 @@ from kdeploy.model.defaults import POD_CIDR, SERVICE_CIDR
 
 DEFAULT_SUBNET = "192.168.57.0/24"
 FIRST_HOST = 11   # m1 = .11, m2 = .12, ... (.1 is the bridge in the lab netns)
-MAX_MACHINES = 20
+MAX_MACHINES = 32  # bench/scale.py runs 24 + 1; more needs a larger host than 2 cores / 24 GiB
 
 
 @dataclass(frozen=True)

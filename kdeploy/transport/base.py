@@ -171,6 +171,27 @@ def install_script(src: str, path: str, *, mode: int, owner: str, group: str,
     return "\n".join(lines)
 
 
+def unpack_script(path: str, *, mode: int, sha256: str) -> str:
+    """Shell script (run as root) that reads a gzip stream on stdin and places its output at
+    `path` atomically, root-owned with `mode`, once its sha256 is checked (exit 65 if not):
+    the compressed upload of kdeploy.transport.blobs."""
+    q = shlex.quote
+    tmp = tmp_path_for(path)
+    return "\n".join([
+        "set -e",
+        f"(umask 022; mkdir -p {q(posixpath.dirname(path))})",
+        "umask 077",  # private until checked and given its mode
+        f"rm -f {q(tmp)}",
+        f"gzip -dc > {q(tmp)}",
+        f"if ! printf '%s  %s\\n' {q(sha256)} {q(tmp)} | sha256sum -c --status; then "
+        f"rm -f {q(tmp)}; echo 'kdeploy: sha256 mismatch after upload' >&2; exit 65; fi",
+        f"chown root:root {q(tmp)}",
+        f"chmod {mode:04o} {q(tmp)}",
+        f"sync {q(tmp)} 2>/dev/null || sync",
+        f"mv -f {q(tmp)} {q(path)}",
+    ])
+
+
 def get_script(path: str) -> str:
     q = shlex.quote(path)
     return f"[ -e {q} ] || exit {RC_MISSING}; exec cat -- {q}"

@@ -39,8 +39,9 @@ from paramiko.sftp_file import SFTPFile
 
 from kdeploy.errors import KdeployError, TransportError
 from kdeploy.netns import connect_in_netns
+from kdeploy.transport import blobs
 from kdeploy.transport.base import (
-    upload_source, write_private, RC_MISSING,
+    unpack_script, upload_source, write_private, RC_MISSING,
     ssh_kwargs, sudo_get,
     CommandResult, check_abs, check_result, command_line, display,
     install_script, tmp_path_for,
@@ -50,6 +51,9 @@ log = logging.getLogger("kdeploy.transport.ssh")
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 _CHUNK = 1 << 18  # 256 KiB SFTP writes (paramiko splits into 32 KiB packets, pipelined)
+# compressed uploads streaming at once from this process: each costs deployer CPU (encryption
+# in paramiko); more would not send faster and would starve the live display and the gates
+STREAMS = threading.BoundedSemaphore(int(os.environ.get("KDEPLOY_UPLOAD_STREAMS", "8")))
 
 
 class _Transient(Exception):
@@ -57,6 +61,8 @@ class _Transient(Exception):
 
 
 class SSHTransport:
+    compresses_uploads = True  # put_file sends big files as gzip blobs (kdeploy.transport.blobs)
+
     def __init__(self, host: str, address: str, *, user: str = "root", port: int = 22,
                  key_file: str | os.PathLike | None = None,
                  known_hosts_file: str | os.PathLike | None = None,
@@ -161,8 +167,7 @@ class SSHTransport:
         b = self.bastion
         bwhere = f"host {self.host}: bastion {b['address']}:{b['port']}"
         try:
-            jump = self._ssh(self._tcp(b["address"], int(b["port"]), bwhere), b["address"],
-                             int(b["port"]), b.get("user") or "root", b.get("key_file"), bwhere)
+            jump = _JUMPS.acquire(self, bwhere)
         except TransportError as e:
             raise TransportError(f"{self.where}: via bastion: {e.message}", e.hint) from None
         self._jump = jump
@@ -173,8 +178,19 @@ class SSHTransport:
         except paramiko.ChannelException as e:
             # the bastion could not reach the target: as transient as a refused connection
             raise _Transient(f"the bastion {b['address']} cannot connect: {e.text or e}") from None
-        except (paramiko.SSHException, OSError, EOFError) as e:
+        except (paramiko.SSHException, OSError, EOFError, AttributeError) as e:
+            _JUMPS.drop(jump)  # a dead shared connection: the next try opens a new one
             raise _Transient(f"bastion channel failed: {e}") from None
+
+    def _jump_key(self) -> tuple:
+        b = self.bastion
+        return (self.netns, b["address"], int(b["port"]), b.get("user") or "root", b.get("key_file"),
+                self.strict, self.known_hosts_file)
+
+    def _open_jump(self, bwhere: str) -> paramiko.SSHClient:
+        b = self.bastion
+        return self._ssh(self._tcp(b["address"], int(b["port"]), bwhere), b["address"],
+                         int(b["port"]), b.get("user") or "root", b.get("key_file"), bwhere)
 
     def _ssh(self, sock, address: str, port: int, user: str, key_file: str | None,
              where: str) -> paramiko.SSHClient:
@@ -266,12 +282,14 @@ class SSHTransport:
             self._close_locked()
 
     def _close_locked(self) -> None:
-        for obj in (self._sftp, self._client, self._jump):
+        for obj in (self._sftp, self._client):
             if obj is not None:
                 try:
                     obj.close()
                 except Exception:
                     pass
+        if self._jump is not None:
+            _JUMPS.release(self._jump)
         self._sftp = self._client = self._jump = None
         self._dirs.clear()
 
@@ -295,7 +313,8 @@ class SSHTransport:
             raise self._error(f"connection lost while running {shown}: {e or type(e).__name__}") from None
         return check_result(self.host, res, sudo=self.sudo) if check else res
 
-    def _exec(self, line: str, shown: str, input: bytes | None, timeout: float | None) -> CommandResult:
+    def _exec(self, line: str, shown: str, input: bytes | Path | None,
+              timeout: float | None) -> CommandResult:
         tr = self._transport()
         try:
             chan = tr.open_session(timeout=self.connect_timeout)
@@ -306,7 +325,7 @@ class SSHTransport:
         with chan:
             chan.exec_command(line)
             writer = None
-            if input:
+            if input:  # bytes, or a local file streamed in chunks
                 writer = threading.Thread(target=_feed, args=(chan, input), daemon=True)
                 writer.start()
             else:
@@ -368,6 +387,9 @@ class SSHTransport:
         log.debug("%s: put_file %s -> %s", self.where, local_path, path)
         if sha256:
             sha256 = sha256.lower()
+        if blobs.wanted(local_path.stat().st_size, sha256):
+            self._put_blob(path, local_path, mode, sha256)
+            return
 
         def write(f) -> None:
             h = hashlib.sha256()
@@ -381,6 +403,31 @@ class SSHTransport:
                                      "the artifact cache is corrupt: delete the file and fetch it again")
 
         self._put(path, write, mode, "root", "root", sha256)
+
+    def _put_blob(self, path: str, local_path: Path, mode: int, sha256: str) -> None:
+        """Stream the file's cached gzip blob into `gzip -dc` on the host (one command, no SFTP);
+        the host checks the sha256 of the output before it renames it into place. A blob whose
+        output does not verify is rebuilt from the source once."""
+        script = command_line(unpack_script(path, mode=mode, sha256=sha256), sudo=self.sudo)
+        shown = f"upload {path} (gzip)"
+        for attempt in (1, 2):
+            blob = blobs.gzip_blob(local_path, sha256)
+            try:
+                with STREAMS:
+                    res = self._exec(script, shown, blob, timeout=600)
+            except TransportError:
+                raise
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                raise self._error(f"connection lost while writing {path}: {e or type(e).__name__}") from None
+            if res.rc == 65 and attempt == 1:
+                log.warning("%s: %s did not verify after upload; rebuilding its blob", self.where, path)
+                blobs.forget(sha256)
+                continue
+            if res.rc == 65:
+                raise self._error(f"sha256 mismatch for {path} after upload (expected {sha256})",
+                                  "the upload was corrupted in transit; retry")
+            check_result(self.host, res, sudo=self.sudo)
+            return
 
     def _put(self, path: str, write: Callable, mode: int, owner: str, group: str,
              verify_sha: str | None) -> None:
@@ -517,6 +564,64 @@ class SSHTransport:
 
 # --- helpers ---------------------------------------------------------------------------------
 
+class _JumpPool:
+    """One connection per bastion (same address, port, user, key, netns, host-key policy) shared
+    by every host behind it: each host is a direct-tcpip channel of that connection (fan-out),
+    not a login of its own. 24 hosts behind one bastion used to be 24 logins at once, past
+    sshd's default MaxStartups (10 unauthenticated connections, then random drops). Closed when
+    the last host using it closes."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._by_key: dict[tuple, list] = {}     # key -> [client, users]
+        self._key_of: dict[int, tuple] = {}
+
+    def acquire(self, t: "SSHTransport", bwhere: str) -> paramiko.SSHClient:
+        key = t._jump_key()
+        with self._lock:  # one login at a time per pool: the others reuse it
+            entry = self._by_key.get(key)
+            if entry is not None and not SSHTransport._alive(entry[0]):
+                self._forget(key)
+                entry = None
+            if entry is None:
+                client = t._open_jump(bwhere)
+                entry = self._by_key[key] = [client, 0]
+                self._key_of[id(client)] = key
+            entry[1] += 1
+            return entry[0]
+
+    def release(self, client: paramiko.SSHClient) -> None:
+        with self._lock:
+            key = self._key_of.get(id(client))
+            entry = self._by_key.get(key) if key else None
+            if entry is None or entry[0] is not client:
+                return
+            entry[1] -= 1
+            if entry[1] <= 0:
+                self._forget(key)
+
+    def drop(self, client: paramiko.SSHClient) -> None:
+        with self._lock:
+            key = self._key_of.get(id(client))
+            if key and self._by_key.get(key, [None])[0] is client:
+                self._forget(key)
+
+    def _forget(self, key: tuple) -> None:
+        client = self._by_key.pop(key)[0]
+        self._key_of.pop(id(client), None)
+        try:
+            client.close()
+        except Exception:
+            pass
+
+    def open_count(self) -> int:
+        with self._lock:
+            return len(self._by_key)
+
+
+_JUMPS = _JumpPool()
+
+
 class _WarnAutoAdd(paramiko.MissingHostKeyPolicy):
     def __init__(self, where: str):
         self.where = where
@@ -565,9 +670,14 @@ def _fsync(f: SFTPFile) -> None:
         pass  # server without the extension: rename is still atomic, durability best effort
 
 
-def _feed(chan: paramiko.Channel, data: bytes) -> None:
+def _feed(chan: paramiko.Channel, data: bytes | Path) -> None:
     try:
-        chan.sendall(data)
+        if isinstance(data, Path):
+            with open(data, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    chan.sendall(chunk)
+        else:
+            chan.sendall(data)
         chan.shutdown_write()
     except Exception:  # the command exited without reading its input
         pass

@@ -58,15 +58,16 @@ def verify(dep, transports: Mapping, *, keep_workload: bool = False) -> list:
 
 def up_steps(dep, transports: Mapping) -> tuple:
     """One step per phase; etcd hosts joining a running cluster get their own step after the
-    members': one at a time, each added as a learner first and promoted once caught up."""
+    members': one at a time, each added as a learner first and promoted once caught up. The
+    control plane's steps and the nodes' runtime/images steps run side by side (Lanes)."""
     from dataclasses import replace
-    from kdeploy.execute.steps import SERIAL, Hook, Step, converge_steps
+    from kdeploy.execute.steps import SERIAL, Hook, Step, converge_steps, with_lanes
     from kdeploy.plan.resources import PHASES, Phase
     from kdeploy.verbs.membership import Join
     steps = converge_steps(PHASES)
     joiners = dep.etcd.joiners if dep.etcd is not None else ()
     if not joiners:
-        return steps
+        return with_lanes(steps)
     join = Join(dep.cluster, transports,
                 members=tuple(h.name for h in dep.cluster.etcd if h.name not in joiners))
     out = []
@@ -80,7 +81,7 @@ def up_steps(dep, transports: Mapping) -> tuple:
                         after=(Hook("etcd member promote", join.promote),),
                         gates=(),    # a learner answers no health check: promote() waits instead
                         always=True))  # a learner left unpromoted has no file to change
-    return tuple(out)
+    return with_lanes(tuple(out))
 
 
 def run_up(cluster: Cluster, transports: Mapping, *, inventory, artifacts_dir: Path | None = None,

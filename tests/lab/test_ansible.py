@@ -93,6 +93,13 @@ def test_standalone_project_deploys_fresh_machines_and_reruns_with_changed_0(ans
     lab, art = ans
     lab.down()
     lab = fresh_lab(LAB, tmp_path / "inventory.yaml")         # fresh machines, new state dir
+    try:
+        _standalone(lab, art, tmp_path)
+    finally:
+        lab.down()
+
+
+def _standalone(lab, art, tmp_path):
     t = time.monotonic()
     project = tmp_path / "project"
     p = kdeploy("render", "-i", str(lab.inventory), "--ansible", str(project), "--artifacts", str(art))

@@ -120,6 +120,10 @@ run_component() {
     return 0
   fi
   rm -f "$stamp"
+  if [ $FORCE = 0 ] && reuse_sibling "$name" "$pin" "$@"; then
+    { echo "$pin"; (cd "$DEST" && sha256sum "$@"); } > "$stamp.tmp" && mv "$stamp.tmp" "$stamp"
+    return 0
+  fi
   log "$name $pin: building"
   local t0=$SECONDS
   "$func"
@@ -127,6 +131,30 @@ run_component() {
   { echo "$pin"; (cd "$DEST" && sha256sum "$@"); } > "$stamp.tmp" && mv "$stamp.tmp" "$stamp"
   printf '%s\t%s\t%ss\t%s\n' "$name" "$pin" "$dt" "$(date -u +%FT%TZ)" >> "$TIMES"
   log "$name $pin: done in ${dt}s"
+}
+
+# reuse_sibling NAME PIN OUTPUT...: another set of this arch (another Kubernetes version) has
+# a valid stamp of the same component at the same pin (kube-bench, runc, CNI, crictl, nginx
+# often are): copy its outputs instead of building them again. Only for outputs inside the set.
+reuse_sibling() {
+  local name=$1 pin=$2 other s rel; shift 2
+  for rel in "$@"; do case $rel in /*) return 1 ;; esac; done
+  for other in "$CACHE"/artifacts-build/*-"$ARCH"; do
+    [ -d "$other" ] && [ "$other" != "$DEST" ] || continue
+    s=$other/.stamps/$name
+    [ -f "$s" ] && [ "$(head -n1 "$s")" = "$pin" ] || continue
+    [ "$(tail -n +2 "$s" | sed 's/^[0-9a-f]\{64\}  //')" = "$(printf '%s\n' "$@")" ] || continue
+    (cd "$other" && tail -n +2 "$s" | sha256sum -c --quiet --status -) || continue
+    for rel in "$@"; do
+      mkdir -p "$(dirname "$DEST/$rel")"
+      cp -f "$other/$rel" "$DEST/$rel.kdeploy-tmp" && mv -f "$DEST/$rel.kdeploy-tmp" "$DEST/$rel"
+    done
+    (cd "$DEST" && tail -n +2 "$s" | sha256sum -c --quiet --status -) || continue
+    log "$name $pin: copied from $other (same pin)"
+    printf '%s\t%s\t%ss\t%s\n' "$name" "$pin" 0 "$(date -u +%FT%TZ)" >> "$TIMES"
+    return 0
+  done
+  return 1
 }
 
 # use_go_for MODULE VERSION: switch to the served go1.27.3 toolchain when the module needs

@@ -191,3 +191,34 @@ def test_mkmanifest_check_refuses_a_set_whose_images_have_other_names(tmp_path):
     write_manifest(tmp_path, kubernetes_version="1.37.2", arch="amd64", source="t",
                    images=catalog.built_image_refs(v))
     assert check().returncode == 0, check().stderr
+
+
+def test_a_component_at_the_same_pin_is_copied_from_the_other_version_s_set(tmp_path):
+    """kube-bench, runc, CNI... often have the same pin for both Kubernetes versions: the second
+    set copies the first's verified outputs instead of compiling again (a cold CI builds two sets)."""
+    import hashlib
+    arch = subprocess.run(["go", "env", "GOARCH"], capture_output=True, text=True).stdout.strip()
+    cache = tmp_path / "cache"
+    sib = cache / "kdeploy" / "artifacts-build" / f"1.36.3-{arch}"
+    (sib / "bin").mkdir(parents=True)
+    (sib / ".stamps").mkdir()
+    (sib / "bin" / "runc").write_bytes(b"runc 1.4.3")
+    sha = hashlib.sha256(b"runc 1.4.3").hexdigest()
+    pin = catalog.versions_for("1.37.2").runc
+    assert pin == catalog.versions_for("1.36.3").runc
+    (sib / ".stamps" / "runc").write_text(f"{pin}\n{sha}  bin/runc\n")
+    # a compile would need the module proxy, which is off: only a copy can succeed
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "PYTHONPATH": str(REPO),
+           "GOPROXY": "off", "GOMODCACHE": str(tmp_path / "gomod")}
+    p = subprocess.run(["bash", str(SCRIPT), "--k8s-version", "1.37.2", "--only", "runc"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    dest = cache / "kdeploy" / "artifacts-build" / f"1.37.2-{arch}"
+    assert "copied from" in p.stdout and (dest / "bin" / "runc").read_bytes() == b"runc 1.4.3"
+    assert (dest / ".stamps" / "runc").read_text() == f"{pin}\n{sha}  bin/runc\n"
+    # a sibling whose output no longer matches its stamp is not copied
+    (sib / "bin" / "runc").write_bytes(b"tampered")
+    (dest / ".stamps" / "runc").unlink()
+    p = subprocess.run(["bash", str(SCRIPT), "--k8s-version", "1.37.2", "--only", "runc"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode != 0 and "copied from" not in p.stdout

@@ -239,3 +239,61 @@ def test_preflight_reports_an_architecture_mismatch_with_the_other_problems(inv)
     facts, _ = run.gather(dep, fakes)
     with pytest.raises(PreflightError, match="worker2: the host is arm64, the artifacts are amd64"):
         run.preflight(dep, facts, "amd64")
+
+
+def _lanes_run(dep, fakes, slow_readyz: float = 0.3, fail_apiserver: bool = False):
+    """Apply up's steps (with lanes) to bare fakes; returns (events, [(host, what)] in order)."""
+    import threading
+    import time
+
+    from kdeploy.execute.steps import converge_steps, with_lanes
+    from kdeploy.plan.resources import PHASES
+    seen, lock = [], threading.Lock()
+
+    def record(host):
+        def respond(text, _input):
+            if "/readyz" in text:
+                time.sleep(slow_readyz)  # the apiserver takes a while to come up
+                with lock:
+                    seen.append((host, "readyz"))
+                return None
+            if fail_apiserver and "start kube-apiserver" in text:
+                return CommandResult(text, 1, b"", b"Job for kube-apiserver.service failed")
+            if "start containerd" in text:
+                with lock:
+                    seen.append((host, "containerd"))
+            return None
+        return respond
+    for name, f in fakes.items():
+        f.responses = record(name)
+    events = []
+    _, observed = run.gather(dep, fakes)
+    run.apply(dep, fakes, plan(dep.desired, observed), events.append,
+              steps=with_lanes(converge_steps(PHASES)))
+    return events, seen
+
+
+def test_nodes_install_their_runtime_while_the_control_plane_comes_up(inv):
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = fakes_for(cluster, dep)
+    events, seen = _lanes_run(dep, fakes)
+    workers = [h.name for h in cluster.hosts if not h.has("control-plane")]
+    first_ready = seen.index(next(s for s in seen if s[1] == "readyz"))
+    assert {h for h, what in seen[:first_ready] if what == "containerd"} >= set(workers)
+    order = [(e["event"], e["phase"]) for e in events if e["event"] in ("phase-start", "phase-done")]
+    # node waits for both lanes
+    assert order.index(("phase-start", "node")) > max(order.index(("phase-done", "control-plane")),
+                                                      order.index(("phase-done", "runtime")))
+    p2 = plan(dep.desired, run.gather(dep, fakes)[1])
+    assert not p2.changes
+
+
+def test_a_failing_lane_stops_the_run_with_its_own_error(inv):
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = fakes_for(cluster, dep)
+    with pytest.raises(KdeployError, match="phase control-plane failed on 1 host") as e:
+        _lanes_run(dep, fakes, fail_apiserver=True)
+    assert "kube-apiserver.service failed" in e.value.message
+    assert not any("start kubelet" in c for f in fakes.values() for c in f.commands)

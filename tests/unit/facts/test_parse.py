@@ -198,3 +198,30 @@ def test_sha_cache_keeps_entries_of_paths_not_looked_at(tmp_path):
     run(a, b)
     run(a)
     assert {line.split()[-1] for line in cache.read_text().splitlines()} == {str(a), str(b)}
+
+
+def test_sha_prime_records_known_sums_that_the_facts_script_then_reuses(tmp_path):
+    """After an upload the engine records the checked sums (no hashing on the host); the facts
+    script reports them without hashing, keeps other entries, and hashes a file changed since."""
+    import hashlib
+    import os
+    import subprocess
+
+    from kdeploy.facts.parse import SHA_CACHE, SHA_CACHED, SHA_PRIME
+    a, b = tmp_path / "kubelet", tmp_path / "etcd"
+    a.write_bytes(b"kubelet")
+    b.write_bytes(b"etcd")
+    cache = tmp_path / "sha256.cache"
+
+    def sh(script):
+        script = script.replace(SHA_CACHE, str(cache)).replace("/var/lib/kdeploy", str(tmp_path))
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+
+    sh(SHA_CACHED.replace("@PATHS@", str(b)))  # an entry of another path
+    sh(SHA_PRIME.replace("@PAIRS@", f"{'1' * 64} {a}"))  # a sum the upload checked
+    assert sh(SHA_CACHED.replace("@PATHS@", f"{a} {b}")) == (
+        f"{'1' * 64}  {a}\n{hashlib.sha256(b'etcd').hexdigest()}  {b}\n")
+    new = tmp_path / "kubelet.new"
+    new.write_bytes(b"kubelet 2")
+    os.replace(new, a)
+    assert sh(SHA_CACHED.replace("@PATHS@", str(a))) == f"{hashlib.sha256(b'kubelet 2').hexdigest()}  {a}\n"

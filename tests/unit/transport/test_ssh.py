@@ -258,7 +258,7 @@ def test_put_unknown_owner(t, tmp_path):
         t.put(str(tmp_path / "f"), b"x", owner="no-such-user-kd")
 
 
-def test_put_file_verifies_sha(t, tmp_path):
+def test_put_file_verifies_sha(t, tmp_path, blob_cache):
     src = tmp_path / "kubelet.src"
     src.write_bytes(os.urandom(5 << 20))
     sha = hashlib.sha256(src.read_bytes()).hexdigest()
@@ -269,6 +269,46 @@ def test_put_file_verifies_sha(t, tmp_path):
     with pytest.raises(TransportError, match="does not match its sha256"):
         t.put_file(str(tmp_path / "bin" / "bad"), src, sha256="0" * 64)
     assert sorted(os.listdir(dst.parent)) == ["kubelet"]
+
+
+@pytest.fixture
+def blob_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    from kdeploy.transport import blobs
+    return blobs
+
+
+def test_big_file_is_sent_compressed_once_per_content(t, tmp_path, blob_cache, monkeypatch):
+    """A binary goes to every host as one cached gzip blob: compressed once, streamed to each
+    host, decompressed and sha-checked there; the bytes on the wire are the blob's."""
+    src = tmp_path / "kube-proxy"
+    src.write_bytes(b"".join(b"kube-proxy %08d\n" % i for i in range(300_000)))  # 5.7 MB
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    compressed = []
+    real = blob_cache._compress
+    monkeypatch.setattr(blob_cache, "_compress", lambda *a: (compressed.append(a[0]), real(*a)))
+    sent0 = t._transport().packetizer._Packetizer__sent_bytes
+    for host_path in ("a/kube-proxy", "b/kube-proxy"):
+        t.put_file(str(tmp_path / host_path), src, mode=0o750, sha256=sha)
+        assert (tmp_path / host_path).read_bytes() == src.read_bytes()
+        assert stat.S_IMODE(os.stat(tmp_path / host_path).st_mode) == 0o750
+    sent = t._transport().packetizer._Packetizer__sent_bytes - sent0
+    blob = blob_cache.blob_dir() / f"{sha}.gz"
+    assert compressed == [src] and blob.is_file()
+    assert sent < 2 * blob.stat().st_size + 200_000 < src.stat().st_size  # the blob, twice
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name != "kube-proxy"]  # no temp left
+
+
+def test_a_damaged_blob_is_rebuilt_and_the_host_gets_the_right_bytes(t, tmp_path, blob_cache):
+    import gzip
+    src = tmp_path / "etcd"
+    src.write_bytes(os.urandom(1 << 20) * 2)
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    blob_cache.blob_dir().mkdir(parents=True)
+    (blob_cache.blob_dir() / f"{sha}.gz").write_bytes(gzip.compress(b"not etcd"))
+    t.put_file(str(tmp_path / "bin" / "etcd"), src, sha256=sha)
+    assert (tmp_path / "bin" / "etcd").read_bytes() == src.read_bytes()
+    assert gzip.decompress((blob_cache.blob_dir() / f"{sha}.gz").read_bytes()) == src.read_bytes()
 
 
 def test_put_write_error_is_transport_error(t, tmp_path):
@@ -386,6 +426,33 @@ def test_bastion_in_netns(netns_sshd):
         assert tr._jump is not None and tr.run(["echo", "via-bastion"]).out == "via-bastion"
     finally:
         tr.close()
+
+
+def test_hosts_behind_one_bastion_share_one_login_to_it(netns_sshd):
+    """Fan-out: 16 hosts connecting at once through a bastion log in to it once (each host is
+    a channel of that connection); the connection closes with the last host."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kdeploy.transport import ssh
+    s = netns_sshd
+    logins = s.log().count("Accepted publickey")
+    bastion = {"address": "127.0.0.1", "port": s.port, "user": "root", "key_file": str(s.client_key)}
+    ts = [SSHTransport(f"w{i}", "127.0.0.1", port=s.port, key_file=s.client_key,
+                       known_hosts_file=s.known_hosts, netns=s.netns, allow_agent=False,
+                       bastion=bastion) for i in range(16)]
+    try:
+        with ThreadPoolExecutor(16) as ex:
+            outs = list(ex.map(lambda t: t.connect().run(["hostname"]).ok, ts))
+        assert all(outs)
+        assert len({id(t._jump) for t in ts}) == 1 and ssh._JUMPS.open_count() == 1
+        deadline = time.monotonic() + 5
+        while s.log().count("Accepted publickey") - logins < 17 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert s.log().count("Accepted publickey") - logins == 17  # 16 hosts + 1 bastion login
+    finally:
+        for t in ts:
+            t.close()
+    assert ssh._JUMPS.open_count() == 0
 
 
 def test_bastion_cannot_reach_target(netns_sshd):

@@ -86,3 +86,15 @@ def test_workload_manifest_names_the_given_image(tmp_path, monkeypatch):
     v.run()
     assert "image: kdeploy.invalid/agnhost:1" in seen[0]
     assert "terminationGracePeriodSeconds" in seen[0]
+
+
+def test_a_cluster_without_workers_passes_the_workload_check_as_not_applicable(tmp_path, monkeypatch):
+    """Control-plane-only hosts are tainted NoSchedule: the workload would wait for minutes and
+    fail; verify says why it does not apply and deploys nothing."""
+    cp = Cp()
+    v = verifier(tmp_path, cp)
+    monkeypatch.setattr(v, "c", v.c.model_copy(update={"hosts": [h for h in v.c.hosts if not h.has("worker")]}))
+    only_workload(v, monkeypatch)
+    [r] = v.run()
+    assert r.ok and "no host has the worker role" in r.detail
+    assert not any("apply" in c for c in cp.calls)
