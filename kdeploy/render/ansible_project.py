@@ -84,11 +84,15 @@ def host_vars(name: str, res: HostResources, gates_of_host: Mapping[str, list], 
     unit_phase = _unit_phases(res)
     phases: dict[str, dict] = {}
     for i, ph in enumerate(PHASES):
+        # want: what `stat -c %a:%U:%G` and sha256sum print for the placed file (tasks copy
+        # only what differs: a re-run runs one command per phase, not one module per file)
         files = [{"src": f"files/{name}{f.path}", "dest": f.path, "mode": f"{f.mode:04o}",
                   "owner": f.owner, "group": f.group, "secret": bool(f.secret or not f.mode & 0o004),
+                  "want": f"{f.mode:o}:{f.owner}:{f.group} {f.sha256}",
                   "restarts": list(f.restarts), "run": [list(a) for a in f.run_on_change]}
                  for f in res.files if f.phase == ph]
         bins = [{"src": f"binaries/{binary_names[b.path]}", "dest": b.path, "mode": f"{b.mode:04o}",
+                 "want": f"{b.mode:o}:root:root {b.sha256}",
                  "restarts": list(b.restarts), "run": [list(a) for a in b.run_on_change]}
                 for b in res.binaries if b.phase == ph]
         blocks = [{"src": f"blocks/{name}{b.path}", "dest": b.path, "marker": b.marker,
@@ -151,11 +155,24 @@ PHASE_TASKS = """\
   ansible.builtin.set_fact:
     kd_p: "{{ kd_phases[kd_phase] | default({'dirs': [], 'binaries': [], 'files': [], 'blocks': [], 'units': [], 'restart_upto': [], 'gates': []}) }}"
 
+- name: "{{ kd_phase }}: what is on the host (mode:owner:group sha256 per file)"
+  ansible.builtin.command:
+    argv: "{{ ['sh', '-c', kd_have_script, 'sh'] + ((kd_p.binaries + kd_p.files) | map(attribute='dest') | list) }}"
+  vars:
+    kd_have_script: >-
+      for f in "$@"; do if [ -f "$f" ]; then
+      echo "$(stat -c %%a:%%U:%%G -- "$f") $(sha256sum < "$f" | cut -d' ' -f1)";
+      else echo missing; fi; done
+  register: kd_have
+  changed_when: false
+  when: (kd_p.binaries + kd_p.files) | length > 0
+
 - name: "{{ kd_phase }}: directories"
   ansible.builtin.file:
     path: "{{ item }}"
     state: directory
   loop: "{{ kd_p.dirs }}"
+  when: "'missing' in (kd_have.stdout_lines | default([]))"
 
 - name: "{{ kd_phase }}: binaries"
   ansible.builtin.copy:
@@ -167,6 +184,8 @@ PHASE_TASKS = """\
   loop: "{{ kd_p.binaries }}"
   loop_control:
     label: "{{ item.dest }}"
+    index_var: kd_i
+  when: kd_have.stdout_lines[kd_i] != item.want
   register: kd_bins
 
 - name: "{{ kd_phase }}: files"
@@ -179,6 +198,8 @@ PHASE_TASKS = """\
   loop: "{{ kd_p.files }}"
   loop_control:
     label: "{{ item.dest }}"
+    index_var: kd_i
+  when: kd_have.stdout_lines[(kd_p.binaries | length) + kd_i] != item.want
   no_log: "{{ item.secret }}"
   register: kd_files
 
@@ -211,12 +232,25 @@ PHASE_TASKS = """\
   loop: "{{ kd_changed | map(attribute='run') | flatten(levels=1) | list }}"
   changed_when: true
 
+- name: "{{ kd_phase }}: units' state"
+  ansible.builtin.command:
+    argv: "{{ ['sh', '-c', kd_units_script, 'sh'] + kd_p.units }}"
+  vars:
+    kd_units_script: >-
+      for u in "$@"; do echo "$(systemctl is-enabled -- "$u" 2>/dev/null) $(systemctl is-active -- "$u" 2>/dev/null)"; done
+  register: kd_units
+  changed_when: false
+  when: kd_p.units | length > 0
+
 - name: "{{ kd_phase }}: units enabled and started"
   ansible.builtin.systemd_service:
     name: "{{ item }}"
     enabled: true
     state: started
   loop: "{{ kd_p.units }}"
+  loop_control:
+    index_var: kd_i
+  when: kd_units.stdout_lines[kd_i] != 'enabled active'
   register: kd_started
 
 - name: "{{ kd_phase }}: restarts due"
