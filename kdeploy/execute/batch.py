@@ -45,6 +45,8 @@ class Op:
     timeout: float = 300
     check: bool = True            # run: a non-zero exit fails the host
     key: str = ""                 # run: the journal entry it carries out ("" = none)
+    lock: bool = False            # run: under the host's apply lock (a read-modify-write of a
+                                  # kdeploy file another lane may update at the same time)
 
     def __repr__(self) -> str:   # never a file's content in logs or tracebacks
         return f"Op({self.kind}, {self.path or shlex.join(self.argv)!r})"
@@ -119,7 +121,7 @@ def host_ops(res: HostResources, changes: Sequence[Change]) -> list[Op]:
     pushed = [bins[c.target] for c in changes if c.kind == "binary"]
     if pushed:  # prime the facts' hash cache with the sums checked on the host, as the per-host path
         out.append(Op("run", argv=_argv(SHA_PRIME.replace(
-            "@PAIRS@", "\n".join(f"{b.sha256} {b.path}" for b in pushed))), check=False))
+            "@PAIRS@", "\n".join(f"{b.sha256} {b.path}" for b in pushed))), check=False, lock=True))
     if reload_needed:
         out.append(Op("run", argv=("systemctl", "daemon-reload")))
     for c in changes:

@@ -303,13 +303,9 @@ class Engine:
                 break  # never take more hosts down while one failed
 
     def _batch_apply(self, work: dict, step: str) -> dict[str, str]:
-        """batch.apply holding the hosts' locks (sorted: no deadlock): two lanes never act on
-        one host at once (its journal and hash cache are read-modify-write files)."""
-        from contextlib import ExitStack
-        with ExitStack() as stack:
-            for h in sorted(work):
-                stack.enter_context(self._host_locks.setdefault(h, threading.Lock()))
-            return self.batch.apply(work, emit=self.emit, stop=self._stop.is_set, step=step)
+        """batch.apply. Lanes may act on one host at once: the applier updates the host's
+        journal and hash cache under a lock on the host itself (apply.py's host_lock)."""
+        return self.batch.apply(work, emit=self.emit, stop=self._stop.is_set, step=step)
 
     def _hooks(self, step: Step, hooks, batch: list[str], pr: PhaseResult) -> list[str]:
         """Run hooks for each host of a batch (hosts in parallel); the hosts they passed."""

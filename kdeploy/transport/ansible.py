@@ -936,7 +936,7 @@ def apply_vars(w, source: str) -> tuple[dict, dict[str, bytes], list[tuple[str, 
         if o.kind == "block":
             d.update(begin=o.begin, end=o.end)
         if o.kind == "run":
-            d.update(argv=list(o.argv), timeout=o.timeout, check=o.check, key=o.key)
+            d.update(argv=list(o.argv), timeout=o.timeout, check=o.check, key=o.key, lock=o.lock)
         ops.append(d)
     from kdeploy.execute.journal import PATH as JOURNAL
     files: dict[str, bytes] = {}

@@ -278,8 +278,8 @@ class Verifier:
     def secrets_encrypted(self) -> tuple[bool, str]:
         eps = f"--endpoints=https://127.0.0.1:{defaults.ETCD_CLIENT_PORT}"
         r = self.etcd_host.run(self._etcdctl(eps, "get", f"/registry/secrets/{NAMESPACE}/probe",
-                                             "--print-value-only"), check=False)
-        raw = r.stdout
+                                             "--print-value-only"), check=False, secret=True)
+        raw = r.stdout  # a Secret's stored bytes (encrypted, or the leak): never logged
         ok = raw.startswith(b"k8s:enc:") and b"kdeploy-verify-plaintext-marker" not in raw
         prefix = b":".join(raw.split(b":")[:3]) + b":" if ok else b""  # k8s:enc:<provider>:
         return ok, (prefix.decode(errors="replace") + "... (encrypted)"

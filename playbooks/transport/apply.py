@@ -128,11 +128,30 @@ def read_journal(path):
     return {e for e in entries if isinstance(e, str)} if isinstance(entries, list) else set()
 
 
+LOCK = ["/var/lib/kdeploy/.apply.lock"]   # beside the journal (do_ops sets it)
+
+
+class host_lock:
+    """Two engine lanes may apply on one host at once: the journal and the hash cache are
+    read-modify-write files, updated under this exclusive lock (flock)."""
+
+    def __enter__(self):
+        import fcntl
+        os.makedirs(os.path.dirname(LOCK[0]), mode=0o755, exist_ok=True)
+        self.fd = os.open(LOCK[0], os.O_WRONLY | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # releases the lock
+
+
 def update_journal(j, add=(), remove=()):
-    cur = read_journal(j["path"])
-    new = {k for k in (cur | set(add)) - set(remove) if k in set(j["known"])}
-    if new != cur:
-        write_atomic(j["path"], (json.dumps(sorted(new), indent=0) + "\n").encode(), 0o600)
+    with host_lock():
+        cur = read_journal(j["path"])
+        new = {k for k in (cur | set(add)) - set(remove) if k in set(j["known"])}
+        if new != cur:
+            write_atomic(j["path"], (json.dumps(sorted(new), indent=0) + "\n").encode(), 0o600)
 
 
 def tail(data, lines=8):
@@ -159,6 +178,8 @@ def run(op):
 
 def do_ops(bundle):
     j = bundle.get("journal") or {}
+    if j.get("path"):
+        LOCK[0] = os.path.join(os.path.dirname(j["path"]), ".apply.lock")
     if j.get("add"):
         update_journal(j, add=j["add"])
     n = 0
@@ -202,7 +223,11 @@ def do_op(op, tar):
         new = apply_block(old, base64.b64decode(op["content"]).decode(), op["begin"], op["end"])
         write_atomic(op["path"], new.encode(), 0o644)
     elif kind == "run":
-        run(op)
+        if op.get("lock"):
+            with host_lock():
+                run(op)
+        else:
+            run(op)
     else:
         raise Failed("unknown operation %r" % kind)
 
