@@ -178,3 +178,26 @@ def test_host_work_carries_the_journal_of_the_runs(inv):
     w = host_work(h, dep.desired[h], changes)
     assert isinstance(w, HostWork)
     assert w.journal_done == {c.key() for c in changes if c.kind in ("run", "unit-restart")}
+
+
+def test_rolling_step_with_hooks_runs_them_around_each_batch_and_gates_each_host(inv):
+    from kdeploy.execute.steps import Hook, Policy, Step
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = fakes_for(cluster, dep)
+    facts, observed = run.gather(dep, fakes)
+    p = plan(dep.desired, observed)
+    seen = []
+    workers = tuple(h.name for h in cluster.workers)
+    step = Step("nodes", ("runtime", "images", "node"), Policy("batch", size=1), hosts=workers,
+                before=(Hook("drain", lambda ctx, h: seen.append(("drain", h))),),
+                after=(Hook("uncordon", lambda ctx, h: seen.append(("uncordon", h))),))
+    batch = FakeBatch(fakes)
+    from kdeploy.components import gates
+    Engine(dep.desired, fakes, roles=roles_of(cluster), gates=gates(cluster), batch=batch).apply(p, (step,))
+    calls = [(s, sorted(w)) for s, w in batch.calls if s != "journal"]
+    assert calls == [("nodes", [h]) for h in workers]               # one run per batch of one
+    assert seen == [x for h in workers for x in (("drain", h), ("uncordon", h))]
+    for _, w in batch.calls[1:]:
+        (hw,) = w.values()
+        assert {g.phase for g in hw.gates} <= {"runtime", "images", "node"} and hw.gates
