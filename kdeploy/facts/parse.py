@@ -54,11 +54,26 @@ rm -f "$N.o"; mv -f "$N" "$C"
 
 
 # the versions of the components as installed (what `kdeploy upgrade` and `up` compare with the
-# inventory); a binary that is not there prints nothing
+# inventory); a binary that is not there prints nothing. Starting four Go binaries on every host
+# dominated a no-op's facts: a version is kept in a cache beside the hash cache while the
+# binary's size, ctime and inode are unchanged (as SHA_CACHED does)
 VERSION_BINARIES = ("kube-apiserver", "kubelet", "kube-proxy", "etcd")
-VERSIONS_SCRIPT = ("S versions\nfor b in " + " ".join(VERSION_BINARIES) + "; do\n"
-                   "  [ -x /usr/local/bin/$b ] && echo \"$b $(/usr/local/bin/$b --version 2>/dev/null "
-                   "| head -n1)\"\ndone\n")
+VERSIONS_CACHE = "/var/lib/kdeploy/versions.cache"
+VERSIONS_SCRIPT = r"""S versions
+V=%s
+for b in %s; do
+  p=/usr/local/bin/$b; [ -x $p ] || continue
+  k="$(stat -c '%%s %%Z %%i' -- $p 2>/dev/null) $p"; v=""
+  [ -f $V ] && v=$(awk -v k="$k" 'index($0, k " ") == 1 {print substr($0, length(k) + 2); exit}' $V)
+  if [ -z "$v" ]; then
+    v=$($p --version 2>/dev/null | head -n1)
+    if [ -n "$v" ] && [ -d "${V%%/*}" ]; then
+      { grep -v " $p " $V 2>/dev/null; echo "$k $v"; } > $V.$$ && mv -f $V.$$ $V
+    fi
+  fi
+  echo "$b $v"
+done
+""" % (VERSIONS_CACHE, " ".join(VERSION_BINARIES))
 
 
 # etcd membership: whether this host holds etcd data, and the member list as its own running

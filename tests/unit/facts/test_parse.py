@@ -225,3 +225,33 @@ def test_sha_prime_records_known_sums_that_the_facts_script_then_reuses(tmp_path
     new.write_bytes(b"kubelet 2")
     os.replace(new, a)
     assert sh(SHA_CACHED.replace("@PATHS@", str(a))) == f"{hashlib.sha256(b'kubelet 2').hexdigest()}  {a}\n"
+
+
+def test_component_versions_are_cached_until_the_binary_changes(tmp_path):
+    """A no-op's facts do not start every Go binary for its --version: the answer is kept
+    while size, ctime and inode are unchanged; a replaced binary is asked again."""
+    import os
+    import subprocess
+
+    from kdeploy.facts.parse import VERSIONS_CACHE, VERSIONS_SCRIPT
+    bindir, calls = tmp_path / "bin", tmp_path / "calls"
+    bindir.mkdir()
+
+    def install(version: str) -> None:
+        new = bindir / "kubelet.new"
+        new.write_text(f"#!/bin/sh\necho x >> {calls}\necho 'Kubernetes {version}'\n")
+        new.chmod(0o755)
+        os.replace(new, bindir / "kubelet")
+
+    script = ("S() { :; }\n" + VERSIONS_SCRIPT.replace(VERSIONS_CACHE, str(tmp_path / "versions.cache"))
+              .replace("/usr/local/bin/", f"{bindir}/"))
+
+    def versions() -> str:
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+
+    install("v1.36.3")
+    assert versions() == versions() == "kubelet Kubernetes v1.36.3\n"
+    assert calls.read_text().count("x") == 1
+    install("v1.37.2")
+    assert versions() == "kubelet Kubernetes v1.37.2\n"
+    assert calls.read_text().count("x") == 2
