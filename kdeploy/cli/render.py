@@ -1,4 +1,6 @@
 """kdeploy render -i INV -o DIR: write every file kdeploy would place on every host.
+kdeploy render -i INV --ansible DIR [--artifacts A]: an Ansible project that deploys the
+cluster with plain ansible-playbook (kdeploy.render.ansible_project).
 
 DIR/<host>/<absolute path on the host>, e.g. out/cp1/etc/systemd/system/kube-apiserver.service.
 Rendered files, the host's PKI material (issued or reused in the state dir beside the
@@ -14,10 +16,14 @@ from typing import Annotated, Optional
 import typer
 
 from kdeploy.cli.common import InventoryOpt, load
+from kdeploy.cli.plan import ArtifactsOpt
 from kdeploy.errors import KdeployError
 
-OutOpt = Annotated[Path, typer.Option("-o", "--output", help="Directory to write DIR/<host>/<path> into.",
+OutOpt = Annotated[Optional[Path], typer.Option("-o", "--output", help="Directory to write DIR/<host>/<path> into.",
                                       show_default=False)]
+AnsibleOpt = Annotated[Optional[Path], typer.Option(
+    "--ansible", help="Write an Ansible project into DIR instead: ansible-playbook -i DIR/inventory "
+    "DIR/cluster.yml deploys the cluster without kdeploy.", show_default=False)]
 StateDirOpt = Annotated[Optional[Path], typer.Option(
     "--state-dir", help="PKI state directory (default: <inventory dir>/.kdeploy/<cluster name>).",
     show_default=False)]
@@ -30,9 +36,25 @@ def _write(root: Path, host: str, path: str, content: bytes, mode: int) -> None:
     write_atomic(root / host / path.lstrip("/"), content, mode)
 
 
-def render_command(inventory: InventoryOpt, output: OutOpt, state_dir: StateDirOpt = None,
-                   no_pki: NoPkiOpt = False) -> None:
-    """Render every host's files into DIR/<host>/<path> (PKI included unless --no-pki)."""
+def render_command(inventory: InventoryOpt, output: OutOpt = None, state_dir: StateDirOpt = None,
+                   no_pki: NoPkiOpt = False, ansible: AnsibleOpt = None,
+                   artifacts: ArtifactsOpt = None) -> None:
+    """Render every host's files into DIR/<host>/<path> (PKI included unless --no-pki), or an
+    Ansible project (--ansible DIR)."""
+    if (output is None) == (ansible is None):
+        raise KdeployError("pass either -o DIR (the rendered files) or --ansible DIR (an Ansible "
+                           "project)", "e.g. kdeploy render -i cluster.yaml --ansible ./ansible")
+    if ansible is not None:
+        if no_pki:
+            raise KdeployError("--no-pki cannot be used with --ansible: the project deploys the "
+                               "cluster, certificates included", "leave out --no-pki")
+        if state_dir is not None:
+            raise KdeployError("--state-dir cannot be used with --ansible",
+                               "the project uses the inventory's state dir, as kdeploy up does")
+        return _render_ansible(inventory, ansible, artifacts)
+    if artifacts is not None:
+        raise KdeployError("--artifacts is for --ansible (the project holds the binaries)",
+                           "leave it out with -o")
     from kdeploy.execute.run import images_in_use, pin_pod_cidrs, state_dir_for
     from kdeploy.model.validate import resolve_path
     from kdeploy.pki import ensure_pki
@@ -83,6 +105,35 @@ def render_command(inventory: InventoryOpt, output: OutOpt, state_dir: StateDirO
         typer.echo(f"  {name:<{width}}  {n:>5}  {p:>7}  {a:>6}  {n + p + a:>5}")
     total = sum(r[1] + r[2] + r[3] for r in rows)
     typer.echo(f"  {len(rows)} hosts, {total} files")
+
+
+def _render_ansible(inventory: Path, out: Path, artifacts: Optional[Path]) -> None:
+    from kdeploy.components import gates
+    from kdeploy.execute.run import prepare
+    from kdeploy.render.ansible_project import check_target, write_project
+
+    cluster = load(inventory)
+    if artifacts is None and not cluster.spec.artifacts.dir:
+        raise KdeployError("the Ansible project needs the binaries: no artifact directory given",
+                           "pass --artifacts DIR (kdeploy artifacts fetch -o DIR) or set "
+                           f"spec.artifacts.dir in {inventory}")
+    check_target(out)
+    # the one rendering path: the state dir's PKI and pod CIDRs, the artifact set, as `up`
+    dep = prepare(cluster, artifacts_dir=artifacts, need_artifacts=True)
+    for w in getattr(dep.pki, "warnings", ()):
+        typer.secho(f"warning: {w}", fg="yellow", err=True)
+    try:
+        counts = write_project(out, dep.cluster, dep.desired, gates=gates(dep.cluster))
+    except OSError as e:
+        raise KdeployError(f"cannot write into {out}: {e.strerror} ({e.filename})",
+                           "pass a writable directory to --ansible") from None
+    # `kdeploy verify` (and plan) of the cluster the project deploys name the artifact set's
+    # image refs (as after `kdeploy up`), not upstream's: the project imports these images
+    from kdeploy.execute.run import record_images
+    record_images(dep)
+    typer.echo(f"wrote the Ansible project of {cluster.name} into {out} "
+               f"({len(counts)} hosts, {sum(counts.values())} files and binaries)")
+    typer.echo(f"  deploy:  ansible-playbook -i {out}/inventory {out}/cluster.yml")
 
 
 def register(app: typer.Typer) -> None:

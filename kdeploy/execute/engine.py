@@ -52,8 +52,11 @@ class Engine:
     def __init__(self, desired: Mapping[str, HostResources], transports: Mapping[str, Transport],
                  *, roles: Mapping[str, set[str]], gates: tuple[Gate, ...] = (),
                  emit: EventSink = lambda e: None, parallel: int = 16,
-                 api_runner: Callable | None = None):
+                 api_runner: Callable | None = None, batch=None):
         self.desired = desired
+        # kdeploy.execute.batch.BatchApplier: a whole batch of hosts per transport call
+        # (ansible: one ansible-runner run per step); None: the per-host path below
+        self.batch = batch
         self.api_runner = api_runner
         self._lock = threading.Lock()
         self._cleanups: list[tuple[str, str, Callable[[], None]]] = []
@@ -179,12 +182,15 @@ class Engine:
         self.emit({"event": "phase-start", "phase": step.name, "hosts": hosts,
                    "policy": policy.describe(), "rolling": policy.mode != "parallel"})
         try:
-            for batch in policy.batches(hosts):
-                self._batch(plan, step, batch, pr, per_host_gates=policy.mode != "parallel")
-                if pr.failed:
-                    break  # never take more hosts down while one failed
-            if not pr.failed and policy.mode == "parallel":
-                self._gates(step, hosts, pr)
+            if self.batch is not None:
+                self._batched(plan, step, hosts, policy, pr)
+            else:
+                for batch in policy.batches(hosts):
+                    self._batch(plan, step, batch, pr, per_host_gates=policy.mode != "parallel")
+                    if pr.failed:
+                        break  # never take more hosts down while one failed
+                if not pr.failed and policy.mode == "parallel":
+                    self._gates(step, hosts, pr)
         finally:
             pr.seconds = time.monotonic() - t0
             self.emit({"event": "phase-done", "phase": step.name, "seconds": round(pr.seconds, 2),
@@ -245,9 +251,83 @@ class Engine:
                 per_host.setdefault(c.host, set()).add(c.key())
         if not per_host:
             return
+        if self.batch is not None:  # every host's journal in one call
+            from kdeploy.execute.batch import HostWork, journal_known
+            work = {h: HostWork(h, journal_add=frozenset(keys), known=journal_known(self.desired[h]))
+                    for h, keys in per_host.items()}
+            failed = self._batch_apply(work, "journal")
+            if failed:
+                raise ApplyError("cannot write the journal of pending restarts on "
+                                 + ", ".join(f"{h} ({m})" for h, m in failed.items()),
+                                 "nothing was changed; fix the cause and run again")
+            return
         with ThreadPoolExecutor(max_workers=min(self.parallel, len(per_host))) as ex:
             for f in [ex.submit(self._journal, self.t[h], h, keys) for h, keys in per_host.items()]:
                 f.result()
+
+    # -- batched (self.batch: one transport call per batch of hosts) ----------------------------
+    def _batched(self, plan: Plan, step: Step, hosts: list[str], policy, pr: PhaseResult) -> None:
+        """The batch path: per batch, the before hooks (per host), ONE batch.apply with every
+        host's operations (kdeploy.execute.batch.host_ops: what _host_phase does) and the gates
+        (rolling: each changed host's; parallel: every host of the gate's role, after all the
+        hosts' changes, as _gates does), then the after hooks."""
+        from kdeploy.execute.batch import host_work
+        rolling = policy.mode != "parallel"
+        gates = self._gates_of(step)
+        for batch in policy.batches(hosts):
+            if self._stop.is_set():
+                raise ApplyError("interrupted", "run `kdeploy up` again")
+            ready = self._hooks(step, step.before, batch, pr)
+            work = {}
+            for h in ready:
+                changes = [c for p in step.phases for c in plan.for_host_phase(h, p)]
+                for c in changes:
+                    self.emit({"event": "change", "host": h, "phase": c.phase, "kind": c.kind,
+                               "target": c.target, "action": c.action})
+                if changes:  # a hooks-only step's host (etcd-join) has nothing to apply
+                    work[h] = host_work(h, self.desired[h], changes, phase=step.name)
+            for g in gates:
+                targets = [h for h in (ready if rolling else self.desired) if g.role in self.roles[h]]
+                if not rolling and not any(h in hosts for h in targets):
+                    continue
+                for h in targets:
+                    work.setdefault(h, host_work(h, self.desired[h], [], phase=step.name)).gates.append(g)
+            failed = self._batch_apply(work, step.name) if work else {}
+            for h, msg in failed.items():
+                pr.failed[h] = msg
+                self.emit({"event": "host-failed", "phase": step.name, "host": h, "error": msg})
+            done = [h for h in ready if h not in failed]
+            pr.changed_hosts += done
+            self._hooks(step, step.after, done, pr)
+            if pr.failed:
+                break  # never take more hosts down while one failed
+
+    def _batch_apply(self, work: dict, step: str) -> dict[str, str]:
+        """batch.apply. Lanes may act on one host at once: the applier updates the host's
+        journal and hash cache under a lock on the host itself (apply.py's host_lock)."""
+        return self.batch.apply(work, emit=self.emit, stop=self._stop.is_set, step=step)
+
+    def _hooks(self, step: Step, hooks, batch: list[str], pr: PhaseResult) -> list[str]:
+        """Run hooks for each host of a batch (hosts in parallel); the hosts they passed."""
+        if not hooks or not batch:
+            return list(batch)
+
+        def one(h: str) -> None:
+            for hook in hooks:
+                self.emit({"event": "hook", "phase": step.name, "host": h, "hook": hook.name})
+                hook(self, h)
+        ok = []
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(batch))) as ex:
+            futs = {h: ex.submit(one, h) for h in batch}
+            for h, f in futs.items():
+                try:
+                    f.result()
+                    ok.append(h)
+                except KdeployError as e:
+                    pr.failed[h] = e.message
+                    self.emit({"event": "host-failed", "phase": step.name, "host": h,
+                               "error": e.message})
+        return ok
 
     # -- per host ----------------------------------------------------------------------------
     def _host_phase(self, host: str, phase: str, changes: list[Change]) -> None:
@@ -312,12 +392,9 @@ class Engine:
             self._journal_locked(t, host, add, remove)
 
     def _journal_locked(self, t: Transport, host: str, add: set[str], remove: set[str]):
+        from kdeploy.execute.batch import journal_known
         cur = set(journal.parse(t.get(journal.PATH)))
-        res = self.desired[host]
-        known = {f"run:{shlex.join(a)}" for r in (*res.files, *res.blocks, *res.binaries)
-                 for a in r.run_on_change}
-        known |= {f"unit-restart:{u}" for r in (*res.files, *res.binaries) for u in r.restarts}
-        known |= {f"unit-restart:{u.name}" for u in res.units}
+        known = journal_known(self.desired[host])
         new = {k for k in (cur | set(add)) - set(remove) if k in known}  # stale entries dropped
         if new != cur:
             t.put(journal.PATH, journal.dump(new), mode=0o600)

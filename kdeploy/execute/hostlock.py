@@ -73,14 +73,35 @@ class HostLocks:
         return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
 
     def __enter__(self) -> "HostLocks":
+        from kdeploy.errors import TransportError
+        from kdeploy.transport.base import check_result
+        from kdeploy.transport.pool import run_many
+        # every host in one call where the transport can (ansible: one run)
+        first = run_many(self.t, {h: self._script(_ACQUIRE) for h in self.t}, timeout=60)
+        try:
+            for h, r in first.items():
+                if isinstance(r, KdeployError):
+                    raise r
+                check_result(h, r)
+        except KdeployError:
+            self._held = [x for x, y in first.items()
+                          if not isinstance(y, KdeployError) and y.out.strip() == "acquired"]
+            self._release()
+            raise
+
         def take(h: str) -> str:
-            out = self.t[h].run(self._script(_ACQUIRE), timeout=60).out.strip()
+            out = first[h].out.strip()
             if out.startswith("held "):
                 owner = out.split(" ", 2)[2] if out.count(" ") >= 2 else ""
                 if self._dead_local_owner(owner):
                     out = self.t[h].run(self._script(_ACQUIRE, owner), timeout=60).out.strip()
             return out
-        res = self._each(take)
+        try:
+            res = self._each(take)
+        except TransportError:
+            self._held = [h for h, r in first.items() if r.out.strip() == "acquired"]
+            self._release()
+            raise
         self._held = [h for h, r in res.items() if r == "acquired"]
         busy = {h: r for h, r in res.items() if r != "acquired"}
         if busy:
@@ -100,21 +121,18 @@ class HostLocks:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat):
             try:
-                self._each(lambda h: self.t[h].run(self._script(_REFRESH), timeout=30, check=False))
+                from kdeploy.transport.pool import run_many
+                run_many(self.t, {h: self._script(_REFRESH) for h in self.t}, timeout=30)
             except Exception:  # noqa: BLE001 - a missed beat is retried; 10 min of slack
                 pass
 
     def _release(self) -> None:
-        held = set(self._held)
-
-        def release(h: str) -> None:
-            if h in held:
-                try:
-                    self.t[h].run(self._script(_RELEASE), timeout=30, check=False)
-                except Exception:  # noqa: BLE001 - an unreleased lock goes stale by itself
-                    pass
-        if held:
-            self._each(release)  # every host at once: a no-op at 24 hosts is not 24 round trips
+        from kdeploy.transport.pool import run_many
+        # every host at once, in one call where the transport can (ansible: one run)
+        try:
+            run_many(self.t, {h: self._script(_RELEASE) for h in self._held}, timeout=30)
+        except Exception:  # noqa: BLE001 - an unreleased lock goes stale by itself
+            pass
         self._held = []
 
     def __exit__(self, *exc) -> None:

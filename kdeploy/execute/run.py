@@ -169,10 +169,59 @@ def gather(dep: Deployment, transports: Mapping) -> tuple[dict, dict[str, Observ
     from kdeploy.verbs.membership import etcd_view, with_membership
     dep.etcd = etcd_view(dep.cluster, facts)
     dep.desired = with_membership(dep.desired, dep.cluster, dep.etcd)
+    from kdeploy.transport.pool import group_of
+    group = group_of(transports)
+    if group is not None:  # every host's files in one call (ansible: one run)
+        got = read_many(group, {n: observe_paths(dep.desired[n], facts[n]) for n in transports})
+        return facts, {n: observe(_Read(n, got[n]), dep.desired[n], facts[n]) for n in transports}
     with ThreadPoolExecutor(max_workers=min(32, len(transports) or 1)) as ex:
         observed = dict(zip(transports, ex.map(
             lambda n: observe(transports[n], dep.desired[n], facts[n]), transports)))
     return facts, observed
+
+
+def observe_paths(res: HostResources, facts) -> list[str]:
+    """The files observe() reads: old text of changed non-secret files (for diffs), files
+    holding blocks, the journal."""
+    have = {p for p in [f.path for f in res.files] if facts.sha256(p)}
+    want = [f.path for f in res.files if not f.secret and f.path in have
+            and facts.sha256(f.path) != f.sha256] + [b.path for b in res.blocks]
+    if facts.sha256(journal.PATH):
+        want.append(journal.PATH)
+    return list(dict.fromkeys(want))
+
+
+_READ = ('for p in "$@"; do if [ -f "$p" ]; then printf "F\\n"; base64 -w0 -- "$p"; echo; '
+         'else printf "M\\n\\n"; fi; done; echo end')
+
+
+def read_many(group, paths: Mapping[str, list[str]]) -> dict[str, dict[str, bytes | None]]:
+    """{host: {path: bytes or None (missing)}} of every host's paths, in one group call."""
+    import base64
+    import shlex
+    from kdeploy.errors import TransportError
+    cmds = {h: "set -- " + " ".join(shlex.quote(p) for p in ps) + "\n" + _READ
+            for h, ps in paths.items() if ps}
+    res = group.run_many(cmds, timeout=120)
+    out: dict[str, dict[str, bytes | None]] = {h: {} for h in paths}
+    for h, r in res.items():
+        if not hasattr(r, "rc"):
+            raise r
+        lines = r.stdout.decode("ascii", "replace").split("\n")
+        if r.rc != 0 or len(lines) < 2 * len(paths[h]):
+            raise TransportError(f"host {h}: cannot read {', '.join(paths[h])} (exit code {r.rc})")
+        for i, p in enumerate(paths[h]):
+            out[h][p] = base64.b64decode(lines[2 * i + 1]) if lines[2 * i] == "F" else None
+    return out
+
+
+class _Read:
+    """A read-only stand-in transport for observe(): gets answered from read_many's results."""
+    def __init__(self, host: str, files: Mapping[str, bytes | None]):
+        self.host, self.files = host, files
+
+    def get(self, path: str) -> bytes | None:
+        return self.files.get(path)
 
 
 def observe(t, res: HostResources, facts) -> Observed:
@@ -275,8 +324,9 @@ def rollout(dep: Deployment, transports: Mapping, the_plan: Plan, steps, record:
             emit: Callable[[dict], None], api, timings: dict[str, float]):
     """A lifecycle verb's rolling steps on the engine (the steps carry their own gates); the
     result (also of a failed run) goes to the run record, the time to timings["rollout"]."""
+    from kdeploy.transport.pool import group_of
     engine = Engine(dep.desired, transports, roles=roles_of(dep.cluster), gates=(),
-                    emit=record.tee(emit), api_runner=api)
+                    emit=record.tee(emit), api_runner=api, batch=group_of(transports))
     t = time.monotonic()
     result = None
     try:
@@ -294,6 +344,8 @@ def rollout(dep: Deployment, transports: Mapping, the_plan: Plan, steps, record:
 def apply(dep: Deployment, transports: Mapping, the_plan: Plan,
           emit: Callable[[dict], None], steps=None, api_runner=None):
     from kdeploy.components import gates
+    from kdeploy.transport.pool import group_of
+    # ansible: a whole step's hosts in one ansible-runner run (kdeploy.execute.batch)
     engine = Engine(dep.desired, transports, roles=roles_of(dep.cluster), gates=gates(dep.cluster),
-                    emit=emit, api_runner=api_runner)
+                    emit=emit, api_runner=api_runner, batch=group_of(transports))
     return engine.apply(the_plan, steps)

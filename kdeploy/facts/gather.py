@@ -77,6 +77,12 @@ def gather_all(transports: Mapping[str, object], *, paths: Sequence[str] | Mappi
         return {}
     out: dict[str, HostFacts] = {}
     failed: dict[str, str] = {}
+    from kdeploy.transport.pool import group_of
+    group = group_of(transports)
+    if group is not None:  # one call for every host (ansible: one ansible-runner run)
+        return _gather_group(group, transports, paths={n: per(paths, n) for n in transports},
+                             units={n: per(units, n) for n in transports},
+                             ports={n: per(ports, n) for n in transports}, etcdctl=etcdctl or {})
     with ThreadPoolExecutor(max_workers=min(max_workers, len(transports)),
                             thread_name_prefix="kdeploy-facts") as ex:
         futs = {n: ex.submit(gather, t, paths=per(paths, n), units=per(units, n), ports=per(ports, n),
@@ -89,6 +95,35 @@ def gather_all(transports: Mapping[str, object], *, paths: Sequence[str] | Mappi
                 failed[n] = e.message
             except Exception as e:  # noqa: BLE001
                 failed[n] = f"{type(e).__name__}: {e}"
+    if failed:
+        raise TransportError(
+            f"cannot gather facts of {len(failed)} host(s): " + ", ".join(sorted(failed)) + "\n"
+            + "\n".join(f"  {n}: {failed[n]}" for n in sorted(failed)))
+    return out
+
+
+def _gather_group(group, transports, *, paths, units, ports, etcdctl) -> dict[str, HostFacts]:
+    args = {n: (list(dict.fromkeys(paths[n])), list(dict.fromkeys(units[n])), list(ports[n]))
+            for n in transports}
+    scripts = {n: P.build_script(*args[n], etcdctl.get(n)) for n in transports}
+    t0 = time.time()
+    results = group.run_many(scripts, timeout=60)
+    t1 = time.time()
+    out: dict[str, HostFacts] = {}
+    failed: dict[str, str] = {}
+    for n in transports:
+        r = results.get(n)
+        try:
+            if isinstance(r, KdeployError):
+                raise r
+            if r is None or r.rc != 0:
+                raise TransportError(f"host {n}: the facts script failed"
+                                     + (f" (exit code {r.rc}): {r.err[-500:]}" if r is not None else ""))
+            out[n] = parse_output(n, r.stdout.decode("utf-8", "replace"), paths=args[n][0],
+                                  units=args[n][1], ports=args[n][2], local_time=(t0 + t1) / 2,
+                                  rtt=t1 - t0)
+        except KdeployError as e:
+            failed[n] = e.message
     if failed:
         raise TransportError(
             f"cannot gather facts of {len(failed)} host(s): " + ", ".join(sorted(failed)) + "\n"

@@ -61,6 +61,7 @@ from kdeploy.transport.base import (
 log = logging.getLogger("kdeploy.transport.ansible")
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+UPLOAD_DIR = "/var/lib/kdeploy"   # apply: a step's binaries (one tar, 0600) until placed
 # Debian's python3 on the targets; not "auto": discovery may pick a user's shim (pyenv) first
 DEFAULT_REMOTE_PYTHON = "/usr/bin/python3"
 # playbooks/ lives at the repo root; kdeploy/playbooks is a symlink to it, which wheels ship as
@@ -69,6 +70,10 @@ PLAYBOOKS = Path(os.environ.get("KDEPLOY_PLAYBOOKS")
                  or Path(__file__).resolve().parent.parent / "playbooks")
 CONTROL_PERSIST = "60s"
 _FILE_NOT_FOUND = "File not found"
+
+
+class _BinaryOutput(Exception):
+    """run(): the command's output is not text; run again with the exact-bytes capture."""
 
 
 # --- typed results ---------------------------------------------------------------------------
@@ -303,6 +308,11 @@ class AnsibleTransport:
         name, address, settings = ssh_kwargs(cluster, host)
         return cls(name, address, **settings, **kw)
 
+    @staticmethod
+    def group_of(transports) -> "AnsibleGroup":
+        """kdeploy.transport.pool.group_of: these transports in one run per call."""
+        return AnsibleGroup(transports)
+
     def __repr__(self) -> str:
         return f"AnsibleTransport({self.host!r}, {self.user}@{self.address}:{self.port})"
 
@@ -485,6 +495,16 @@ class AnsibleTransport:
     # --- Transport protocol ----------------------------------------------------------------
     def run(self, cmd: str | Sequence[str], *, input: bytes | None = None,
             timeout: float | None = 300, check: bool = True, secret: bool = False) -> CommandResult:
+        try:
+            return self._run(cmd, input=input, timeout=timeout, check=check, secret=secret)
+        except _BinaryOutput:
+            # the command module cannot return bytes that are not UTF-8 (an etcd value, a
+            # snapshot): run it again with its output captured on the host and read back exact
+            return self._run(cmd, input=input, timeout=timeout, check=check, secret=secret,
+                             exact=True)
+
+    def _run(self, cmd: str | Sequence[str], *, input: bytes | None, timeout: float | None,
+             check: bool, secret: bool, exact: bool = False) -> CommandResult:
         shown = display(cmd, secret)
         argv = run_argv(cmd)
         files: dict[str, bytes] = {}
@@ -496,7 +516,7 @@ class AnsibleTransport:
                 files["kd_stdin_file"] = base64.b64encode(input)
                 argv = b64_stdin_wrap(argv)
         capture = ""
-        if secret:
+        if secret or exact:
             capture = f"/tmp/.kdeploy-out-{_secrets.token_hex(16)}"
             argv = capture_wrap(argv, capture)
         ev = {"kd_argv": argv, "kd_stdin_file": "", "kd_timeout": int(timeout or 0),
@@ -507,9 +527,12 @@ class AnsibleTransport:
         res = call.results.get("run") or {}
         command_failed = (step is not None and step.status == "failed" and not secret
                           and isinstance(res.get("rc"), int) and bad is step)
+        if (not secret and not exact and bad is not None
+                and "surrogates not allowed" in (bad.msg or "")):
+            raise _BinaryOutput()
         if step is None or (bad is not None and not command_failed):
             raise self._fail(call, "run.yml", shown, secret=secret)
-        if secret:
+        if secret or exact:
             got = call.results.get("read captured output") or {}
             try:
                 rc, out, err = parse_capture(base64.b64decode(got.get("content", "")))
@@ -624,3 +647,336 @@ def ansible_factory(cluster, host) -> AnsibleTransport:
     except BaseException:
         t.close()
         raise
+
+
+# --- many hosts in one run: facts, and the engine's batch hook ---------------------------------
+
+class AnsibleGroup:
+    """Several AnsibleTransports driven by ONE ansible-runner run per call (hosts in parallel,
+    Ansible forks): `run_many` (the facts script on every host) and `apply` (the engine's batch
+    hook, kdeploy.execute.batch.BatchApplier: a step's work on every host of a batch).
+
+    Same properties as the single-host calls: a fresh private data dir (0700) per run, removed
+    when it returns; per-host data as 0600 files there, deleted right after the run; every
+    string base64 in the (JSON) inventory's host vars; no event written to disk; each host's
+    own ssh ControlMaster (opened by its transport's connect) reused."""
+
+    def __init__(self, transports: Mapping[str, "AnsibleTransport"]):
+        if not transports or not all(isinstance(t, AnsibleTransport) for t in transports.values()):
+            raise TypeError("AnsibleGroup needs AnsibleTransports")
+        self.t = dict(transports)
+        self._root: Path | None = None
+        self._lock = threading.Lock()
+        self.last_call_seconds: float | None = None
+
+    @classmethod
+    def of(cls, transports: Mapping[str, Any]) -> "AnsibleGroup | None":
+        """The group of these transports, or None unless every one is an AnsibleTransport."""
+        if transports and all(isinstance(t, AnsibleTransport) for t in transports.values()):
+            return cls(transports)
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            root, self._root = self._root, None
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def __del__(self):  # a group never closed leaves nothing behind
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _ensure_root(self) -> Path:
+        with self._lock:
+            if self._root is None:
+                root = Path(tempfile.mkdtemp(prefix="kdeploy-ansible-group-"))
+                os.chmod(root, 0o700)
+                _write_private(root / "ansible.cfg", "# kdeploy: no user/site ansible.cfg\n")
+                self._root = root
+            return self._root
+
+    def inventory(self, hostvars: Mapping[str, Mapping[str, Any]]) -> dict:
+        """The hosts' inventory (their transports' connection vars, each host's own ssh
+        ControlPath) with `hostvars` (base64) added. Pure but for the transports' data dirs."""
+        hosts: dict[str, Any] = {}
+        for name, hv in hostvars.items():
+            t = self.t[name]
+            entry = dict(t.inventory()["all"]["hosts"][name])
+            if t.control_persist:
+                entry["ansible_control_path"] = str(t._ensure_root() / "cp" / "cm")
+            entry.update(_b64_tree(dict(hv)))
+            hosts[name] = entry
+        return {"all": {"hosts": hosts}}
+
+    def play(self, playbook: str, hostvars: Mapping[str, Mapping[str, Any]],
+             files: Mapping[str, Mapping[str, bytes]] | None = None, *,
+             on_event: Callable[[dict], None] | None = None,
+             cancel: Callable[[], bool] | None = None) -> dict[str, _Call]:
+        """Run playbooks/transport/<playbook> on the hosts of `hostvars`; `files[host][name]`
+        are written 0600 into the run's private data dir and given as host var `name`.
+        {host: _Call} (steps and results of that host)."""
+        import ansible_runner
+
+        first = next(iter(self.t.values()))
+        pb = first.playbooks / "transport" / playbook
+        if not pb.is_file():
+            raise TransportError(f"playbook {pb} is missing",
+                                 "reinstall kdeploy (its package ships playbooks/ as "
+                                 "kdeploy/playbooks) or point KDEPLOY_PLAYBOOKS at a copy")
+        root = self._ensure_root()
+        call_dir = Path(tempfile.mkdtemp(prefix="call-", dir=root))  # 0700
+        calls = {h: _Call() for h in hostvars}
+        t0 = time.monotonic()
+        written: list[Path] = []
+        try:
+            kd = call_dir / "kd"
+            kd.mkdir(mode=0o700)
+            (call_dir / "tmp").mkdir(mode=0o700)
+            hv_all: dict[str, dict] = {}
+            for i, (h, hv) in enumerate(hostvars.items()):
+                hv = dict(hv)
+                for name, data in ((files or {}).get(h) or {}).items():
+                    p = _write_private(kd / f"{i}-{name}", data)
+                    written.append(p)
+                    hv[name] = str(p)
+                hv_all[h] = hv
+            _write_private(call_dir / "inventory.json", json.dumps(self.inventory(hv_all)))
+
+            def handler(event: dict) -> bool:
+                if on_event is not None:
+                    try:
+                        on_event(event)
+                    except Exception:
+                        log.exception("on_event listener failed")
+                m = event_to_step(event)
+                if m is not None:
+                    step, res = m
+                    c = calls.get(step.host)
+                    if c is not None:
+                        c.steps.append(step)
+                        c.results[step.task] = res
+                        t = self.t.get(step.host)
+                        if t is not None and t.on_step is not None:
+                            try:
+                                t.on_step(step)
+                            except Exception:
+                                log.exception("on_step listener failed")
+                return False  # never write events (command output, file contents) to disk
+
+            env = first.envvars(root, call_dir)
+            env["ANSIBLE_FORKS"] = str(max(1, min(32, len(hostvars))))
+            try:
+                r = ansible_runner.run(
+                    private_data_dir=str(call_dir), project_dir=str(first.playbooks),
+                    playbook=f"transport/{playbook}", inventory=str(call_dir / "inventory.json"),
+                    envvars=env, event_handler=handler,
+                    cancel_callback=cancel or (lambda: False),
+                    suppress_env_files=True, quiet=True, json_mode=False,
+                    settings={"suppress_ansible_output": True})
+            except Exception as e:  # ansible-runner itself (config, missing binary)
+                raise TransportError(f"ansible-runner could not run {playbook} on "
+                                     f"{', '.join(hostvars)}: {type(e).__name__}: {e}") from None
+            finally:
+                for p in written:  # secrets: deleted right after the run
+                    try:
+                        os.unlink(p)
+                    except FileNotFoundError:
+                        pass
+            tail = ""
+            if any(not c.steps or c.failed_step() for c in calls.values()):
+                tail = _tail(call_dir / "artifacts")
+            for c in calls.values():
+                c.status, c.rc, c.stdout_tail = r.status, r.rc, tail
+        finally:
+            shutil.rmtree(call_dir, ignore_errors=True)
+            self.last_call_seconds = time.monotonic() - t0
+            for c in calls.values():
+                c.seconds = self.last_call_seconds
+            log.debug("%s on %d host(s) in %.2fs", playbook, len(hostvars), self.last_call_seconds)
+        return calls
+
+    # --- many commands ------------------------------------------------------------------------
+    def run_many(self, cmds: Mapping[str, str | Sequence[str]], *, timeout: float | None = 300
+                 ) -> dict[str, CommandResult | TransportError]:
+        """One (non-secret, no stdin) command per host, all in one run: {host: result or the
+        TransportError of that host}. Exit codes are results, not errors."""
+        hv = {h: {"kd_argv": run_argv(c), "kd_stdin_file": "", "kd_timeout": int(timeout or 0),
+                  "kd_no_log": False, "kd_capture": ""} for h, c in cmds.items()}
+        calls = self.play("run.yml", hv)
+        out: dict[str, CommandResult | TransportError] = {}
+        for h, call in calls.items():
+            t = self.t[h]
+            shown = display(cmds[h])
+            step, bad = call.step("run"), call.failed_step()
+            res = call.results.get("run") or {}
+            if step is None or (bad is not None and not (bad is step and isinstance(res.get("rc"), int))):
+                out[h] = t._fail(call, "run.yml", shown)
+                continue
+            out[h] = CommandResult(shown, res["rc"] if isinstance(res.get("rc"), int) else 0,
+                                   str(res.get("stdout", "")).encode("utf-8", "surrogateescape"),
+                                   str(res.get("stderr", "")).encode("utf-8", "surrogateescape"))
+        return out
+
+    # --- the engine's batch hook -------------------------------------------------------------
+    def apply(self, work: Mapping[str, Any], *, emit: Callable[[dict], None] = lambda e: None,
+              stop: Callable[[], bool] = lambda: False, step: str = "") -> dict[str, str]:
+        """kdeploy.execute.batch.BatchApplier: every host's HostWork in ONE run of apply.yml.
+        {host: error} of the hosts that failed."""
+        first = next(iter(self.t.values()))
+        source = (first.playbooks / "transport" / "apply.py").read_text()
+        hostvars, files, tars = {}, {}, {}
+        for h, w in work.items():
+            hostvars[h], files[h], members = apply_vars(w, source)
+            if members:
+                tars.setdefault(tuple(members), []).append(h)
+        gate_of = {h: w.gates for h, w in work.items()}
+        tar_dir = Path(tempfile.mkdtemp(prefix="tar-", dir=self._ensure_root())) if tars else None
+        try:
+            for i, (members, hosts) in enumerate(tars.items()):
+                path = tar_dir / f"{i}.tar"
+                write_tar(path, members)
+                for h in hosts:
+                    hostvars[h]["kd_tar"] = str(path)
+            return self._apply(work, hostvars, files, gate_of, emit=emit, stop=stop, step=step)
+        finally:
+            if tar_dir is not None:
+                shutil.rmtree(tar_dir, ignore_errors=True)
+
+    def _apply(self, work, hostvars, files, gate_of, *, emit, stop, step) -> dict[str, str]:
+
+        def on_event(event: dict) -> None:
+            if event.get("event") != "runner_on_start":
+                return
+            d = event.get("event_data") or {}
+            h, task = str(d.get("host", "")), str(d.get("task", ""))
+            if task == "gates":
+                for g in gate_of.get(h, ()):
+                    emit({"event": "gate", "host": h, "phase": step, "what": g.what})
+            elif task in ("binaries", "ops"):
+                emit({"event": "ansible-task", "host": h, "phase": step, "task": task})
+
+        calls = self.play("apply.yml", hostvars, files, on_event=on_event, cancel=stop)
+        failed: dict[str, str] = {}
+        for h, call in calls.items():
+            bad = call.failed_step()
+            if bad is None and call.steps:
+                continue
+            if bad is not None and bad.task in ("ops", "gates"):
+                msg = _applier_error(call.results.get(bad.task) or {})
+                if msg:
+                    failed[h] = f"{self.t[h].where}: {msg}"
+                    continue
+            if bad is None and stop():
+                failed[h] = f"{self.t[h].where}: interrupted"
+                continue
+            failed[h] = self.t[h]._fail(call, "apply.yml", f"step {step}").message
+        return failed
+
+
+def _applier_error(res: Mapping) -> str:
+    """The error apply.py printed (its last JSON line), '' when there is none."""
+    for line in reversed(str(res.get("stdout", "")).splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(d, dict) and d.get("ok") is False:
+                return str(d.get("error", ""))
+    return ""
+
+
+def write_tar(path: Path, members: Sequence[tuple[str, str]]) -> None:
+    """An uncompressed tar (0600) of local files under the given member names."""
+    import tarfile
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w:", format=tarfile.GNU_FORMAT) as tar:
+        for name, local in members:
+            try:
+                ti = tar.gettarinfo(local, arcname=name)
+                ti.uid = ti.gid = 0
+                ti.uname = ti.gname = "root"
+                with open(local, "rb") as src:
+                    tar.addfile(ti, src)
+            except OSError as e:
+                raise TransportError(f"local file to upload not readable: {local} ({e.strerror})",
+                                     "check the artifact directory (kdeploy artifacts verify DIR)") from None
+
+
+def applier_script(source: str, bundle: Mapping) -> bytes:
+    """apply.py with its BUNDLE appended (base64 JSON: no quoting issue, never templated)."""
+    data = base64.b64encode(json.dumps(bundle).encode()).decode("ascii")
+    return (source.rstrip("\n") + f'\n\nBUNDLE = json.loads(base64.b64decode("{data}"))\n'
+            "sys.exit(main(BUNDLE))\n").encode()
+
+
+def apply_vars(w, source: str) -> tuple[dict, dict[str, bytes], list[tuple[str, str]]]:
+    """(host vars, private files, tar members) of a kdeploy.execute.batch.HostWork for
+    apply.yml. The ops script holds file contents (secrets too): it only ever travels as a
+    0600 file. Tar members: (name, local artifact) of the binaries, in the ops' order."""
+    ops = []
+    members: list[tuple[str, str]] = []
+    for o in w.ops:
+        d: dict[str, Any] = {"kind": o.kind}
+        if o.kind == "binary":
+            member = str(len(members))
+            members.append((member, str(Path(o.local_path).resolve())))
+            d.update(path=o.path, member=member, sha256=o.sha256, mode=o.mode)
+            ops.append(d)
+            continue
+        if o.kind in ("file", "mode", "block"):
+            d["path"] = o.path
+        if o.kind in ("file", "block"):
+            d["content"] = base64.b64encode(o.content).decode("ascii")
+        if o.kind in ("file", "mode"):
+            d.update(mode=o.mode, owner=o.owner, group=o.group)
+        if o.kind == "block":
+            d.update(begin=o.begin, end=o.end)
+        if o.kind == "run":
+            d.update(argv=list(o.argv), timeout=o.timeout, check=o.check, key=o.key, lock=o.lock)
+        ops.append(d)
+    from kdeploy.execute.journal import PATH as JOURNAL
+    files: dict[str, bytes] = {}
+    tar_dest = f"{UPLOAD_DIR}/.upload-{_secrets.token_hex(8)}.tar" if members else ""
+    if ops or w.journal_add:
+        files["kd_ops"] = applier_script(source, {
+            "mode": "ops", "ops": ops, "tar": tar_dest,
+            "journal": {"path": JOURNAL, "add": sorted(w.journal_add),
+                        "done": sorted(w.journal_done), "known": sorted(w.known)}})
+    if w.gates:
+        files["kd_gates"] = applier_script(source, {
+            "mode": "gates",
+            "gates": [{"cmd": g.cmd, "timeout": g.timeout, "what": g.what} for g in w.gates]})
+    hv = {"kd_ops": "", "kd_gates": "", "kd_tar": "", "kd_tar_dest": tar_dest}
+    return hv, files, members
+
+
+def _connect_many(cluster, hosts) -> tuple[dict[str, AnsibleTransport], dict[str, KdeployError]]:
+    """kdeploy.transport.pool.connect_each for ansible_factory: every host checked with ONE run
+    (`true` on each; it also opens each host's ssh ControlMaster)."""
+    ts = {}
+    for h in hosts:
+        t = AnsibleTransport.from_cluster(cluster, h)
+        ts[t.host] = t
+    ok: dict[str, AnsibleTransport] = {}
+    failed: dict[str, KdeployError] = {}
+    try:
+        res = AnsibleGroup(ts).run_many({h: ["true"] for h in ts}, timeout=60)
+    except BaseException:
+        for t in ts.values():
+            t.close()
+        raise
+    for h, r in res.items():
+        if isinstance(r, KdeployError) or r.rc != 0:
+            failed[h] = r if isinstance(r, KdeployError) else ts[h]._error(
+                f"`true` exited {r.rc}", "check the ssh user's shell")
+            ts[h].close()
+        else:
+            ok[h] = ts[h]
+    return ok, failed
+
+
+ansible_factory.connect_many = _connect_many

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from kdeploy.errors import KdeployError, TransportError
 from kdeploy.transport.base import Transport
@@ -50,6 +50,9 @@ def connect_each(cluster, hosts: Iterable | None = None, *, factory: Factory = s
     failed: dict[str, KdeployError] = {}
     if not hs:
         return ok, failed
+    many = getattr(factory, "connect_many", None)
+    if many is not None:  # e.g. ansible: every host checked in one run
+        return many(cluster, hs)
     with ThreadPoolExecutor(max_workers=min(max_workers, len(hs)),
                             thread_name_prefix="kdeploy-connect") as ex:
         futs = {h.name: ex.submit(factory, cluster, h) for h in hs}
@@ -75,6 +78,39 @@ def connect_all(cluster, hosts: Iterable | None = None, *, factory: Factory = ss
         close_all(ok)
         raise UnreachableHosts(failed)
     return ok
+
+
+def group_of(transports: dict[str, Transport]):
+    """An object driving all these transports in one call per operation (`run_many`, `apply`:
+    kdeploy.execute.batch.BatchApplier) when their class offers one (ansible: AnsibleGroup, one
+    ansible-runner run for all hosts); None otherwise (ssh: a thread per host is as fast)."""
+    if not transports:
+        return None
+    kinds = {type(t) for t in transports.values()}
+    if len(kinds) != 1:
+        return None
+    make = getattr(kinds.pop(), "group_of", None)
+    return make(transports) if make is not None else None
+
+
+def run_many(transports: Mapping[str, Transport], cmds: Mapping[str, object], *,
+             timeout: float | None = 300) -> dict[str, object]:
+    """One command per host, hosts in parallel: {host: CommandResult, or the KdeployError of
+    that host}. A non-zero exit is a result, not an error. One call for all hosts when the
+    transports can (group_of: ansible, one run); else a thread per host."""
+    if not cmds:
+        return {}
+    group = group_of({h: transports[h] for h in cmds})
+    if group is not None:
+        return group.run_many(cmds, timeout=timeout)
+
+    def one(h):
+        try:
+            return transports[h].run(cmds[h], timeout=timeout, check=False)
+        except KdeployError as e:
+            return e
+    with ThreadPoolExecutor(max_workers=min(32, len(cmds))) as ex:
+        return dict(zip(cmds, ex.map(one, cmds)))
 
 
 def close_all(transports: dict[str, Transport]) -> None:

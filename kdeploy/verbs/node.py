@@ -182,9 +182,10 @@ def run_remove(cluster: Cluster, names: list[str], transports: Mapping, *, artif
             from kdeploy.execute.engine import Engine
             from kdeploy.plan.desired import roles_of
             roles = {**roles_of(stay), **{n: set() for n in names}}
-            engine = Engine(desired, {**kept, **{n: transports[n] for n in names if n in transports}},
-                            roles=roles, gates=gates(stay), emit=record.tee(emit),
-                            api_runner=api_runner(stay, kept))
+            from kdeploy.transport.pool import group_of
+            used = {**kept, **{n: transports[n] for n in names if n in transports}}
+            engine = Engine(desired, used, roles=roles, gates=gates(stay), emit=record.tee(emit),
+                            api_runner=api_runner(stay, kept), batch=group_of(used))
             engine.apply(p, remove_steps(cluster, stay, names, removal, up_steps(dep, kept)))
             forget(dep.state_dir, names, cluster)
             out.removed = list(names)

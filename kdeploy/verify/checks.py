@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -24,6 +23,9 @@ class CheckResult:
     ok: bool
     detail: str = ""
     seconds: float = 0.0
+
+
+MARK = "@@kdeploy-host "   # kubelet_anonymous_refused: one section per host in one call's output
 
 
 class Verifier:
@@ -55,15 +57,18 @@ class Verifier:
 
     # -- checks --------------------------------------------------------------------------------
     def units_active(self) -> tuple[bool, str]:
-        def one(name):
-            units = [u.name for u in self.desired[name].units]
-            r = self.t[name].run(["systemctl", "is-active", *units], check=False)
-            states = r.out.split()
-            bad = [f"{u}={s}" for u, s in zip(units, states) if s != "active"]
-            return name, bad
+        from kdeploy.transport.pool import run_many
+        units = {name: [u.name for u in self.desired[name].units] for name in self.desired}
+
         def probe():
-            with ThreadPoolExecutor(max_workers=len(self.t)) as ex:
-                res = list(ex.map(one, self.desired))
+            # every host in one call where the transport can (ansible: one run)
+            got = run_many(self.t, {n: ["systemctl", "is-active", *units[n]] for n in self.desired})
+            res = []
+            for name, r in got.items():
+                if isinstance(r, KdeployError):
+                    raise r
+                states = r.out.split()
+                res.append((name, [f"{u}={s}" for u, s in zip(units[name], states) if s != "active"]))
             bad = [f"{h}: {', '.join(b)}" for h, b in res if b]
             n = sum(len(self.desired[h].units) for h in self.desired)
             return (not bad, "; ".join(bad) if bad else f"{n} units active on {len(res)} hosts")
@@ -214,9 +219,11 @@ class Verifier:
         control-plane host: must get 401/403. python3 when the host has it; else kubectl with
         credentials the kubelet does not accept (kubectl cannot send none without prompting)."""
         bad, codes = [], {}
+        parts = []
         for h in self.c.hosts:
             url = f"https://{h.address}:{defaults.KUBELET_PORT}/pods"
-            script = (
+            parts.append(
+                f"echo {MARK}{h.name}\n"
                 "if command -v python3 >/dev/null; then python3 - <<'EOF'\n"
                 "import ssl, urllib.request, urllib.error\n"
                 "try:\n"
@@ -224,11 +231,23 @@ class Verifier:
                 "    print('HTTP 200')\n"
                 "except urllib.error.HTTPError as e:\n"
                 "    print('HTTP', e.code)\n"
+                "except Exception as e:\n"
+                "    print(type(e).__name__, e)\n"
                 "EOF\n"
                 f"else {defaults.BIN_DIR}/kubectl --kubeconfig=/dev/null --server={url.rsplit('/', 1)[0]} "
                 "--insecure-skip-tls-verify --token=not-a-credential get --raw /pods </dev/null 2>&1; fi")
-            r = self.cp.run(script, check=False, timeout=30)
-            text = (r.out + r.err).strip()
+        # every kubelet from one call (one ansible run with --transport ansible)
+        r = self.cp.run("\n".join(parts), check=False, timeout=30 + 15 * len(parts))
+        answers: dict[str, list[str]] = {}
+        cur = None
+        for line in (r.out + "\n" + r.err).splitlines():
+            if line.startswith(MARK):
+                cur = line[len(MARK):].strip()
+                answers[cur] = []
+            elif cur is not None:
+                answers[cur].append(line)
+        for h in self.c.hosts:
+            text = "\n".join(answers.get(h.name, [])).strip()
             code = next((c for c in ("401", "403") if f"HTTP {c}" in text or
                          ("Unauthorized" in text and c == "401") or ("Forbidden" in text and c == "403")), None)
             if code is None:
@@ -259,8 +278,8 @@ class Verifier:
     def secrets_encrypted(self) -> tuple[bool, str]:
         eps = f"--endpoints=https://127.0.0.1:{defaults.ETCD_CLIENT_PORT}"
         r = self.etcd_host.run(self._etcdctl(eps, "get", f"/registry/secrets/{NAMESPACE}/probe",
-                                             "--print-value-only"), check=False)
-        raw = r.stdout
+                                             "--print-value-only"), check=False, secret=True)
+        raw = r.stdout  # a Secret's stored bytes (encrypted, or the leak): never logged
         ok = raw.startswith(b"k8s:enc:") and b"kdeploy-verify-plaintext-marker" not in raw
         prefix = b":".join(raw.split(b":")[:3]) + b":" if ok else b""  # k8s:enc:<provider>:
         return ok, (prefix.decode(errors="replace") + "... (encrypted)"
