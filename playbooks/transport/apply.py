@@ -39,8 +39,8 @@ class Failed(Exception):
     pass
 
 
-def place_member(tar, member, path, mode, sha256):
-    """A binary from the upload tar: temp file beside path, sha256 checked, rename."""
+def fresh_tmp(path):
+    """The temp file beside path (parent dirs created 0755), a leftover removed: never reused."""
     d = os.path.dirname(path)
     os.makedirs(d, mode=0o755, exist_ok=True)
     tmp = os.path.join(d, "." + os.path.basename(path) + TMP_SUFFIX)
@@ -48,6 +48,12 @@ def place_member(tar, member, path, mode, sha256):
         os.unlink(tmp)
     except FileNotFoundError:
         pass
+    return tmp
+
+
+def place_member(tar, member, path, mode, sha256):
+    """A binary from the upload tar: temp file beside path, sha256 checked, rename."""
+    tmp = fresh_tmp(path)
     src = tar.extractfile(member)
     if src is None:
         raise Failed("binary %s: missing from the upload" % path)
@@ -78,13 +84,7 @@ def place_member(tar, member, path, mode, sha256):
 
 
 def write_atomic(path, data, mode, owner="root", group="root"):
-    d = os.path.dirname(path)
-    os.makedirs(d, mode=0o755, exist_ok=True)
-    tmp = os.path.join(d, "." + os.path.basename(path) + TMP_SUFFIX)
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
+    tmp = fresh_tmp(path)
     try:
         uid, gid = pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid
     except KeyError as e:

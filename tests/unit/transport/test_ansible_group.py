@@ -2,7 +2,6 @@
 hook), against a throwaway sshd on 127.0.0.1 (two inventory hosts on it), and apply.py, the
 applier the batch runs on each host."""
 import hashlib
-import importlib.util
 import json
 import os
 import stat
@@ -18,14 +17,7 @@ from kdeploy.transport.pool import group_of, run_many
 from .sshd import start_sshd
 from .test_ansible import REAL_REASON, _files_under, real
 
-APPLY_PY = Path(__file__).resolve().parents[3] / "playbooks" / "transport" / "apply.py"
-
-
-def applier():
-    spec = importlib.util.spec_from_file_location("kdeploy_apply_py", APPLY_PY)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.unit.execute.test_batch import APPLY_PY, applier  # noqa: E402,F401 (apply.py as a module)
 
 
 # --- pure ------------------------------------------------------------------------------------
