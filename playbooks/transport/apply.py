@@ -29,7 +29,7 @@ import os
 import pwd
 import shlex
 import subprocess
-import sys
+import sys  # noqa: F401 (used by the appended bundle: sys.exit(main(BUNDLE)))
 import time
 
 TMP_SUFFIX = ".kdeploy-tmp"
