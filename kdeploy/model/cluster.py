@@ -159,6 +159,9 @@ class KubeletSettings(_Base):
     # ending in "/*"): the kubelet uses a present copy without checking pull credentials, like
     # the images kdeploy imports (kdeploy.render.images, docs/artifacts.md)
     preloaded_images: tuple[str, ...] = ()
+    # the kubelet's hard eviction thresholds (signal -> quantity or percentage), replacing its
+    # defaults when set; e.g. machines that share one disk judge it together (the local lab)
+    eviction_hard: dict[str, str] | None = None
 
 
 class ArtifactSettings(_Base):

@@ -27,6 +27,12 @@ class Problem:
         return f"{self.field}: {self.message}" + (f" ({self.hint})" if self.hint else "")
 
 
+# the kubelet's eviction signals (KubeletConfiguration evictionHard)
+EVICTION_SIGNALS = ("memory.available", "nodefs.available", "nodefs.inodesFree", "imagefs.available",
+                    "imagefs.inodesFree", "containerfs.available", "containerfs.inodesFree", "pid.available")
+EVICTION_VALUE = re.compile(r"(\d+(\.\d+)?%|\d+(\.\d+)?(Ki|Mi|Gi|Ti|k|M|G|T)?)")
+
+
 def is_dns_subdomain(name: str) -> bool:
     """RFC 1123 subdomain, as Kubernetes node names must be."""
     return 0 < len(name) <= 253 and all(_LABEL.match(p) for p in name.split("."))
@@ -279,6 +285,13 @@ def check_cluster(c: Cluster, line_for: Callable[[tuple], int | None] = lambda p
                 "a full image name with its registry, without tag or digest "
                 "(registry.example.com/team/app), or a prefix ending in '/*' "
                 "(registry.example.com/team/*)")
+    for signal, value in (c.spec.kubelet.eviction_hard or {}).items():
+        if signal not in EVICTION_SIGNALS:
+            err(("spec", "kubelet", "evictionHard", signal), f"unknown eviction signal '{signal}'",
+                "one of " + ", ".join(EVICTION_SIGNALS))
+        elif not EVICTION_VALUE.fullmatch(str(value)):
+            err(("spec", "kubelet", "evictionHard", signal), f"'{value}' is not a quantity or a percentage",
+                "e.g. 500Mi, 1Gi or 10%")
     if not c.spec.kubelet.fail_cgroup_v1:
         warn(("spec", "kubelet", "failCgroupV1"),
              "kubelet will run on cgroup v1 hosts (deprecated upstream)",

@@ -176,6 +176,7 @@ def _build(cluster: Cluster, images: Images | None = None) -> ClusterContext:
             "cgroup_driver": cluster.spec.container_runtime.cgroup_driver,
             "fail_cgroup_v1": cluster.spec.kubelet.fail_cgroup_v1,
             "max_pods": cluster.spec.kubelet.max_pods,
+            "eviction_hard": dict(cluster.spec.kubelet.eviction_hard or {}),
             "pod_pids_limit": defaults.KUBELET_POD_PIDS_LIMIT,
             "resolv_conf": RESOLV_CONF,
             # images the kubelet uses when present without checking pull credentials (even

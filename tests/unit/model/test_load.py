@@ -307,3 +307,13 @@ def test_preloaded_images_bad_pattern_is_named_with_its_index(write_inv, pattern
     e = error_of(write_inv, doc(spec__kubelet={"preloadedImages": ["ok.example.com/x", pattern]}))
     assert "spec.kubelet.preloadedImages[1]" in e.message and why in e.message, e.message
     assert "/*" in e.hint or "/*" in e.message
+
+
+def test_kubelet_eviction_thresholds_load_and_bad_ones_are_named(write_inv):
+    c, _ = load_inventory(write_inv(doc(spec__kubelet={"evictionHard": {
+        "imagefs.available": "1Gi", "nodefs.available": "5%"}})))
+    assert c.spec.kubelet.eviction_hard == {"imagefs.available": "1Gi", "nodefs.available": "5%"}
+    e = error_of(write_inv, doc(spec__kubelet={"evictionHard": {"disk.free": "1Gi"}}))
+    assert "spec.kubelet.evictionHard.disk.free" in e.message and "unknown eviction signal" in e.message
+    e = error_of(write_inv, doc(spec__kubelet={"evictionHard": {"imagefs.available": "lots"}}))
+    assert "'lots' is not a quantity or a percentage" in e.message and "1Gi" in e.hint

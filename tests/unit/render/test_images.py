@@ -148,3 +148,15 @@ def test_contexts_of_one_cluster_with_other_images_do_not_mix():
     assert im.pause in b["/etc/containerd/config.toml"]
     assert _files(render_host(c, h)) == a
     assert isinstance(im, Images) and hash(im) == hash(Images(**{**im.__dict__}))
+
+
+def test_eviction_thresholds_reach_the_kubelet_config_only_when_set():
+    """The lab's machines share one disk: its inventory replaces the kubelet's percentage
+    thresholds (which every node would cross at once) with small absolute ones."""
+    c = load_sample("cluster")
+    kc = yaml.safe_load(_files(render_host(c, c.hosts[0]))["/var/lib/kubelet/config.yaml"])
+    assert "evictionHard" not in kc
+    c2 = c.model_copy(update={"spec": c.spec.model_copy(update={"kubelet": c.spec.kubelet.model_copy(
+        update={"eviction_hard": {"imagefs.available": "1Gi", "memory.available": "100Mi"}})})})
+    kc = yaml.safe_load(_files(render_host(c2, c2.hosts[0]))["/var/lib/kubelet/config.yaml"])
+    assert kc["evictionHard"] == {"imagefs.available": "1Gi", "memory.available": "100Mi"}
