@@ -11,7 +11,6 @@ stack (uncordon what a hook cordoned) ran in reverse order.
 """
 from __future__ import annotations
 
-import shlex
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -99,11 +98,12 @@ class Engine:
             return
         from kdeploy.transport import blobs
         want: dict[str, object] = {}
+        targets: dict[str, set[str]] = {}
         for c in plan.changes:
             if c.kind == "binary":
-                b = next((x for x in self.desired[c.host].binaries if x.path == c.target), None)
-                if b is not None and b.sha256:
-                    want[b.sha256] = b.local_path
+                targets.setdefault(c.host, set()).add(c.target)
+        for h, paths in targets.items():
+            want.update({b.sha256: b.local_path for b in self.desired[h].binaries if b.path in paths})
         blobs.prewarm([(p, sha) for sha, p in want.items()])
 
     # -- the hooks' context ------------------------------------------------------------------

@@ -53,7 +53,12 @@ DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 _CHUNK = 1 << 18  # 256 KiB SFTP writes (paramiko splits into 32 KiB packets, pipelined)
 # compressed uploads streaming at once from this process: each costs deployer CPU (encryption
 # in paramiko); more would not send faster and would starve the live display and the gates
-STREAMS = threading.BoundedSemaphore(int(os.environ.get("KDEPLOY_UPLOAD_STREAMS", "8")))
+def _streams() -> int:
+    v = os.environ.get("KDEPLOY_UPLOAD_STREAMS", "8")
+    return int(v) if v.isdigit() and int(v) > 0 else 8  # a bad value is the default, not a traceback
+
+
+STREAMS = threading.BoundedSemaphore(_streams())
 
 
 class _Transient(Exception):

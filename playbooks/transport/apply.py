@@ -51,6 +51,14 @@ def fresh_tmp(path):
     return tmp
 
 
+def discard(tmp):
+    """Remove a temp file a failed write left (gone already is fine)."""
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
 def place_member(tar, member, path, mode, sha256):
     """A binary from the upload tar: temp file beside path, sha256 checked, rename."""
     tmp = fresh_tmp(path)
@@ -76,10 +84,7 @@ def place_member(tar, member, path, mode, sha256):
                          % (path, sha256, h.hexdigest()))
         os.rename(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        discard(tmp)
         raise
 
 
@@ -99,10 +104,7 @@ def write_atomic(path, data, mode, owner="root", group="root"):
             os.fchmod(f.fileno(), mode)
         os.rename(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        discard(tmp)
         raise
 
 

@@ -78,6 +78,14 @@ def inv(tmp_path):
     return p
 
 
+def _bare(inv):
+    """(cluster, deployment, bare fake hosts, the plan against them)."""
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = fakes_for(cluster, dep)
+    return cluster, dep, fakes, plan(dep.desired, run.gather(dep, fakes)[1])
+
+
 def _converge(dep, fakes, batch=None):
     from kdeploy.components import gates
     facts, observed = run.gather(dep, fakes)
@@ -136,11 +144,7 @@ def test_a_failed_host_fails_the_step_with_its_message_and_stops_the_run(inv):
 
 
 def test_host_ops_keep_the_engines_order_and_clear_only_what_ran(inv):
-    cluster, _ = load_inventory(inv)
-    dep = run.prepare(cluster, need_artifacts=False)
-    fakes = fakes_for(cluster, dep)
-    facts, observed = run.gather(dep, fakes)
-    p = plan(dep.desired, observed)
+    cluster, dep, fakes, p = _bare(inv)
     cp = cluster.control_plane[0].name
     changes = p.for_host_phase(cp, "control-plane")
     ops = host_ops(dep.desired[cp], changes)
@@ -167,11 +171,7 @@ def test_the_hosts_apply_block_is_the_planners():
 
 
 def test_host_work_carries_the_journal_of_the_runs(inv):
-    cluster, _ = load_inventory(inv)
-    dep = run.prepare(cluster, need_artifacts=False)
-    fakes = fakes_for(cluster, dep)
-    facts, observed = run.gather(dep, fakes)
-    p = plan(dep.desired, observed)
+    cluster, dep, fakes, p = _bare(inv)
     from kdeploy.execute.batch import host_work
     h = cluster.hosts[0].name
     changes = p.for_host_phase(h, "os")
@@ -182,11 +182,7 @@ def test_host_work_carries_the_journal_of_the_runs(inv):
 
 def test_rolling_step_with_hooks_runs_them_around_each_batch_and_gates_each_host(inv):
     from kdeploy.execute.steps import Hook, Policy, Step
-    cluster, _ = load_inventory(inv)
-    dep = run.prepare(cluster, need_artifacts=False)
-    fakes = fakes_for(cluster, dep)
-    facts, observed = run.gather(dep, fakes)
-    p = plan(dep.desired, observed)
+    cluster, dep, fakes, p = _bare(inv)
     seen = []
     workers = tuple(h.name for h in cluster.workers)
     step = Step("nodes", ("runtime", "images", "node"), Policy("batch", size=1), hosts=workers,
