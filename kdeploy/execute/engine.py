@@ -25,6 +25,13 @@ from kdeploy.execute.steps import SERIAL, Gate, Lanes, Step, converge_steps  # n
 from kdeploy.plan.resources import PHASES, Binary, Block, File, HostResources
 from kdeploy.transport.base import Transport
 
+UPLOADS_PER_HOST = 4
+
+
+def _work(plan: Plan, step: Step, host: str) -> int:
+    """A rough cost of a host's share of a step: an upload weighs ten other changes."""
+    return sum(10 if c.kind == "binary" else 1 for p in step.phases for c in plan.for_host_phase(host, p))
+
 Event = dict
 EventSink = Callable[[Event], None]
 
@@ -207,8 +214,12 @@ class Engine:
     def _batch(self, plan: Plan, step: Step, batch: list[str], pr: PhaseResult,
                per_host_gates: bool) -> None:
         ex = ThreadPoolExecutor(max_workers=min(self.parallel, len(batch)))
+        # the most work first: at most `parallel` hosts act at once, and a host added to a
+        # running cluster (its binaries, its units) must not queue behind many small changes
+        order = sorted(batch, key=lambda h: -_work(plan, step, h))
         try:
-            futs = {h: ex.submit(self._host_step, plan, step, h, per_host_gates) for h in batch}
+            futs = {h: ex.submit(self._host_step, plan, step, h, per_host_gates) for h in order}
+            futs = {h: futs[h] for h in batch}   # results (and failures) in the step's order
             for h, f in futs.items():
                 try:
                     f.result()
@@ -338,15 +349,17 @@ class Engine:
         blocks = {b.path: b for b in res.blocks}
         pending = {c.key() for c in changes if c.kind in ("unit-restart", "run")}  # journaled in apply()
         reload_needed = False
+        uploads = [c for c in changes if c.kind == "binary"]
         for c in changes:
             if self._stop.is_set():
                 raise ApplyError("interrupted", "run `kdeploy up` again")
+            if c.kind == "binary":
+                if c is uploads[0]:
+                    self._upload(host, phase, uploads)
+                continue
             self.emit({"event": "change", "host": host, "phase": phase, "kind": c.kind,
                        "target": c.target, "action": c.action})
-            if c.kind == "binary":
-                b: Binary = bins[c.target]
-                t.put_file(b.path, b.local_path, mode=b.mode, sha256=b.sha256)
-            elif c.kind == "file":
+            if c.kind == "file":
                 f: File = files[c.target]
                 t.put(f.path, f.content, mode=f.mode, owner=f.owner, group=f.group)
                 if "/systemd/system/" in f.path:
@@ -385,6 +398,28 @@ class Engine:
                 done.add(c.key())
         if pending:
             self._journal(t, host, remove=done)
+
+    def _upload(self, host: str, phase: str, uploads: list[Change]) -> None:
+        """A phase's binaries for one host, UPLOADS_PER_HOST at a time (the transport bounds the
+        streams of all hosts together): a host added to a running cluster is the only one
+        uploading, and one file after the other left its CPUs and the deployer's idle."""
+        t = self.t[host]
+        bins = {b.path: b for b in self.desired[host].binaries}
+        for c in uploads:
+            self.emit({"event": "change", "host": host, "phase": phase, "kind": c.kind,
+                       "target": c.target, "action": c.action})
+
+        def put(c: Change) -> None:
+            if self._stop.is_set():
+                raise ApplyError("interrupted", "run `kdeploy up` again")
+            b: Binary = bins[c.target]
+            t.put_file(b.path, b.local_path, mode=b.mode, sha256=b.sha256)
+        if len(uploads) == 1:
+            return put(uploads[0])
+        with ThreadPoolExecutor(max_workers=min(UPLOADS_PER_HOST, len(uploads))) as ex:
+            futures = [ex.submit(put, c) for c in uploads]
+        for f in futures:  # every upload has ended: the first failure, in plan order
+            f.result()
 
     def _journal(self, t: Transport, host: str, add: set[str] = frozenset(),
                  remove: set[str] = frozenset()):

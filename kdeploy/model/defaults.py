@@ -39,6 +39,7 @@ SYSTEMD_DIR = "/etc/systemd/system"
 AUDIT_LOG = "/var/log/kubernetes/audit.log"
 KDEPLOY_DIR = "/var/lib/kdeploy"
 KDEPLOY_LIB_DIR = "/usr/local/lib/kdeploy"   # files kdeploy installs outside the usual bin dirs
+POD_ROUTES_SCRIPT = f"{KDEPLOY_LIB_DIR}/pod-routes.sh"   # the routes kdeploy-pod-routes.service sets
 
 # hardening (docs/security.md)
 # TLS 1.2 suites of the apiserver, etcd and the kubelet: ECDHE key exchange and AEAD ciphers only

@@ -53,8 +53,16 @@ def _node_labels(cluster: Cluster, rendered: dict[str, HostResources]) -> File:
             labels["node-role.kubernetes.io/worker"] = ""
         if labels:
             nodes.append({"name": h.name, "labels": labels})
-    text = render("addons/node-labels.sh.j2", {"cluster_name": cluster.name, "nodes": nodes,
-                                                "kubectl": " ".join(KUBECTL_ADMIN)})
+    groups: dict[tuple, list[str]] = {}
+    for n in nodes:
+        groups.setdefault(tuple(sorted(n["labels"].items())), []).append(n["name"])
+    # nodes per kubectl: 5 = its burst of 10 requests (a get and a patch each); at most ~8 at once
+    chunk = max(5, -(-max(map(len, groups.values()), default=0) // 8))
+    text = render("addons/node-labels.sh.j2", {
+        "cluster_name": cluster.name, "nodes": nodes, "kubectl": " ".join(KUBECTL_ADMIN),
+        "chunk": chunk, "groups": [
+            {"labels": " ".join(f"{k}={v}" for k, v in key), "nodes": names,
+             "selector": ",".join(f"{k}={v}" for k, v in key)} for key, names in groups.items()]})
     return File(NODE_LABELS, text.encode(), "addons", mode=0o755, run_on_change=(("sh", NODE_LABELS),))
 
 

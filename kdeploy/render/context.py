@@ -111,6 +111,7 @@ def _build(cluster: Cluster, images: Images | None = None) -> ClusterContext:
         "cluster_name": cluster.name,
         "version": cluster.version,
         "bin_dir": defaults.BIN_DIR,
+        "pod_routes_script": defaults.POD_ROUTES_SCRIPT,
         "pki": pki,
         "network": {
             "pod_cidr": net.pod_cidr,

@@ -48,12 +48,14 @@ def finish_interrupted_cordons(dep, transports: Mapping, emit: Callable) -> None
         finish_cordons(ledger, api_runner(dep.cluster, transports), emit)
 
 
-def verify(dep, transports: Mapping, *, keep_workload: bool = False) -> list:
+def verify(dep, transports: Mapping, *, keep_workload: bool = False,
+           focus: tuple[str, ...] | None = None) -> list:
     """The checks of kdeploy.verify; the test workload runs the agnhost image of the artifact
-    set in use (dep.images) and is removed afterwards unless keep_workload."""
+    set in use (dep.images) and is removed afterwards unless keep_workload; with a focus, on
+    the nodes a run changed and one it did not (Verifier.workload_nodes)."""
     from kdeploy.verify.checks import Verifier
     return Verifier(dep.cluster, transports, dep.desired, workload_image=dep.images.agnhost,
-                    keep_workload=keep_workload).run()
+                    keep_workload=keep_workload, focus=focus).run()
 
 
 def up_steps(dep, transports: Mapping) -> tuple:
@@ -129,7 +131,9 @@ def run_up(cluster: Cluster, transports: Mapping, *, inventory, artifacts_dir: P
             out.admin = run.write_admin_kubeconfig(dep)
             if check and not p.empty:
                 t = time.monotonic()
-                out.checks = verify(dep, transports)
+                from kdeploy.verify.checks import node_stack_changed
+                # every cluster-wide check, and the workload on the nodes this run changed
+                out.checks = verify(dep, transports, focus=node_stack_changed(p))
                 tm["verify"] = time.monotonic() - t
             return out
         finally:

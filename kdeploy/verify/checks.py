@@ -26,13 +26,28 @@ class CheckResult:
 
 
 MARK = "@@kdeploy-host "   # kubelet_anonymous_refused: one section per host in one call's output
+NODE_UNITS = ("containerd", "kubelet", "kube-proxy")
+
+
+def node_stack_changed(plan) -> tuple[str, ...]:
+    """Hosts on which a run started or restarted their node stack (containerd, kubelet,
+    kube-proxy): a new node, or one whose runtime or kubelet changed. What `up` then verifies
+    the workload on; a change elsewhere (a block in /etc/hosts, the pod routes to a new node)
+    leaves the node's pods running."""
+    return tuple(dict.fromkeys(c.host for c in plan.changes
+                               if c.kind in ("unit-start", "unit-restart") and c.target in NODE_UNITS))
 
 
 class Verifier:
     def __init__(self, cluster: Cluster, transports: Mapping[str, Transport],
                  desired: Mapping[str, HostResources], *, workload_image: str,
-                 keep_workload: bool = False, timeout: float = 180.0):
+                 keep_workload: bool = False, timeout: float = 180.0,
+                 focus: tuple[str, ...] | None = None):
+        """focus: the hosts whose node stack the run changed (node_stack_changed); the test
+        workload then runs on those workers and one unchanged worker (pods across the old and
+        the new), not on every worker. None: on every worker (kdeploy verify)."""
         self.c = cluster
+        self.focus = focus
         self.t = transports
         self.desired = desired
         self.image = workload_image
@@ -154,13 +169,29 @@ class Verifier:
             return False, (r.err or r.out)[-200:]
         return True, f"namespace {NAMESPACE} deleted"
 
+    def workload_nodes(self) -> tuple[str, ...] | None:
+        """The workers the test workload runs on: None for all of them; with a focus, the
+        focused workers plus unchanged ones until there are two, at least one of them unchanged
+        (a pod on a changed node reaches one on an unchanged node through the Service)."""
+        workers = [h.name for h in self.c.workers]
+        if self.focus is None:
+            return None
+        changed = [w for w in workers if w in self.focus]
+        rest = [w for w in workers if w not in self.focus]
+        scope = changed + rest[:max(1, 2 - len(changed))]
+        return tuple(scope) if len(scope) < len(workers) else None
+
     def workload(self) -> tuple[bool, str]:
         from kdeploy.render.env import render
         if not self.c.workers:  # control-plane hosts carry the NoSchedule taint: nowhere to run
             return True, ("not applicable: no host has the worker role (control-plane hosts are "
                           "tainted NoSchedule); add workers or give a host the worker role")
+        scope = self.workload_nodes()
+        n_nodes = len(scope) if scope else len(self.c.workers)
         manifest = render("verify/workload.yaml.j2", {"namespace": NAMESPACE, "image": self.image,
-                                                      "replicas": max(2, len(self.c.workers))})
+                                                      "replicas": max(2, n_nodes),
+                                                      "nodes": list(scope or ())})
+        want = min(2, n_nodes)  # nodes the Service must answer from
         # an earlier verify's namespace still terminating would refuse the apply
         self._until(lambda: (self._namespace_phase() != "Terminating", ""), 120)
         self.kubectl("apply", "-f", "-", input=manifest.encode())
@@ -168,7 +199,7 @@ class Verifier:
         if not ok:
             return ok, detail
         pods = self._web_pods()
-        if len({p["spec"].get("nodeName") for p in pods}) < min(2, len(self.c.workers)):
+        if len({p["spec"].get("nodeName") for p in pods}) < want:
             # placed before workers joined: recreate them all at once so the spread constraint
             # sees the nodes there are now (a rolling restart counts the old pods and stacks)
             self.kubectl("delete", "deployment", "web", "-n", NAMESPACE, "--wait=true", timeout=120)
@@ -181,7 +212,9 @@ class Verifier:
         nodes = set(node_of.values())
         # from each pod, through the Service's DNS name: reaches pods on other nodes too
         svc = f"web.{NAMESPACE}.svc.{self.c.spec.network.cluster_domain}"
-        src = pods[0]["metadata"]["name"]
+        # from a pod on a node this run changed when there is one
+        src = next((p for p, n in node_of.items() if self.focus and n in self.focus),
+                   pods[0]["metadata"]["name"])
         seen: set[str] = set()
 
         def dial():
@@ -197,10 +230,15 @@ class Verifier:
             except ValueError:
                 return False, raw[-200:]
             answered = {node_of.get(p) for p in seen}
-            return (len(answered) >= min(2, len(self.c.workers)),
+            return (len(answered) >= want,
                     f"answers from {len(seen)} pods on nodes {sorted(n for n in answered if n)}")
         ok, detail = self._until(dial, 90)
-        return ok, (f"{len(pods)} pods on {len(nodes)} nodes; pod {src} -> Service {svc}: "
+        where = ""
+        if scope:
+            changed = [n for n in scope if n in self.focus]
+            where = (f" (the nodes this run changed: {', '.join(changed) or 'none'}; "
+                     f"unchanged: {', '.join(n for n in scope if n not in self.focus)})")
+        return ok, (f"{len(pods)} pods on {len(nodes)} nodes{where}; pod {src} -> Service {svc}: "
                     f"{detail}")
 
     def _web_pods(self) -> list[dict]:
@@ -219,25 +257,31 @@ class Verifier:
         control-plane host: must get 401/403. python3 when the host has it; else kubectl with
         credentials the kubelet does not accept (kubectl cannot send none without prompting)."""
         bad, codes = [], {}
-        parts = []
-        for h in self.c.hosts:
-            url = f"https://{h.address}:{defaults.KUBELET_PORT}/pods"
-            parts.append(
-                f"echo {MARK}{h.name}\n"
-                "if command -v python3 >/dev/null; then python3 - <<'EOF'\n"
-                "import ssl, urllib.request, urllib.error\n"
-                "try:\n"
-                f"    urllib.request.urlopen({url!r}, context=ssl._create_unverified_context(), timeout=10)\n"
-                "    print('HTTP 200')\n"
-                "except urllib.error.HTTPError as e:\n"
-                "    print('HTTP', e.code)\n"
-                "except Exception as e:\n"
-                "    print(type(e).__name__, e)\n"
-                "EOF\n"
-                f"else {defaults.BIN_DIR}/kubectl --kubeconfig=/dev/null --server={url.rsplit('/', 1)[0]} "
-                "--insecure-skip-tls-verify --token=not-a-credential get --raw /pods </dev/null 2>&1; fi")
+        urls = {h.name: f"https://{h.address}:{defaults.KUBELET_PORT}/pods" for h in self.c.hosts}
+        # one python3 asks every kubelet at once (a python start per host is seconds on a busy
+        # host with tens of nodes); kubectl one after the other where there is no python3
+        probe = (
+            "import json, ssl, urllib.request, urllib.error\n"
+            "from concurrent.futures import ThreadPoolExecutor\n"
+            "def ask(url):\n"
+            "    try:\n"
+            "        urllib.request.urlopen(url, context=ssl._create_unverified_context(), timeout=10)\n"
+            "        return 'HTTP 200'\n"
+            "    except urllib.error.HTTPError as e:\n"
+            "        return f'HTTP {e.code}'\n"
+            "    except Exception as e:\n"
+            "        return f'{type(e).__name__} {e}'\n"
+            f"urls = json.loads({json.dumps(urls)!r})\n"
+            "with ThreadPoolExecutor(16) as ex:\n"
+            "    for name, got in zip(urls, ex.map(ask, urls.values())):\n"
+            f"        print({MARK!r} + name); print(got)\n")
+        fallback = "\n".join(
+            f"echo {MARK}{name}\n{defaults.BIN_DIR}/kubectl --kubeconfig=/dev/null "
+            f"--server={url.rsplit('/', 1)[0]} --insecure-skip-tls-verify --token=not-a-credential "
+            "get --raw /pods </dev/null 2>&1" for name, url in urls.items())
+        script = f"if command -v python3 >/dev/null; then python3 - <<'EOF'\n{probe}EOF\nelse\n{fallback}\nfi"
         # every kubelet from one call (one ansible run with --transport ansible)
-        r = self.cp.run("\n".join(parts), check=False, timeout=30 + 15 * len(parts))
+        r = self.cp.run(script, check=False, timeout=30 + 15 * len(urls))
         answers: dict[str, list[str]] = {}
         cur = None
         for line in (r.out + "\n" + r.err).splitlines():

@@ -1,8 +1,11 @@
 """Scale (issue 13) on the largest lab CI affords: 3 control-plane hosts + 3 workers deployed,
 then one worker added. The add installs the new worker and changes on the other six hosts
 exactly what `kdeploy plan` said beforehand (files compared by checksum over kdeploy's
-directories, units by their start time): nothing else is rewritten or restarted. Verify is
-green after both runs and a re-run is a no-op. Timings are printed (bench/scale.py measures)."""
+directories, units by their start time): nothing else is rewritten or restarted. An
+availability probe (the API through a worker's load balancer, a Service) runs on m4 while the
+worker is added: no request fails. Verify is green after both runs (after the add, its test
+workload runs on the new worker and an old one) and a re-run is a no-op. Timings are printed
+(bench/scale.py measures)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +16,7 @@ import yaml
 
 from tests.lab.conftest import module_lab
 from tests.lab.test_up import assert_ok, kdeploy, up_json
+from tests.lab.test_upgrade import deploy_workload, start_probe, stop_probe
 
 pytestmark = pytest.mark.lab
 
@@ -58,6 +62,7 @@ def test_add_one_worker_changes_only_what_the_plan_says(seven):
     checks = [e for e in evs if e.get("event") == "check"]
     assert checks and all(c["ok"] for c in checks), checks
     print(f"\nkdeploy up, 3+3 from bare machines: {first_s:.1f} s")
+    svc = deploy_workload(lab, art)
 
     pl = kdeploy("plan", "-i", str(full), "--artifacts", str(art), "--json", "--no-diff")
     assert pl.returncode in (0, 2), pl.stdout[-2000:] + pl.stderr[-2000:]  # 2: changes pending
@@ -65,11 +70,18 @@ def test_add_one_worker_changes_only_what_the_plan_says(seven):
     assert {c["host"] for c in planned} >= {NEW}
     before = {h: snapshot(lab, h) for h in others}
 
+    start_probe(lab, "m4", svc)
     p, evs, add_s = up_json(full, art)
+    probe = stop_probe(lab, "m4")
+    print(f"probes while the worker was added: {json.dumps(probe)}")
     assert_ok(p)
+    assert probe["api"]["failed"] == 0 and probe["service"]["failed"] == 0, probe
     checks = [e for e in evs if e.get("event") == "check"]
     assert checks and all(c["ok"] for c in checks), checks
     assert next(c for c in checks if c["name"] == "nodes Ready at version")["detail"].startswith("7/7")
+    # the test workload ran on the new worker and one unchanged worker, not on all four
+    work = next(c for c in checks if c["name"].startswith("workload"))["detail"]
+    assert work.startswith("2 pods on 2 nodes (the nodes this run changed: m7; unchanged: m4)"), work
     done = next(e for e in evs if e.get("event") == "done")
     print(f"kdeploy up, add one worker: {add_s:.1f} s; phases: {done['timings']}")
 

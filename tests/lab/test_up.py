@@ -86,7 +86,7 @@ def test_up_verify_then_add_a_worker_then_noop_and_clean_plan(three):
     assert_ok(p)
     old_nodes = [e for e in evs if e.get("event") == "change" and e["host"] in ("m1", "m2")]
     touched = {e["target"] for e in old_nodes}
-    assert touched <= {"/etc/hosts", "/etc/systemd/system/kdeploy-pod-routes.service",
+    assert touched <= {"/etc/hosts", "/usr/local/lib/kdeploy/pod-routes.sh",
                        "kdeploy-pod-routes", "/etc/kubernetes/addons/90-node-labels.sh",
                        "sh /etc/kubernetes/addons/90-node-labels.sh"}, touched
     assert any(e.get("event") == "change" and e["host"] == "m3" for e in evs)

@@ -297,3 +297,74 @@ def test_a_failing_lane_stops_the_run_with_its_own_error(inv):
         _lanes_run(dep, fakes, fail_apiserver=True)
     assert "kube-apiserver.service failed" in e.value.message
     assert not any("start kubelet" in c for f in fakes.values() for c in f.commands)
+
+
+def _bins_engine(tmp_path, hosts: dict[str, int], *, parallel: int = 16, slow: float = 0.0,
+                 fail: str | None = None):
+    """An engine over fake hosts, each with n binaries to upload in the node phase (and a
+    file); returns (engine, plan, fakes, events, uploads: [(host, path, start, end)])."""
+    import hashlib
+    import threading
+    import time
+
+    from kdeploy.execute.engine import Engine
+    from kdeploy.plan.planner import Observed
+    from kdeploy.plan.resources import Binary, File, HostResources
+    src = tmp_path / "bin"
+    src.write_bytes(b"binary")
+    sha = hashlib.sha256(b"binary").hexdigest()
+    desired = {h: HostResources(h, files=(File(f"/etc/{h}.conf", b"x", "node"),),
+                                binaries=tuple(Binary(f"/usr/local/bin/b{i}", str(src), sha)
+                                               for i in range(n)))
+               for h, n in hosts.items()}
+    fakes = {h: FakeTransport(h) for h in hosts}
+    uploads, lock = [], threading.Lock()
+    for h, f in fakes.items():
+        orig = f.put_file
+
+        def put_file(path, local_path, *, mode=0o755, sha256=None, _h=h, _orig=orig):
+            t0 = time.monotonic()
+            time.sleep(slow)
+            if fail and path == fail:
+                raise KdeployError(f"cannot write {path}")
+            _orig(path, local_path, mode=mode, sha256=sha256)
+            with lock:
+                uploads.append((_h, path, t0, time.monotonic()))
+        f.put_file = put_file
+    events = []
+    eng = Engine(desired, fakes, roles={h: {"node"} for h in hosts}, emit=events.append,
+                 parallel=parallel)
+    return eng, plan(desired, {h: Observed() for h in hosts}), fakes, events, uploads
+
+
+def test_a_hosts_binaries_upload_side_by_side(tmp_path):
+    """A host added to a running cluster is the only one uploading: its binaries go a few at
+    a time, not one after the other; every one lands and is announced in plan order."""
+    from kdeploy.execute.steps import Step
+    eng, p, fakes, events, uploads = _bins_engine(tmp_path, {"new": 6}, slow=0.2)
+    eng.apply(p, (Step("node", ("node",)),))
+    assert sorted(u[1] for u in uploads) == [f"/usr/local/bin/b{i}" for i in range(6)]
+    overlap = max(sum(1 for u in uploads if u[2] < x[3] and x[2] < u[3]) for x in uploads)
+    assert overlap >= 3
+    shown = [e["target"] for e in events if e["event"] == "change" and e["kind"] == "binary"]
+    assert shown == [f"/usr/local/bin/b{i}" for i in range(6)]
+    assert all(fakes["new"].get(f"/usr/local/bin/b{i}") == b"binary" for i in range(6))
+
+
+def test_a_failed_upload_fails_the_host_and_nothing_after_it_runs(tmp_path):
+    from kdeploy.execute.steps import Step
+    eng, p, fakes, events, uploads = _bins_engine(tmp_path, {"new": 5}, fail="/usr/local/bin/b2")
+    with pytest.raises(KdeployError, match="phase node failed on 1 host"):
+        eng.apply(p, (Step("node", ("node",)),))
+    assert fakes["new"].get("/etc/new.conf") is None   # files come after the binaries
+
+
+def test_the_host_with_the_most_work_starts_first(tmp_path):
+    """At most `parallel` hosts act at once: the new host (its binaries) is not queued behind
+    the small changes of the running ones."""
+    from kdeploy.execute.steps import Step
+    hosts = {f"old{i}": 0 for i in range(4)} | {"new": 2}
+    eng, p, fakes, events, uploads = _bins_engine(tmp_path, hosts, parallel=1)
+    eng.apply(p, (Step("node", ("node",)),))
+    first = [e["host"] for e in events if e["event"] == "change"][0]
+    assert first == "new"

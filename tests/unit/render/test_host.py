@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import tomllib
 
 import pytest
@@ -209,19 +210,24 @@ def test_cni_has_this_nodes_pod_cidr_and_routes_cover_every_other_node():
         assert bridge["ipam"]["ranges"] == [[{"subnet": c.node_pod_cidrs[h.name]}]]
         assert {p["type"] for p in conf["plugins"]} == {"bridge", "portmap"}
         unit = fs["/etc/systemd/system/kdeploy-pod-routes.service"]
-        routes = re.findall(r"^ExecStart=/usr/sbin/ip route replace (\S+) via (\S+) proto 77$", unit, re.M)
+        assert "Type=oneshot" in unit and "RemainAfterExit=yes" in unit
+        assert re.findall(r"^ExecStart=(.*)$", unit, re.M) == ["/bin/sh /usr/local/lib/kdeploy/pod-routes.sh"]
+        script = fs["/usr/local/lib/kdeploy/pod-routes.sh"]
+        routes = re.findall(r"^/usr/sbin/ip route replace (\S+) via (\S+) proto 77$", script, re.M)
         expected = [(c.node_pod_cidrs[o.name], o.address) for o in c.hosts if o.name != h.name]
         assert routes == expected
-        assert "Type=oneshot" in unit and "RemainAfterExit=yes" in unit
         masq = f"-s {c.node_pod_cidrs[h.name]} ! -d {c.spec.network.pod_cidr} "
-        assert f"iptables -w -t nat -C POSTROUTING {masq}" in unit and f"-A POSTROUTING {masq}" in unit
+        assert f"iptables -w -t nat -C POSTROUTING {masq}" in script and f"-A POSTROUTING {masq}" in script
         # a route kdeploy made to a node no longer in the cluster is deleted (by its protocol)
-        keep = re.search(r'ip route show root (\S+) .* case " ([^"]*) " in', unit)
+        keep = re.search(r'ip route show root (\S+) .*\n\s*case " ([^"]*) " in', script)
         assert keep.group(1) == c.spec.network.pod_cidr
         keep = keep.group(2).split()
         assert keep == list(c.node_pod_cidrs.values())
-        f = next(x for x in res.files if x.path.endswith("kdeploy-pod-routes.service"))
-        assert f.restarts == ("kdeploy-pod-routes",)
+        for path in ("kdeploy-pod-routes.service", "pod-routes.sh"):
+            f = next(x for x in res.files if x.path.endswith(path))
+            assert f.restarts == ("kdeploy-pod-routes",)
+        assert next(x for x in res.files if x.path.endswith("pod-routes.sh")).mode == 0o755
+        assert subprocess.run(["sh", "-n"], input=script.encode()).returncode == 0
 
 
 def test_kube_proxy_config():
@@ -377,7 +383,7 @@ hosts:
     assert etcd["advertise-client-urls"] == "https://cp1.example.test:2379"
     # no route can go via a name: w1 gets none for cp1, and /etc/hosts lists only IPs
     w1 = render_host(c, c.host("w1"))
-    assert "via cp1.example.test" not in files(w1)["/etc/systemd/system/kdeploy-pod-routes.service"]
+    assert "via cp1.example.test" not in files(w1)["/usr/local/lib/kdeploy/pod-routes.sh"]
     assert w1.blocks[0].content == "192.0.2.11 w1\n"
 
 

@@ -98,3 +98,128 @@ def test_a_cluster_without_workers_passes_the_workload_check_as_not_applicable(t
     [r] = v.run()
     assert r.ok and "no host has the worker role" in r.detail
     assert not any("apply" in c for c in cp.calls)
+
+
+def _with_workers(v, n: int):
+    """The sample cluster with n workers (worker1..worker<n>)."""
+    w = next(h for h in v.c.hosts if h.has("worker"))
+    hosts = [h for h in v.c.hosts if not h.has("worker")] + [
+        w.model_copy(update={"name": f"worker{i}", "address": f"192.0.2.{20 + i}"}) for i in range(1, n + 1)]
+    return v.c.model_copy(update={"hosts": hosts})
+
+
+def _applied_workload(cp) -> dict:
+    import yaml
+    text = next(c for c in cp.seen if "kind: Deployment" in c)
+    return next(d for d in yaml.safe_load_all(text) if d["kind"] == "Deployment")
+
+
+class SeeingCp(Cp):
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def run(self, argv, check=True, input=None, timeout=None, secret=False):
+        if input:
+            self.seen.append(input.decode())
+        return super().run(argv, check=check, input=input, timeout=timeout, secret=secret)
+
+
+def test_after_an_add_the_workload_runs_on_the_new_node_and_one_unchanged_node(tmp_path, monkeypatch):
+    """`up` that added worker5 to four workers: 2 pods, pinned to worker5 and worker1 (a pod on
+    the new node reaches one on an old node through the Service), not one on every worker."""
+    cp = SeeingCp()
+    v = verifier(tmp_path, cp, focus=("worker5", "cp1"))
+    monkeypatch.setattr(v, "c", _with_workers(v, 5))
+    only_workload(v, monkeypatch)
+    v.run()
+    d = _applied_workload(cp)
+    spec = d["spec"]["template"]["spec"]
+    [term] = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [{"key": "kubernetes.io/hostname", "operator": "In",
+                                         "values": ["worker5", "worker1"]}]
+    assert d["spec"]["replicas"] == 2
+
+
+def test_without_a_focus_or_when_every_worker_changed_the_workload_spans_every_worker(tmp_path, monkeypatch):
+    for focus in (None, tuple(f"worker{i}" for i in range(1, 6))):
+        cp = SeeingCp()
+        v = verifier(tmp_path, cp, focus=focus)
+        monkeypatch.setattr(v, "c", _with_workers(v, 5))
+        only_workload(v, monkeypatch)
+        v.run()
+        d = _applied_workload(cp)
+        assert "affinity" not in d["spec"]["template"]["spec"] and d["spec"]["replicas"] == 5
+
+
+def test_a_run_that_changed_no_node_stack_still_proves_the_service_on_two_workers(tmp_path):
+    v = verifier(tmp_path, Cp(), focus=())
+    v.c = _with_workers(v, 4)
+    assert v.workload_nodes() == ("worker1", "worker2")
+    v.focus = ("worker3", "worker4")
+    assert v.workload_nodes() == ("worker3", "worker4", "worker1")
+
+
+def test_node_stack_changed_names_hosts_whose_runtime_kubelet_or_proxy_started_or_restarted():
+    from kdeploy.plan.planner import Change, Plan
+    p = Plan((Change("new", "runtime", "unit-start", "containerd", "start"),
+              Change("new", "node", "unit-start", "kubelet", "start"),
+              Change("old1", "api-lb", "block", "/etc/hosts", "update"),
+              Change("old1", "node", "unit-restart", "kdeploy-pod-routes", "restart"),
+              Change("old2", "node", "unit-restart", "kube-proxy", "restart"),
+              Change("cp", "control-plane", "unit-restart", "kube-apiserver", "restart")))
+    assert checks.node_stack_changed(p) == ("new", "old2")
+
+
+def test_the_anonymous_kubelet_probe_asks_every_kubelet_in_one_call(tmp_path, monkeypatch):
+    """The probe script itself, run by bash here against a real TLS server on loopback: a
+    kubelet that answers 401 passes, one that answers 200 (anonymous allowed) and one that is
+    not listening fail, each named; every host in one call."""
+    import http.server
+    import ssl
+    import subprocess
+    import threading
+    from kdeploy.model import defaults
+    from kdeploy.pki import crypto
+
+    key, cert = crypto.make_ca("kubelet", 1)
+    (tmp_path / "k.pem").write_bytes(crypto.key_pem(key))
+    (tmp_path / "c.pem").write_bytes(crypto.cert_pem(cert))
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(401 if self.server.server_address[0] == "127.0.0.1" else 200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    servers = []
+    for addr in ("127.0.0.1", "127.0.0.2"):
+        port = servers[0].server_address[1] if servers else 0
+        s = http.server.ThreadingHTTPServer((addr, port), H)
+        s.socket = ctx.wrap_socket(s.socket, server_side=True)
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+        servers.append(s)
+    monkeypatch.setattr(defaults, "KUBELET_PORT", servers[0].server_address[1])
+    calls = []
+
+    class Bash:
+        def run(self, script, check=False, timeout=None):
+            calls.append(script)
+            r = subprocess.run(["bash", "-c", script], capture_output=True, timeout=timeout)
+            return CommandResult(argv_display="probe", rc=r.returncode, stdout=r.stdout, stderr=r.stderr)
+    v = verifier(tmp_path, Cp())
+    v.cp = Bash()
+    cp1, w1, w2 = v.c.hosts
+    v.c = v.c.model_copy(update={"hosts": [cp1.model_copy(update={"address": "127.0.0.1"}),
+                                           w1.model_copy(update={"address": "127.0.0.2"}),
+                                           w2.model_copy(update={"address": "127.0.0.3"})]})
+    try:
+        ok, detail = v.kubelet_anonymous_refused()
+    finally:
+        for s in servers:
+            s.shutdown()
+    assert len(calls) == 1 and not ok
+    assert "cp1" not in detail and "worker1: HTTP 200" in detail and "worker2: " in detail
