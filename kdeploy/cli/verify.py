@@ -14,8 +14,8 @@ def register(app: typer.Typer) -> None:
     def verify(inventory: InventoryOpt, as_json: JsonOpt = False,
                transport: TransportOpt = "ssh",
                keep_workload: Annotated[bool, typer.Option(
-                   "--keep-workload", help="Leave the test workload (namespace kdeploy-verify) "
-                   "running after the checks.")] = False) -> None:
+                   "--keep-workload", help="Leave the test workload (namespace kdeploy-verify-…, named "
+                   "in the workload check) running after the checks; the next verify deletes it.")] = False) -> None:
         """Check the live cluster: units, etcd, apiserver, nodes, pods, networking, DNS, security.
         The test workload is removed afterwards unless --keep-workload."""
         from kdeploy.cli.up import _verify

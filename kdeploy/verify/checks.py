@@ -3,6 +3,7 @@ first control-plane host, unit states on every host). Each check returns pass/fa
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -14,7 +15,8 @@ from kdeploy.plan.desired import KUBECTL_ADMIN
 from kdeploy.plan.resources import HostResources
 from kdeploy.transport.base import Transport
 
-NAMESPACE = "kdeploy-verify"
+NAMESPACE = "kdeploy-verify"      # the prefix of each verify's own namespace
+LABEL = "kdeploy.io/verify"       # on every verify's namespace: leftovers are found by it
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class Verifier:
         the new), not on every worker. None: on every worker (kdeploy verify)."""
         self.c = cluster
         self.focus = focus
+        # a namespace of its own: one an earlier verify deleted may take seconds to terminate
+        # (longer on a busy cluster), and a new name never waits for it
+        self.ns = f"{NAMESPACE}-{secrets.token_hex(3)}"
         self.t = transports
         self.desired = desired
         self.image = workload_image
@@ -150,24 +155,26 @@ class Verifier:
                     f"{len(items)} pods running" if not bad else ", ".join(bad))
         return self._until(probe)
 
-    def _namespace_phase(self) -> str:
-        """Active, Terminating, "" when the test workload's namespace does not exist, or
-        "unknown" when the API does not answer."""
-        r = self.cp.run(list(KUBECTL_ADMIN) + ["get", "namespace", NAMESPACE, "--ignore-not-found",
-                                               "-o", "jsonpath={.status.phase}"], check=False,
-                        timeout=60)
-        return r.out.strip() if r.ok else "unknown"
+    def _remove_leftovers(self) -> None:
+        """Delete the namespaces earlier verifies left (--keep-workload, an interrupted run),
+        not waited for: their names are not this verify's."""
+        r = self.cp.run(list(KUBECTL_ADMIN) + ["get", "namespace", "-l", LABEL, "-o", "name"],
+                        check=False, timeout=60)
+        old = [n for n in r.out.split() if r.ok and n != f"namespace/{self.ns}"]
+        if old:
+            self.cp.run(list(KUBECTL_ADMIN) + ["delete", *old, "--ignore-not-found", "--wait=false"],
+                        check=False, timeout=60)
 
     def remove_workload(self) -> tuple[bool, str]:
         """Delete the namespace of the test workload (its Deployment, Service, ServiceAccount
         and Secret). Not waited for (its pods take seconds to stop, more on many nodes): the
-        next verify waits for a namespace still terminating before it applies its own."""
-        r = self.cp.run(list(KUBECTL_ADMIN) + ["delete", "namespace", NAMESPACE,
+        next verify uses a namespace of its own."""
+        r = self.cp.run(list(KUBECTL_ADMIN) + ["delete", "namespace", self.ns,
                                                "--ignore-not-found", "--wait=false"],
                         check=False, timeout=60)
         if not r.ok:
             return False, (r.err or r.out)[-200:]
-        return True, f"namespace {NAMESPACE} deleted"
+        return True, f"namespace {self.ns} deleted"
 
     def workload_nodes(self) -> tuple[str, ...] | None:
         """The workers the test workload runs on: None for all of them; with a focus, the
@@ -188,12 +195,12 @@ class Verifier:
                           "tainted NoSchedule); add workers or give a host the worker role")
         scope = self.workload_nodes()
         n_nodes = len(scope) if scope else len(self.c.workers)
-        manifest = render("verify/workload.yaml.j2", {"namespace": NAMESPACE, "image": self.image,
+        manifest = render("verify/workload.yaml.j2", {"namespace": self.ns, "label": LABEL,
+                                                      "image": self.image,
                                                       "replicas": max(2, n_nodes),
                                                       "nodes": list(scope or ())})
         want = min(2, n_nodes)  # nodes the Service must answer from
-        # an earlier verify's namespace still terminating would refuse the apply
-        self._until(lambda: (self._namespace_phase() != "Terminating", ""), 120)
+        self._remove_leftovers()
         self.kubectl("apply", "-f", "-", input=manifest.encode())
         ok, detail = self._until(lambda: self._rollout())
         if not ok:
@@ -202,7 +209,7 @@ class Verifier:
         if len({p["spec"].get("nodeName") for p in pods}) < want:
             # placed before workers joined: recreate them all at once so the spread constraint
             # sees the nodes there are now (a rolling restart counts the old pods and stacks)
-            self.kubectl("delete", "deployment", "web", "-n", NAMESPACE, "--wait=true", timeout=120)
+            self.kubectl("delete", "deployment", "web", "-n", self.ns, "--wait=true", timeout=120)
             self.kubectl("apply", "-f", "-", input=manifest.encode())
             ok, detail = self._until(lambda: self._rollout())
             if not ok:
@@ -211,7 +218,7 @@ class Verifier:
         node_of = {p["metadata"]["name"]: p["spec"].get("nodeName") for p in pods}
         nodes = set(node_of.values())
         # from each pod, through the Service's DNS name: reaches pods on other nodes too
-        svc = f"web.{NAMESPACE}.svc.{self.c.spec.network.cluster_domain}"
+        svc = f"web.{self.ns}.svc.{self.c.spec.network.cluster_domain}"
         # from a pod on a node this run changed when there is one
         src = next((p for p, n in node_of.items() if self.focus and n in self.focus),
                    pods[0]["metadata"]["name"])
@@ -221,7 +228,7 @@ class Verifier:
             try:
                 raw = self.kubectl(
                     "get", "--raw",
-                    f"/api/v1/namespaces/{NAMESPACE}/pods/{src}:8080/proxy/dial?request=hostname"
+                    f"/api/v1/namespaces/{self.ns}/pods/{src}:8080/proxy/dial?request=hostname"
                     f"&protocol=http&host={svc}&port=80&tries=20", check=False, timeout=60)
             except KdeployError as e:  # a dial that hangs (a node just joined): try again
                 return False, e.message[-200:]
@@ -242,13 +249,13 @@ class Verifier:
                     f"{detail}")
 
     def _web_pods(self) -> list[dict]:
-        items = json.loads(self.kubectl("get", "pods", "-n", NAMESPACE, "-l", "app=web", "-o",
+        items = json.loads(self.kubectl("get", "pods", "-n", self.ns, "-l", "app=web", "-o",
                                         "json"))["items"]
         return [p for p in items if p["status"].get("phase") == "Running"
                 and not p["metadata"].get("deletionTimestamp")]
 
     def _rollout(self) -> tuple[bool, str]:
-        out = self.kubectl("rollout", "status", "-n", NAMESPACE, "deployment/web", "--timeout=5s",
+        out = self.kubectl("rollout", "status", "-n", self.ns, "deployment/web", "--timeout=5s",
                            check=False)
         return "successfully rolled out" in out, out[-200:]
 
@@ -302,7 +309,7 @@ class Verifier:
                 f"{len(codes)} kubelets answered " + "/".join(sorted(set(codes.values()))) + " to anonymous requests")
 
     def serviceaccount_forbidden(self) -> tuple[bool, str]:
-        token = self.cp.run(list(KUBECTL_ADMIN) + ["create", "token", "no-role", "-n", NAMESPACE],
+        token = self.cp.run(list(KUBECTL_ADMIN) + ["create", "token", "no-role", "-n", self.ns],
                             secret=True).out.strip()
         # the token travels in a kubeconfig on kubectl's stdin: never on a command line (ps on
         # the host) nor in our logs
@@ -314,14 +321,14 @@ class Verifier:
             "users": [{"name": "sa", "user": {"token": token}}],
             "contexts": [{"name": "probe", "context": {"cluster": "c", "user": "sa"}}]})
         r = self.cp.run([f"{defaults.BIN_DIR}/kubectl", "--kubeconfig=/dev/stdin", "get", "secrets",
-                         "-n", NAMESPACE], input=kubeconfig.encode(), check=False, secret=True)
+                         "-n", self.ns], input=kubeconfig.encode(), check=False, secret=True)
         text = r.err + r.out
         return (not r.ok and "forbidden" in text.lower(),
                 "403 Forbidden listing Secrets" if "forbidden" in text.lower() else text[-200:])
 
     def secrets_encrypted(self) -> tuple[bool, str]:
         eps = f"--endpoints=https://127.0.0.1:{defaults.ETCD_CLIENT_PORT}"
-        r = self.etcd_host.run(self._etcdctl(eps, "get", f"/registry/secrets/{NAMESPACE}/probe",
+        r = self.etcd_host.run(self._etcdctl(eps, "get", f"/registry/secrets/{self.ns}/probe",
                                              "--print-value-only"), check=False, secret=True)
         raw = r.stdout  # a Secret's stored bytes (encrypted, or the leak): never logged
         ok = raw.startswith(b"k8s:enc:") and b"kdeploy-verify-plaintext-marker" not in raw

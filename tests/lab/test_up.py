@@ -107,8 +107,8 @@ def test_up_verify_then_add_a_worker_then_noop_and_clean_plan(three):
     v = kdeploy("verify", "-i", str(lab.inventory), "--json")
     assert_ok(v)
     # its deletion is started, not waited for: gone within seconds
-    rc, out, err = lab.run("m1", f"{KUBECTL} wait --for=delete namespace/kdeploy-verify --timeout=60s "
-                                 f">/dev/null 2>&1; {KUBECTL} get namespace kdeploy-verify --ignore-not-found")
+    rc, out, err = lab.run("m1", f"{KUBECTL} wait --for=delete namespace -l kdeploy.io/verify --timeout=60s "
+                                 f">/dev/null 2>&1; {KUBECTL} get namespace -l kdeploy.io/verify -o name")
     assert rc == 0 and not out.strip(), out + err
 
 

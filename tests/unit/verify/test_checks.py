@@ -12,23 +12,36 @@ from tests.conftest import SAMPLES
 
 
 class Cp:
-    """Answers kubectl like an API whose namespace kdeploy-verify exists until deleted."""
+    """Answers kubectl like an API: namespaces (name -> phase) created by apply, listed by the
+    verify label, deleted: a deleted one stays Terminating (its pods take a while)."""
 
-    def __init__(self, ns_phase: str = ""):
+    def __init__(self):
         self.calls: list[list[str]] = []
-        self.phase = ns_phase
+        self.ns: dict[str, str] = {}
 
     def run(self, argv, check=True, input=None, timeout=None, secret=False):
+        import yaml
         argv = list(argv) if not isinstance(argv, str) else [argv]
         self.calls.append(argv)
         out = ""
-        if "apply" in argv:
-            self.phase = "Active"
-        elif argv[-3:] == ["--ignore-not-found", "-o", "jsonpath={.status.phase}"]:
-            out = self.phase
-        elif "delete" in argv and "namespace" in argv:
-            self.phase = ""
+        if "apply" in argv and input:
+            for d in yaml.safe_load_all(input.decode()):
+                if d["kind"] == "Namespace":
+                    if self.ns.get(d["metadata"]["name"]) == "Terminating":
+                        return CommandResult(" ".join(argv), 1, b"", b"namespace is being terminated")
+                    assert checks.LABEL in d["metadata"]["labels"]
+                    self.ns[d["metadata"]["name"]] = "Active"
+        elif argv[-6:-3] == ["get", "namespace", "-l"]:
+            out = " ".join(f"namespace/{n}" for n in self.ns)
+        elif "delete" in argv and ("namespace" in argv or any(a.startswith("namespace/") for a in argv)):
+            for n in argv:
+                n = n.removeprefix("namespace/")
+                if n in self.ns:
+                    self.ns[n] = "Terminating"
         return CommandResult(argv_display=" ".join(argv), rc=0, stdout=out.encode(), stderr=b"")
+
+    def active(self) -> list[str]:
+        return [n for n, ph in self.ns.items() if ph == "Active"]
 
 
 def verifier(tmp_path, cp, **kw):
@@ -54,21 +67,34 @@ def test_workload_is_removed_after_the_checks(tmp_path, monkeypatch):
     v = verifier(tmp_path, cp)
     only_workload(v, monkeypatch)
     v.run()
-    applied = next(c for c in cp.calls if "apply" in c)
-    assert applied and any("delete" in c and "namespace" in c for c in cp.calls)
-    assert cp.phase == ""
+    assert list(cp.ns) == [v.ns] and v.ns.startswith("kdeploy-verify-") and not cp.active()
 
 
-def test_keep_workload_leaves_it_and_the_next_verify_reuses_it(tmp_path, monkeypatch):
+def test_the_next_verify_does_not_wait_for_the_last_ones_namespace_to_terminate(tmp_path, monkeypatch):
+    """An earlier verify's namespace still terminating (pods stopping) takes no time from the
+    next: it deploys in a namespace of its own."""
+    cp = Cp()
+    slept = []
+    for _ in range(2):
+        v = verifier(tmp_path, cp)
+        only_workload(v, monkeypatch)
+        monkeypatch.setattr(checks.time, "sleep", slept.append)
+        [r] = v.run()
+        assert "terminated" not in r.detail
+    applied = [c for c in cp.calls if "apply" in c]
+    assert len(applied) >= 2 and len(cp.ns) == 2 and not cp.active() and not slept
+
+
+def test_keep_workload_leaves_it_and_the_next_verify_removes_it(tmp_path, monkeypatch):
     cp = Cp()
     v = verifier(tmp_path, cp, keep_workload=True)
     only_workload(v, monkeypatch)
     v.run()
-    assert cp.phase == "Active" and not any("delete" in c and "namespace" in c for c in cp.calls)
+    assert cp.active() == [v.ns]
     v2 = verifier(tmp_path, cp)
     only_workload(v2, monkeypatch)
     v2.run()
-    assert cp.phase == ""
+    assert cp.ns[v.ns] == "Terminating" and not cp.active()
 
 
 def test_workload_manifest_names_the_given_image(tmp_path, monkeypatch):
