@@ -5,7 +5,7 @@ starting its pods), then, once fewer than 0.6 cores are busy, three times (the m
 figure). At the largest N the lab has one machine more,
 and `up` with it added to the inventory is the add-one-worker figure, with the hosts it changed.
 
-    python bench/scale.py [--sizes 3,6,12,24] [--artifacts DIR] [--bastion]
+    python bench/scale.py [--sizes 3,6,12,24] [--artifacts DIR] [--bastion] [--keep DIR]
 
 Prints per N: seconds (first run, no-op), deployer CPU seconds (user+sys of the kdeploy process),
 MB the deployer sent (the lab bridge's transmit counter), peak memory and CPU seconds per lab
@@ -124,6 +124,8 @@ def main() -> None:
     ap.add_argument("--artifacts", default=os.environ.get("KDEPLOY_ARTIFACTS"))
     ap.add_argument("--sizes", default="3,6,12,24")
     ap.add_argument("--bastion", action="store_true", help="reach every host through the first machine")
+    ap.add_argument("--keep", metavar="DIR", help="copy each N's run records (events with timestamps, "
+                    "timings, plans) to DIR/N<n>/ before the lab goes down")
     a = ap.parse_args()
     if not a.artifacts:
         sys.exit("pass --artifacts DIR (`kdeploy artifacts build` prints where it builds)")
@@ -166,6 +168,10 @@ def main() -> None:
                     add["new"] = names[-1]
                     add["noop"] = kdeploy_up(inv, a.artifacts)
             finally:
+                if a.keep:
+                    import shutil
+                    for runs in Path(d).glob(".kdeploy/*/runs"):
+                        shutil.copytree(runs, Path(a.keep) / f"N{n}", dirs_exist_ok=True)
                 api.down(name=name, log=lambda s: None)
 
     print(f"\nkdeploy up from bare lab machines ({'via a bastion, ' if a.bastion else ''}"

@@ -165,7 +165,11 @@ def gather(dep: Deployment, transports: Mapping) -> tuple[dict, dict[str, Observ
     facts = gather_all(transports, paths={n: p for n, (p, _) in per_host.items()},
                        units={n: u for n, (_, u) in per_host.items()},
                        ports={n: sorted(ports_for(dep.cluster, dep.cluster.host(n))) for n in transports},
-                       etcdctl={h.name: ETCDCTL for h in dep.cluster.etcd})
+                       etcdctl={h.name: ETCDCTL for h in dep.cluster.etcd},
+                       # the files holding blocks and the journal: read with the facts, not in
+                       # a second round trip per host
+                       contents={n: [b.path for b in dep.desired[n].blocks] + [journal.PATH]
+                                 for n in transports})
     from kdeploy.verbs.membership import etcd_view, with_membership
     dep.etcd = etcd_view(dep.cluster, facts)
     dep.desired = with_membership(dep.desired, dep.cluster, dep.etcd)
@@ -188,30 +192,27 @@ def observe_paths(res: HostResources, facts) -> list[str]:
             and facts.sha256(f.path) != f.sha256] + [b.path for b in res.blocks]
     if facts.sha256(journal.PATH):
         want.append(journal.PATH)
-    return list(dict.fromkeys(want))
+    return [p for p in dict.fromkeys(want) if p not in facts.contents]   # the facts read these
 
 
-_READ = ('for p in "$@"; do if [ -f "$p" ]; then printf "F\\n"; base64 -w0 -- "$p"; echo; '
-         'else printf "M\\n\\n"; fi; done; echo end')
 
 
 def read_many(group, paths: Mapping[str, list[str]]) -> dict[str, dict[str, bytes | None]]:
     """{host: {path: bytes or None (missing)}} of every host's paths, in one group call."""
-    import base64
     import shlex
     from kdeploy.errors import TransportError
-    cmds = {h: "set -- " + " ".join(shlex.quote(p) for p in ps) + "\n" + _READ
+    from kdeploy.facts.parse import READ_FILES, parse_read
+    cmds = {h: "set -- " + " ".join(shlex.quote(p) for p in ps) + "\n" + READ_FILES + "; echo end"
             for h, ps in paths.items() if ps}
     res = group.run_many(cmds, timeout=120)
     out: dict[str, dict[str, bytes | None]] = {h: {} for h in paths}
     for h, r in res.items():
         if not hasattr(r, "rc"):
             raise r
-        lines = r.stdout.decode("ascii", "replace").split("\n")
-        if r.rc != 0 or len(lines) < 2 * len(paths[h]):
+        got = parse_read(r.stdout.decode("ascii", "replace"), paths[h]) if r.rc == 0 else None
+        if got is None:
             raise TransportError(f"host {h}: cannot read {', '.join(paths[h])} (exit code {r.rc})")
-        for i, p in enumerate(paths[h]):
-            out[h][p] = base64.b64decode(lines[2 * i + 1]) if lines[2 * i] == "F" else None
+        out[h].update(got)
     return out
 
 
@@ -234,12 +235,14 @@ def observe(t, res: HostResources, facts) -> Observed:
     # old text of changed non-secret files (for diffs) and of files holding blocks
     want = [f.path for f in res.files if not f.secret and f.path in files
             and files[f.path].sha256 != f.sha256] + [b.path for b in res.blocks]
+    def read(path: str) -> bytes | None:   # what the facts read already, else from the host
+        return facts.contents[path] if path in facts.contents else t.get(path)
     contents = {}
     for path in dict.fromkeys(want):
-        data = t.get(path)
+        data = read(path)
         if data is not None:
             contents[path] = data
-    pending = journal.parse(t.get(journal.PATH)) if facts.sha256(journal.PATH) else frozenset()
+    pending = journal.parse(read(journal.PATH)) if facts.sha256(journal.PATH) else frozenset()
     units = {u.name: (facts.unit(u.name).get("active", "inactive"),
                       facts.unit(u.name).get("enabled", "not-found")) for u in res.units}
     return Observed(files=files, contents=contents, units=units, pending=pending)

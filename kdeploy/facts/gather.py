@@ -14,24 +14,28 @@ log = logging.getLogger("kdeploy.facts")
 
 
 def gather(transport, *, paths: Sequence[str] = (), units: Sequence[str] = (),
-           ports: Sequence[int] = (), etcdctl: str | None = None, timeout: float = 60) -> HostFacts:
+           ports: Sequence[int] = (), etcdctl: str | None = None, contents: Sequence[str] = (),
+           timeout: float = 60) -> HostFacts:
     """Facts of one host. Read-only. Raises TransportError (host unreachable, sudo needs a
     password, no /bin/sh ...)."""
     paths, units, ports = list(dict.fromkeys(paths)), list(dict.fromkeys(units)), list(ports)
-    script = P.build_script(paths, units, ports, etcdctl)
+    contents = list(dict.fromkeys(contents))
+    script = P.build_script(paths, units, ports, etcdctl, contents)
     t0 = time.time()
     res = transport.run(script, timeout=timeout, check=True)
     t1 = time.time()
     facts = parse_output(transport.host, res.stdout.decode("utf-8", "replace"),
                          paths=paths, units=units, ports=ports, local_time=(t0 + t1) / 2,
-                         rtt=t1 - t0)
+                         rtt=t1 - t0, contents=contents)
     log.debug("host %s: facts in %.3fs", transport.host, t1 - t0)
     return facts
 
 
 def parse_output(host: str, out: str, *, paths: Sequence[str] = (), units: Sequence[str] = (),
-                 ports: Sequence[int] = (), local_time: float = 0.0, rtt: float = 0.0) -> HostFacts:
-    """Pure: the facts script's output -> HostFacts."""
+                 ports: Sequence[int] = (), local_time: float = 0.0, rtt: float = 0.0,
+                 contents: Sequence[str] = ()) -> HostFacts:
+    """Pure: the facts script's output -> HostFacts. A contents section that does not parse
+    leaves contents empty (observe() reads those files itself)."""
     s = P.split_sections(out)
     if "end" not in s:
         raise TransportError(f"host {host}: the facts script's output is incomplete",
@@ -59,6 +63,7 @@ def parse_output(host: str, out: str, *, paths: Sequence[str] = (), units: Seque
         cpus=cpus, mem_bytes=mem,
         versions=P.parse_versions(s.get("versions", "")),
         etcd_data=etcd_data, etcd_members=etcd_members,
+        contents=(P.parse_read(s.get("contents", ""), contents) or {}) if contents else {},
     )
 
 
@@ -66,9 +71,10 @@ def gather_all(transports: Mapping[str, object], *, paths: Sequence[str] | Mappi
                units: Sequence[str] | Mapping[str, Sequence[str]] = (),
                ports: Sequence[int] | Mapping[str, Sequence[int]] = (),
                etcdctl: Mapping[str, str] | None = None,
+               contents: Sequence[str] | Mapping[str, Sequence[str]] = (),
                max_workers: int = 32) -> dict[str, HostFacts]:
-    """Facts of many hosts in parallel. paths/units/ports: one list for all, or {host: list};
-    etcdctl: {etcd host: the etcdctl command line reading its member list}.
+    """Facts of many hosts in parallel. paths/units/ports/contents: one list for all, or
+    {host: list}; etcdctl: {etcd host: the etcdctl command line reading its member list}.
     Any failure: one TransportError naming every host that failed and why."""
     def per(v, name):
         return v.get(name, ()) if isinstance(v, Mapping) else v
@@ -82,11 +88,12 @@ def gather_all(transports: Mapping[str, object], *, paths: Sequence[str] | Mappi
     if group is not None:  # one call for every host (ansible: one ansible-runner run)
         return _gather_group(group, transports, paths={n: per(paths, n) for n in transports},
                              units={n: per(units, n) for n in transports},
-                             ports={n: per(ports, n) for n in transports}, etcdctl=etcdctl or {})
+                             ports={n: per(ports, n) for n in transports}, etcdctl=etcdctl or {},
+                             contents={n: per(contents, n) for n in transports})
     with ThreadPoolExecutor(max_workers=min(max_workers, len(transports)),
                             thread_name_prefix="kdeploy-facts") as ex:
         futs = {n: ex.submit(gather, t, paths=per(paths, n), units=per(units, n), ports=per(ports, n),
-                             etcdctl=(etcdctl or {}).get(n))
+                             etcdctl=(etcdctl or {}).get(n), contents=per(contents, n))
                 for n, t in transports.items()}
         for n, f in futs.items():
             try:
@@ -102,10 +109,11 @@ def gather_all(transports: Mapping[str, object], *, paths: Sequence[str] | Mappi
     return out
 
 
-def _gather_group(group, transports, *, paths, units, ports, etcdctl) -> dict[str, HostFacts]:
+def _gather_group(group, transports, *, paths, units, ports, etcdctl, contents) -> dict[str, HostFacts]:
     args = {n: (list(dict.fromkeys(paths[n])), list(dict.fromkeys(units[n])), list(ports[n]))
             for n in transports}
-    scripts = {n: P.build_script(*args[n], etcdctl.get(n)) for n in transports}
+    reads = {n: list(dict.fromkeys(contents[n])) for n in transports}
+    scripts = {n: P.build_script(*args[n], etcdctl.get(n), reads[n]) for n in transports}
     t0 = time.time()
     results = group.run_many(scripts, timeout=60)
     t1 = time.time()
@@ -121,7 +129,7 @@ def _gather_group(group, transports, *, paths, units, ports, etcdctl) -> dict[st
                                      + (f" (exit code {r.rc}): {r.err[-500:]}" if r is not None else ""))
             out[n] = parse_output(n, r.stdout.decode("utf-8", "replace"), paths=args[n][0],
                                   units=args[n][1], ports=args[n][2], local_time=(t0 + t1) / 2,
-                                  rtt=t1 - t0)
+                                  rtt=t1 - t0, contents=reads[n])
         except KdeployError as e:
             failed[n] = e.message
     if failed:
@@ -192,5 +200,11 @@ def fake_output(fake, script: str) -> str:
             elif fake.is_dir(path):
                 lines.append(f"{path}\tdirectory\t755\troot\troot\t4096")
         S("file_sha"); lines += sha_lines
+    if p.get("contents"):
+        import base64
+        S("contents")
+        for path in p["contents"]:
+            f = fake.fs.get(path)
+            lines += ["F", base64.b64encode(f.data).decode()] if f is not None else ["M", ""]
     S("end")
     return "\n".join(lines) + "\n"

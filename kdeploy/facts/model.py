@@ -35,6 +35,8 @@ class HostFacts:
     etcd_data: bool = False                # /var/lib/etcd/member exists (this host was an etcd member)
     etcd_members: tuple[dict, ...] | None = None  # the member list its running etcd reports; None: not read
     versions: dict[str, str] = field(default_factory=dict)  # kube-apiserver, kubelet, kube-proxy, etcd -> 1.37.2 (installed binaries)
+    # text of the files the facts were asked to read (None: missing); not in the run record
+    contents: dict[str, bytes | None] = field(default_factory=dict, repr=False)
 
     # --- derived --------------------------------------------------------------------------
     @property
@@ -76,6 +78,7 @@ class HostFacts:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["ports_in_use"] = list(self.ports_in_use)
+        d.pop("contents")   # file text (the journal, /etc/hosts): read again when needed
         return d
 
     @classmethod

@@ -86,12 +86,41 @@ fi
 """
 
 
+# each path's content: "F" and its base64 on one line, or "M" and an empty line (missing)
+READ_FILES = ('for p in "$@"; do if [ -f "$p" ]; then printf "F\\n"; base64 -w0 -- "$p"; echo; '
+              'else printf "M\\n\\n"; fi; done')
+
+
+def parse_read(text: str, paths: Sequence[str]) -> dict[str, bytes | None] | None:
+    """READ_FILES' output -> {path: bytes or None (missing)}; None when it is incomplete."""
+    import base64
+    import binascii
+    lines = text.split("\n")
+    out: dict[str, bytes | None] = {}
+    for i, path in enumerate(paths):
+        tag = lines[2 * i] if 2 * i < len(lines) else ""
+        data = lines[2 * i + 1] if 2 * i + 1 < len(lines) else ""
+        if tag == "M":
+            out[path] = None
+        elif tag == "F":
+            try:
+                out[path] = base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError):
+                return None
+        else:
+            return None
+    return out
+
+
 def build_script(paths: Sequence[str] = (), units: Sequence[str] = (),
-                 ports: Sequence[int] = (), etcdctl: str | None = None) -> str:
-    """One POSIX sh script printing every section; its first line carries the parameters."""
+                 ports: Sequence[int] = (), etcdctl: str | None = None,
+                 contents: Sequence[str] = ()) -> str:
+    """One POSIX sh script printing every section; its first line carries the parameters.
+    contents: small files whose text the plan needs (the files holding blocks, the journal),
+    read here rather than in a second round trip per host."""
     q = shlex.quote
     params = json.dumps({"paths": list(paths), "units": list(units), "ports": list(ports),
-                         "etcd": bool(etcdctl)})
+                         "etcd": bool(etcdctl), "contents": list(contents)})
     qp = " ".join(q(p) for p in paths)
     qu = " ".join(q(u) for u in units)
     s = f"""# {MARKER} {params}
@@ -130,6 +159,8 @@ done
     if paths:
         s += (f"S file_stat; stat --printf '%n\\t%F\\t%a\\t%U\\t%G\\t%s\\n' -- {qp} 2>/dev/null\n"
               f"S file_sha\n" + SHA_CACHED.replace("@PATHS@", qp))
+    if contents:
+        s += (f"S contents\nR() {{ {READ_FILES}; }}\nR " + " ".join(q(p) for p in contents) + "\n")
     s += "S end\nexit 0\n"
     return s
 

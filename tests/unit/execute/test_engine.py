@@ -368,3 +368,16 @@ def test_the_host_with_the_most_work_starts_first(tmp_path):
     eng.apply(p, (Step("node", ("node",)),))
     first = [e["host"] for e in events if e["event"] == "change"][0]
     assert first == "new"
+
+
+def test_a_no_op_reads_no_file_beside_the_facts(inv):
+    """The files a plan needs the text of on a converged host (/etc/hosts, which holds a block;
+    the journal) come with each host's facts: no second round trip per host, and the plan is
+    still empty."""
+    dep, fakes = converged(inv)
+    for f in fakes.values():
+        f.log.clear()
+    facts, observed = run.gather(dep, fakes)
+    assert not plan(dep.desired, observed).changes
+    assert not [c for f in fakes.values() for c in f.log if c.op == "get"]
+    assert all(observed[h].contents.get("/etc/hosts") for h in fakes)

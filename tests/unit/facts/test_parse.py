@@ -149,7 +149,7 @@ def test_parse_output_incomplete_is_error():
 def test_script_carries_params_and_quotes_paths():
     s = P.build_script(["/etc/a b", "/etc/$x"], ["kubelet"], [6443])
     assert P.params_of(s) == {"paths": ["/etc/a b", "/etc/$x"], "units": ["kubelet"], "ports": [6443],
-                            "etcd": False}
+                            "etcd": False, "contents": []}
     assert "'/etc/a b'" in s and "'/etc/$x'" in s
 
 
@@ -255,3 +255,24 @@ def test_component_versions_are_cached_until_the_binary_changes(tmp_path):
     install("v1.37.2")
     assert versions() == "kubelet Kubernetes v1.37.2\n"
     assert calls.read_text().count("x") == 2
+
+
+def test_the_facts_read_the_files_asked_for_in_the_same_run(tmp_path):
+    """The files a plan reads (the ones holding blocks, the journal) come with the facts, run
+    here by sh on real files: present (any bytes), empty, missing, a name with a space; the run
+    record never holds their text."""
+    import subprocess
+    a, empty, spaced = tmp_path / "hosts", tmp_path / "empty", tmp_path / "a b"
+    a.write_bytes(b"192.0.2.1 cp1\n\xff\x00 binary\n")
+    empty.write_bytes(b"")
+    spaced.write_text("x\n")
+    paths = [str(a), str(empty), str(tmp_path / "missing"), str(spaced)]
+    s = P.build_script([str(a)], [], [], None, paths)
+    out = subprocess.run(["sh", "-c", s], capture_output=True, text=True, check=True).stdout
+    h = parse_output("cp1", out, paths=[str(a)], contents=paths)
+    assert h.contents == {str(a): a.read_bytes(), str(empty): b"", str(tmp_path / "missing"): None,
+                          str(spaced): b"x\n"}
+    assert "contents" not in h.to_dict()
+    # a section that does not parse: no contents (observe() then reads the files itself)
+    broken = out.replace("\nF\n", "\nF\n!!", 1)
+    assert parse_output("cp1", broken, paths=[str(a)], contents=paths).contents == {}
