@@ -59,6 +59,9 @@ def _streams() -> int:
 
 
 STREAMS = threading.BoundedSemaphore(_streams())
+# commands (exec sessions) open at once on one connection: sshd refuses more than MaxSessions
+# (10 by default) per connection, and the SFTP session holds one
+SESSIONS_PER_CONNECTION = 8
 
 
 class _Transient(Exception):
@@ -94,6 +97,7 @@ class SSHTransport:
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.Lock()
         self._sftp_lock = threading.RLock()  # SFTPClient is not meant for concurrent use
+        self._sessions = threading.BoundedSemaphore(SESSIONS_PER_CONNECTION)
         self._ids: dict[tuple[str, str], tuple[int, int]] = {("root", "root"): (0, 0)}
         self._dirs: set[str] = set()
 
@@ -320,10 +324,22 @@ class SSHTransport:
 
     def _exec(self, line: str, shown: str, input: bytes | Path | None,
               timeout: float | None) -> CommandResult:
+        # lanes and parallel uploads run several commands on one host at once: never more
+        # sessions than sshd allows on one connection
+        with self._sessions:
+            return self._exec_session(line, shown, input, timeout)
+
+    def _exec_session(self, line: str, shown: str, input: bytes | Path | None,
+                      timeout: float | None) -> CommandResult:
         tr = self._transport()
         try:
             chan = tr.open_session(timeout=self.connect_timeout)
-        except paramiko.SSHException:
+        except paramiko.SSHException as e:
+            if tr.is_active():
+                # the server refused the session, the connection is fine: closing it would
+                # kill the other threads' commands on it
+                raise self._error(f"the host refused a session for {shown}: {e or type(e).__name__}",
+                                  "raise MaxSessions in the host's sshd_config") from None
             # the connection died under us (host rebooted): reconnect once
             self.close()
             chan = self._transport().open_session(timeout=self.connect_timeout)

@@ -68,7 +68,7 @@ class Sshd:
 
 
 def start_sshd(d: Path, *, netns: str | None = None, port: int | None = None,
-               client_key: Path | None = None) -> Sshd:
+               client_key: Path | None = None, max_sessions: int = 50) -> Sshd:
     d.mkdir(parents=True, exist_ok=True)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
     host_key = keygen(d / "host_ed25519", "kdeploy-test-host")
@@ -91,7 +91,7 @@ PrintMotd no
 AcceptEnv LANG
 Subsystem sftp {SFTP_SERVER}
 LogLevel VERBOSE
-MaxSessions 50
+MaxSessions {max_sessions}
 MaxStartups 50:30:100
 """)
     pub = Path(str(host_key) + ".pub").read_text().split()

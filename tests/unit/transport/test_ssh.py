@@ -462,3 +462,29 @@ def test_bastion_cannot_reach_target(netns_sshd):
                       bastion={"address": "127.0.0.1", "port": s.port, "key_file": str(s.client_key)})
     with pytest.raises(TransportError, match="host behind .*bastion"):
         tr.connect()
+
+
+def test_many_commands_and_uploads_at_once_stay_within_sshds_session_limit(tmp_path_factory, tmp_path,
+                                                                          blob_cache):
+    """Lanes and parallel uploads put a dozen commands on one host at once; sshd (MaxSessions
+    10, its default) refuses more sessions than that per connection. Every one completes: the
+    transport queues them, and never drops the connection (and the others' commands) for it."""
+    from concurrent.futures import ThreadPoolExecutor
+    s = start_sshd(tmp_path_factory.mktemp("sshd-maxsessions"), max_sessions=10)
+    try:
+        tr = _t(s).connect()
+        src = tmp_path / "containerd"
+        src.write_bytes(b"".join(b"containerd %08d\n" % i for i in range(100_000)))  # 2 MB
+        sha = hashlib.sha256(src.read_bytes()).hexdigest()
+        tr.get("/etc/hostname")   # opens the SFTP session: it holds one of the ten
+
+        def job(i: int):
+            if i % 4 == 0:
+                tr.put_file(str(tmp_path / f"up{i}" / "containerd"), src, sha256=sha)
+                return (tmp_path / f"up{i}" / "containerd").read_bytes() == src.read_bytes()
+            return tr.run(["sh", "-c", f"sleep 0.5; echo {i}"]).out == str(i)
+        with ThreadPoolExecutor(24) as ex:
+            assert all(ex.map(job, range(24)))
+        tr.close()
+    finally:
+        s.stop()
