@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -26,6 +26,7 @@ from kdeploy.plan.resources import PHASES, Binary, Block, File, HostResources
 from kdeploy.transport.base import Transport
 
 UPLOADS_PER_HOST = 4
+JOIN_UNIT = "kubelet"   # every host is a node: one whose kubelet is not running yet is joining
 
 
 def _work(plan: Plan, step: Step, host: str) -> int:
@@ -72,6 +73,7 @@ class Engine:
         self.emit = emit
         self.parallel = parallel
         self._stop = threading.Event()
+        self._prefetch: dict[tuple[str, str], Future] = {}   # (host, path) -> its early upload
         # one host may be acted on by two lanes at once: its journal and hash cache are
         # read-modify-write files
         self._host_locks = {h: threading.Lock() for h in transports}
@@ -85,8 +87,11 @@ class Engine:
         self._stop = threading.Event()
         self._cleanups: list[tuple[str, str, Callable[[], None]]] = []
         self._prewarm(plan)
+        self._prefetch = {}
+        pools: list[ThreadPoolExecutor] = []
         try:
-            self._journal_consequences(plan)
+            self._journal_consequences(plan)   # before any change, a prefetched one too
+            pools = self._start_prefetch(plan)
             for step in steps:
                 if isinstance(step, Lanes):
                     self._lanes(plan, step, result)
@@ -96,7 +101,41 @@ class Engine:
             self._stop.set()  # running host steps finish their current command, gates give up
             self._run_cleanups()
             raise
+        finally:
+            for ex in pools:   # no upload outlives the run (and its host locks)
+                ex.shutdown(wait=True, cancel_futures=True)
         return result
+
+    def _start_prefetch(self, plan: Plan) -> list[ThreadPoolExecutor]:
+        """Hosts joining a running cluster get every binary they lack from the start of the run,
+        UPLOADS_PER_HOST at a time, while their earlier phases run (a new worker's kubelet
+        uploads while containerd starts and its images import); each phase waits for its own.
+        Only new files on new hosts: nothing runs them before their phase, and a run that
+        stops early leaves files the next one finds in place. A first deploy (no host runs a
+        kubelet yet) keeps the phase order, which brings the control plane up first."""
+        if self.batch is not None:
+            return []
+        starting = {c.host for c in plan.changes if c.kind == "unit-start" and c.target == JOIN_UNIT}
+        if not starting or starting >= set(self.desired):
+            return []
+        order = {ph: i for i, ph in enumerate(PHASES)}
+        pools = []
+        for h in sorted(starting):
+            creates = sorted((c for c in plan.changes if c.host == h and c.kind == "binary"
+                              and c.action == "create"), key=lambda c: order.get(c.phase, 99))
+            if len(creates) < 2:
+                continue
+            ex = ThreadPoolExecutor(max_workers=UPLOADS_PER_HOST, thread_name_prefix=f"kdeploy-prefetch-{h}")
+            pools.append(ex)
+            for c in creates:
+                self._prefetch[(h, c.target)] = ex.submit(self._put_binary, h, c.target)
+        return pools
+
+    def _put_binary(self, host: str, path: str) -> None:
+        if self._stop.is_set():
+            raise ApplyError("interrupted", "run `kdeploy up` again")
+        b: Binary = next(x for x in self.desired[host].binaries if x.path == path)
+        self.t[host].put_file(b.path, b.local_path, mode=b.mode, sha256=b.sha256)
 
     def _prewarm(self, plan: Plan) -> None:
         """Start compressing the binaries this plan uploads (kdeploy.transport.blobs) while the
@@ -403,17 +442,16 @@ class Engine:
         """A phase's binaries for one host, UPLOADS_PER_HOST at a time (the transport bounds the
         streams of all hosts together): a host added to a running cluster is the only one
         uploading, and one file after the other left its CPUs and the deployer's idle."""
-        t = self.t[host]
-        bins = {b.path: b for b in self.desired[host].binaries}
         for c in uploads:
             self.emit({"event": "change", "host": host, "phase": phase, "kind": c.kind,
                        "target": c.target, "action": c.action})
 
         def put(c: Change) -> None:
-            if self._stop.is_set():
-                raise ApplyError("interrupted", "run `kdeploy up` again")
-            b: Binary = bins[c.target]
-            t.put_file(b.path, b.local_path, mode=b.mode, sha256=b.sha256)
+            with self._lock:
+                early = self._prefetch.pop((host, c.target), None)
+            if early is not None:   # uploading since the run started (_start_prefetch)
+                return early.result()
+            self._put_binary(host, c.target)
         if len(uploads) == 1:
             return put(uploads[0])
         with ThreadPoolExecutor(max_workers=min(UPLOADS_PER_HOST, len(uploads))) as ex:

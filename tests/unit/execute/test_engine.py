@@ -381,3 +381,75 @@ def test_a_no_op_reads_no_file_beside_the_facts(inv):
     assert not plan(dep.desired, observed).changes
     assert not [c for f in fakes.values() for c in f.log if c.op == "get"]
     assert all(observed[h].contents.get("/etc/hosts") for h in fakes)
+
+
+def _timed_up(dep, fakes, events):
+    """Apply up's steps; returns {(host, what): (start, end)} for uploads and containerd starts."""
+    import threading
+    import time
+
+    from kdeploy.verbs.up import up_steps
+    spans, lock = {}, threading.Lock()
+    for name, f in fakes.items():
+        orig = f.put_file
+
+        def put_file(path, local_path, *, mode=0o755, sha256=None, _n=name, _orig=orig):
+            t0 = time.monotonic()
+            time.sleep(0.05)
+            _orig(path, local_path, mode=mode, sha256=sha256)
+            with lock:
+                spans[(_n, path)] = (t0, time.monotonic())
+        f.put_file = put_file
+
+        def respond(text, _input, _n=name):
+            if "start containerd" in text:
+                t0 = time.monotonic()
+                time.sleep(0.4)   # containerd takes a moment to come up
+                with lock:
+                    spans[(_n, "containerd started")] = (t0, time.monotonic())
+            return None
+        f.responses = respond
+    _, observed = run.gather(dep, fakes)
+    p = plan(dep.desired, observed)
+    run.apply(dep, fakes, p, events.append, steps=up_steps(dep, fakes))
+    return spans, p
+
+
+def test_a_joining_host_uploads_its_later_binaries_while_its_runtime_starts(tmp_path):
+    """Adding a worker to a running cluster: its kubelet and images upload from the start of
+    the run, while containerd comes up; the run converges (nothing left to do). A first deploy
+    uploads each phase's binaries in that phase (the control plane first)."""
+    import shutil
+
+    from kdeploy.artifacts.layout import write_manifest
+    from tests.conftest import fake_artifact_set
+    art = fake_artifact_set(tmp_path / "art")
+    write_manifest(art, kubernetes_version="1.37.2", arch="amd64", source="test")
+    inv = tmp_path / "cluster.yaml"
+    shutil.copy(SAMPLES / "cluster.yaml", inv)
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, artifacts_dir=art)
+    fakes = fakes_for(cluster, dep)
+    spans, _ = _timed_up(dep, fakes, [])
+    first = spans[("worker1", "containerd started")]
+    assert spans[("worker1", "/usr/local/bin/kubelet")][0] >= first[1]    # first deploy: in order
+
+    inv.write_text(inv.read_text() + "  - name: worker3\n    address: 192.0.2.23\n    roles: [worker]\n")
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, artifacts_dir=art)
+    new = fakes_for(cluster, dep)["worker3"]
+    fakes = {**fakes, "worker3": new}
+    import time
+    timed = []
+    spans, p = _timed_up(dep, fakes, type("Sink", (), {"append": lambda _, e: timed.append((time.monotonic(), e))})())
+    events = [e for _, e in timed]
+    runtime_done = next(t for t, e in timed if e.get("event") == "phase-done" and e["phase"] == "runtime")
+    # they started before the runtime phase ended (containerd still coming up)
+    assert spans[("worker3", "/usr/local/bin/kubelet")][0] < runtime_done
+    assert spans[("worker3", "/var/lib/kdeploy/images/pause.tar")][0] < runtime_done
+    # announced in its own phase all the same, and nothing uploaded twice
+    shown = [(e["phase"], e["target"]) for e in events if e.get("event") == "change" and e["host"] == "worker3"
+             and e["kind"] == "binary"]
+    assert ("node", "/usr/local/bin/kubelet") in shown and len(shown) == len(set(shown))
+    assert [c.what for c in new.log if c.op == "put_file"].count("/usr/local/bin/kubelet") == 1
+    assert not plan(dep.desired, run.gather(dep, fakes)[1]).changes
