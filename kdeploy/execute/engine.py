@@ -25,7 +25,9 @@ from kdeploy.execute.steps import SERIAL, Gate, Lanes, Step, converge_steps  # n
 from kdeploy.plan.resources import PHASES, Binary, Block, File, HostResources
 from kdeploy.transport.base import Transport
 
-UPLOADS_PER_HOST = 4
+UPLOADS_PER_HOST = 4   # a host's files at once, when at most WIDE_HOSTS hosts upload in a phase
+WIDE_HOSTS = 2         # more hosts: one file at a time each (they share the deployer's streams,
+                       # and a host done with its files moves on to its restarts and imports)
 JOIN_UNIT = "kubelet"   # every host is a node: one whose kubelet is not running yet is joining
 
 
@@ -74,6 +76,7 @@ class Engine:
         self.parallel = parallel
         self._stop = threading.Event()
         self._prefetch: dict[tuple[str, str], Future] = {}   # (host, path) -> its early upload
+        self._uploaders: dict[str, set[str]] = {}
         # one host may be acted on by two lanes at once: its journal and hash cache are
         # read-modify-write files
         self._host_locks = {h: threading.Lock() for h in transports}
@@ -88,6 +91,10 @@ class Engine:
         self._cleanups: list[tuple[str, str, Callable[[], None]]] = []
         self._prewarm(plan)
         self._prefetch = {}
+        self._uploaders = {}   # phase -> hosts uploading in it
+        for c in plan.changes:
+            if c.kind == "binary":
+                self._uploaders.setdefault(c.phase, set()).add(c.host)
         pools: list[ThreadPoolExecutor] = []
         try:
             self._journal_consequences(plan)   # before any change, a prefetched one too
@@ -120,12 +127,13 @@ class Engine:
             return []
         order = {ph: i for i, ph in enumerate(PHASES)}
         pools = []
+        width = UPLOADS_PER_HOST if len(starting) <= WIDE_HOSTS else 1
         for h in sorted(starting):
             creates = sorted((c for c in plan.changes if c.host == h and c.kind == "binary"
                               and c.action == "create"), key=lambda c: order.get(c.phase, 99))
             if len(creates) < 2:
                 continue
-            ex = ThreadPoolExecutor(max_workers=UPLOADS_PER_HOST, thread_name_prefix=f"kdeploy-prefetch-{h}")
+            ex = ThreadPoolExecutor(max_workers=width, thread_name_prefix=f"kdeploy-prefetch-{h}")
             pools.append(ex)
             for c in creates:
                 self._prefetch[(h, c.target)] = ex.submit(self._put_binary, h, c.target)
@@ -439,9 +447,11 @@ class Engine:
             self._journal(t, host, remove=done)
 
     def _upload(self, host: str, phase: str, uploads: list[Change]) -> None:
-        """A phase's binaries for one host, UPLOADS_PER_HOST at a time (the transport bounds the
-        streams of all hosts together): a host added to a running cluster is the only one
-        uploading, and one file after the other left its CPUs and the deployer's idle."""
+        """A phase's binaries for one host: UPLOADS_PER_HOST at a time when few hosts upload in
+        this phase (a host added to a running cluster: one file after the other left its CPUs
+        and the deployer's idle), else one at a time (a first deploy of many hosts: the
+        transport's streams are shared, and files at once on every host would finish every
+        host late)."""
         for c in uploads:
             self.emit({"event": "change", "host": host, "phase": phase, "kind": c.kind,
                        "target": c.target, "action": c.action})
@@ -452,9 +462,12 @@ class Engine:
             if early is not None:   # uploading since the run started (_start_prefetch)
                 return early.result()
             self._put_binary(host, c.target)
-        if len(uploads) == 1:
-            return put(uploads[0])
-        with ThreadPoolExecutor(max_workers=min(UPLOADS_PER_HOST, len(uploads))) as ex:
+        width = UPLOADS_PER_HOST if len(self._uploaders.get(phase, ())) <= WIDE_HOSTS else 1
+        if width == 1 or len(uploads) == 1:
+            for c in uploads:
+                put(c)
+            return
+        with ThreadPoolExecutor(max_workers=min(width, len(uploads))) as ex:
             futures = [ex.submit(put, c) for c in uploads]
         for f in futures:  # every upload has ended: the first failure, in plan order
             f.result()

@@ -351,6 +351,18 @@ def test_a_hosts_binaries_upload_side_by_side(tmp_path):
     assert all(fakes["new"].get(f"/usr/local/bin/b{i}") == b"binary" for i in range(6))
 
 
+def test_many_hosts_uploading_send_one_file_at_a_time_each(tmp_path):
+    """A first deploy of many hosts: each host's files go one after the other (the deployer's
+    streams are shared; a host done with its files moves on while the others upload)."""
+    from kdeploy.execute.steps import Step
+    eng, p, fakes, events, uploads = _bins_engine(tmp_path, {f"h{i}": 3 for i in range(4)}, slow=0.05)
+    eng.apply(p, (Step("node", ("node",)),))
+    assert len(uploads) == 12
+    for h in fakes:
+        mine = [u for u in uploads if u[0] == h]
+        assert max(sum(1 for u in mine if u[2] < x[3] and x[2] < u[3]) for x in mine) == 1
+
+
 def test_a_failed_upload_fails_the_host_and_nothing_after_it_runs(tmp_path):
     from kdeploy.execute.steps import Step
     eng, p, fakes, events, uploads = _bins_engine(tmp_path, {"new": 5}, fail="/usr/local/bin/b2")
