@@ -44,6 +44,17 @@ class Cp:
         return [n for n, ph in self.ns.items() if ph == "Active"]
 
 
+class SeeingCp(Cp):
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def run(self, argv, check=True, input=None, timeout=None, secret=False):
+        if input:
+            self.seen.append(input.decode())
+        return super().run(argv, check=check, input=input, timeout=timeout, secret=secret)
+
+
 def verifier(tmp_path, cp, **kw):
     inv = tmp_path / "cluster.yaml"
     shutil.copy(SAMPLES / "cluster.yaml", inv)
@@ -98,20 +109,12 @@ def test_keep_workload_leaves_it_and_the_next_verify_removes_it(tmp_path, monkey
 
 
 def test_workload_manifest_names_the_given_image(tmp_path, monkeypatch):
-    seen = []
-    cp = Cp()
-    orig = cp.run
-
-    def run_(argv, check=True, input=None, timeout=None, secret=False):
-        if input:
-            seen.append(input.decode())
-        return orig(argv, check=check, input=input, timeout=timeout, secret=secret)
-    cp.run = run_
+    cp = SeeingCp()
     v = verifier(tmp_path, cp)
     only_workload(v, monkeypatch)
     v.run()
-    assert "image: kdeploy.invalid/agnhost:1" in seen[0]
-    assert "terminationGracePeriodSeconds" in seen[0]
+    assert "image: kdeploy.invalid/agnhost:1" in cp.seen[0]
+    assert "terminationGracePeriodSeconds" in cp.seen[0]
 
 
 def test_a_cluster_without_workers_passes_the_workload_check_as_not_applicable(tmp_path, monkeypatch):
@@ -138,17 +141,6 @@ def _applied_workload(cp) -> dict:
     import yaml
     text = next(c for c in cp.seen if "kind: Deployment" in c)
     return next(d for d in yaml.safe_load_all(text) if d["kind"] == "Deployment")
-
-
-class SeeingCp(Cp):
-    def __init__(self):
-        super().__init__()
-        self.seen: list[str] = []
-
-    def run(self, argv, check=True, input=None, timeout=None, secret=False):
-        if input:
-            self.seen.append(input.decode())
-        return super().run(argv, check=check, input=input, timeout=timeout, secret=secret)
 
 
 def test_after_an_add_the_workload_runs_on_the_new_node_and_one_unchanged_node(tmp_path, monkeypatch):
