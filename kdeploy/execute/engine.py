@@ -452,7 +452,7 @@ class Engine:
         and the deployer's idle), else one at a time (a first deploy of many hosts: the
         transport's streams are shared, and files at once on every host would finish every
         host late)."""
-        for c in uploads:
+        def announce(c: Change) -> None:
             self.emit({"event": "change", "host": host, "phase": phase, "kind": c.kind,
                        "target": c.target, "action": c.action})
 
@@ -464,9 +464,14 @@ class Engine:
             self._put_binary(host, c.target)
         width = UPLOADS_PER_HOST if len(self._uploaders.get(phase, ())) <= WIDE_HOSTS else 1
         if width == 1 or len(uploads) == 1:
-            for c in uploads:
+            for c in uploads:   # each announced as it starts
+                if self._stop.is_set():
+                    raise ApplyError("interrupted", "run `kdeploy up` again")
+                announce(c)
                 put(c)
             return
+        for c in uploads:
+            announce(c)
         with ThreadPoolExecutor(max_workers=min(width, len(uploads))) as ex:
             futures = [ex.submit(put, c) for c in uploads]
         for f in futures:  # every upload has ended: the first failure, in plan order
