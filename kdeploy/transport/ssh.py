@@ -60,8 +60,10 @@ def _streams() -> int:
 
 STREAMS = threading.BoundedSemaphore(_streams())
 # commands (exec sessions) open at once on one connection: sshd refuses more than MaxSessions
-# (10 by default) per connection, and the SFTP session holds one
-SESSIONS_PER_CONNECTION = 8
+# (10 by default) per connection, the SFTP session holds one, and a closed session frees its
+# slot only once sshd has processed the close (later on a busy host)
+SESSIONS_PER_CONNECTION = 6
+SESSION_RETRY_S = 20.0   # a refused session is retried this long (hardened hosts: MaxSessions 2-4)
 
 
 class _Transient(Exception):
@@ -332,17 +334,26 @@ class SSHTransport:
     def _exec_session(self, line: str, shown: str, input: bytes | Path | None,
                       timeout: float | None) -> CommandResult:
         tr = self._transport()
-        try:
-            chan = tr.open_session(timeout=self.connect_timeout)
-        except paramiko.SSHException as e:
-            if tr.is_active():
-                # the server refused the session, the connection is fine: closing it would
-                # kill the other threads' commands on it
-                raise self._error(f"the host refused a session for {shown}: {e or type(e).__name__}",
-                                  "raise MaxSessions in the host's sshd_config") from None
-            # the connection died under us (host rebooted): reconnect once
-            self.close()
-            chan = self._transport().open_session(timeout=self.connect_timeout)
+        deadline = time.monotonic() + SESSION_RETRY_S
+        wait = 0.05
+        while True:
+            try:
+                chan = tr.open_session(timeout=self.connect_timeout)
+                break
+            except paramiko.SSHException as e:
+                if not tr.is_active():
+                    # the connection died under us (host rebooted): reconnect once
+                    self.close()
+                    chan = self._transport().open_session(timeout=self.connect_timeout)
+                    break
+                # the server refused the session (MaxSessions; a slot frees when another
+                # command's close is through): wait and retry, never drop the connection,
+                # which would kill the other threads' commands on it
+                if time.monotonic() > deadline:
+                    raise self._error(f"the host refused a session for {shown}: {e or type(e).__name__}",
+                                      "raise MaxSessions in the host's sshd_config") from None
+                time.sleep(wait)
+                wait = min(1.0, wait * 2)
         with chan:
             chan.exec_command(line)
             writer = None
