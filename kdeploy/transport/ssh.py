@@ -333,27 +333,7 @@ class SSHTransport:
 
     def _exec_session(self, line: str, shown: str, input: bytes | Path | None,
                       timeout: float | None) -> CommandResult:
-        tr = self._transport()
-        deadline = time.monotonic() + SESSION_RETRY_S
-        wait = 0.05
-        while True:
-            try:
-                chan = tr.open_session(timeout=self.connect_timeout)
-                break
-            except paramiko.SSHException as e:
-                if not tr.is_active():
-                    # the connection died under us (host rebooted): reconnect once
-                    self.close()
-                    chan = self._transport().open_session(timeout=self.connect_timeout)
-                    break
-                # the server refused the session (MaxSessions; a slot frees when another
-                # command's close is through): wait and retry, never drop the connection,
-                # which would kill the other threads' commands on it
-                if time.monotonic() > deadline:
-                    raise self._error(f"the host refused a session for {shown}: {e or type(e).__name__}",
-                                      "raise MaxSessions in the host's sshd_config") from None
-                time.sleep(wait)
-                wait = min(1.0, wait * 2)
+        chan = self._open_session(shown, reconnect=True)
         with chan:
             chan.exec_command(line)
             writer = None
@@ -396,10 +376,34 @@ class SSHTransport:
         return CommandResult(shown, rc, b"".join(out), b"".join(err))
 
     # --- files -----------------------------------------------------------------------------
-    def _sftp_client(self) -> paramiko.SFTPClient:
+    def _open_session(self, shown: str, *, reconnect: bool = False) -> paramiko.Channel:
+        """A session channel on the connection. One the server refuses (MaxSessions; a slot
+        frees when another command's close is through) is retried for SESSION_RETRY_S, never by
+        dropping the connection, which would kill the other threads' commands on it; a dead
+        connection (host rebooted) is reconnected once when `reconnect`."""
         tr = self._transport()
+        deadline = time.monotonic() + SESSION_RETRY_S
+        wait = 0.05
+        while True:
+            try:
+                return tr.open_session(timeout=self.connect_timeout)
+            except paramiko.SSHException as e:
+                if not tr.is_active():
+                    if not reconnect:
+                        raise
+                    self.close()
+                    return self._transport().open_session(timeout=self.connect_timeout)
+                if time.monotonic() > deadline:
+                    raise self._error(f"the host refused a session for {shown}: {e or type(e).__name__}",
+                                      "raise MaxSessions in the host's sshd_config") from None
+                time.sleep(wait)
+                wait = min(1.0, wait * 2)
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
         if self._sftp is None or self._sftp.get_channel().closed:
-            self._sftp = paramiko.SFTPClient.from_transport(tr)
+            chan = self._open_session("SFTP")
+            chan.invoke_subsystem("sftp")
+            self._sftp = paramiko.SFTPClient(chan)
         return self._sftp
 
     def put(self, path: str, data: bytes, *, mode: int = 0o644, owner: str = "root",
