@@ -28,7 +28,6 @@ from kdeploy.transport.base import Transport
 UPLOADS_PER_HOST = 4   # a host's files at once, when at most WIDE_HOSTS hosts upload in a phase
 WIDE_HOSTS = 2         # more hosts: one file at a time each (they share the deployer's streams,
                        # and a host done with its files moves on to its restarts and imports)
-JOIN_UNIT = "kubelet"   # every host is a node: one whose kubelet is not running yet is joining
 
 
 def _work(plan: Plan, step: Step, host: str) -> int:
@@ -122,7 +121,10 @@ class Engine:
         kubelet yet) keeps the phase order, which brings the control plane up first."""
         if self.batch is not None:
             return []
-        starting = {c.host for c in plan.changes if c.kind == "unit-start" and c.target == JOIN_UNIT}
+        from kdeploy.components import kubelet
+        # every host is a node: one whose kubelet the plan starts is joining the cluster
+        starting = {c.host for c in plan.changes
+                    if c.kind == "unit-start" and c.target in kubelet.COMPONENT.units}
         if not starting or starting >= set(self.desired):
             return []
         order = {ph: i for i, ph in enumerate(PHASES)}

@@ -28,7 +28,13 @@ class CheckResult:
 
 
 MARK = "@@kdeploy-host "   # kubelet_anonymous_refused: one section per host in one call's output
-NODE_UNITS = ("containerd", "kubelet", "kube-proxy")
+
+def _node_units() -> tuple[str, ...]:
+    from kdeploy.components import containerd, kube_proxy, kubelet
+    return containerd.COMPONENT.units + kubelet.COMPONENT.units + kube_proxy.COMPONENT.units
+
+
+NODE_UNITS = _node_units()   # a node's stack: its runtime, kubelet and proxy
 
 
 def node_stack_changed(plan) -> tuple[str, ...]:
@@ -160,7 +166,9 @@ class Verifier:
         not waited for: their names are not this verify's."""
         r = self.cp.run(list(KUBECTL_ADMIN) + ["get", "namespace", "-l", LABEL, "-o", "name"],
                         check=False, timeout=60)
-        old = [n for n in r.out.split() if r.ok and n != f"namespace/{self.ns}"]
+        if not r.ok:
+            return
+        old = [n for n in r.out.split() if n != f"namespace/{self.ns}"]
         if old:
             self.cp.run(list(KUBECTL_ADMIN) + ["delete", *old, "--ignore-not-found", "--wait=false"],
                         check=False, timeout=60)

@@ -299,25 +299,11 @@ def test_a_failing_lane_stops_the_run_with_its_own_error(inv):
     assert not any("start kubelet" in c for f in fakes.values() for c in f.commands)
 
 
-def _bins_engine(tmp_path, hosts: dict[str, int], *, parallel: int = 16, slow: float = 0.0,
-                 fail: str | None = None):
-    """An engine over fake hosts, each with n binaries to upload in the node phase (and a
-    file); returns (engine, plan, fakes, events, uploads: [(host, path, start, end)])."""
-    import hashlib
+def _timed_uploads(fakes, slow: float, fail: str | None = None) -> list:
+    """Each fake's put_file takes `slow` s (and fails for the path `fail`); the uploads that
+    landed, as [(host, path, start, end)]."""
     import threading
     import time
-
-    from kdeploy.execute.engine import Engine
-    from kdeploy.plan.planner import Observed
-    from kdeploy.plan.resources import Binary, File, HostResources
-    src = tmp_path / "bin"
-    src.write_bytes(b"binary")
-    sha = hashlib.sha256(b"binary").hexdigest()
-    desired = {h: HostResources(h, files=(File(f"/etc/{h}.conf", b"x", "node"),),
-                                binaries=tuple(Binary(f"/usr/local/bin/b{i}", str(src), sha)
-                                               for i in range(n)))
-               for h, n in hosts.items()}
-    fakes = {h: FakeTransport(h) for h in hosts}
     uploads, lock = [], threading.Lock()
     for h, f in fakes.items():
         orig = f.put_file
@@ -331,6 +317,27 @@ def _bins_engine(tmp_path, hosts: dict[str, int], *, parallel: int = 16, slow: f
             with lock:
                 uploads.append((_h, path, t0, time.monotonic()))
         f.put_file = put_file
+    return uploads
+
+
+def _bins_engine(tmp_path, hosts: dict[str, int], *, parallel: int = 16, slow: float = 0.0,
+                 fail: str | None = None):
+    """An engine over fake hosts, each with n binaries to upload in the node phase (and a
+    file); returns (engine, plan, fakes, events, uploads: [(host, path, start, end)])."""
+    import hashlib
+
+    from kdeploy.execute.engine import Engine
+    from kdeploy.plan.planner import Observed
+    from kdeploy.plan.resources import Binary, File, HostResources
+    src = tmp_path / "bin"
+    src.write_bytes(b"binary")
+    sha = hashlib.sha256(b"binary").hexdigest()
+    desired = {h: HostResources(h, files=(File(f"/etc/{h}.conf", b"x", "node"),),
+                                binaries=tuple(Binary(f"/usr/local/bin/b{i}", str(src), sha)
+                                               for i in range(n)))
+               for h, n in hosts.items()}
+    fakes = {h: FakeTransport(h) for h in hosts}
+    uploads = _timed_uploads(fakes, slow, fail)
     events = []
     eng = Engine(desired, fakes, roles={h: {"node"} for h in hosts}, emit=events.append,
                  parallel=parallel)
@@ -402,17 +409,8 @@ def _timed_up(dep, fakes, events):
 
     from kdeploy.verbs.up import up_steps
     spans, lock = {}, threading.Lock()
+    uploads = _timed_uploads(fakes, 0.05)
     for name, f in fakes.items():
-        orig = f.put_file
-
-        def put_file(path, local_path, *, mode=0o755, sha256=None, _n=name, _orig=orig):
-            t0 = time.monotonic()
-            time.sleep(0.05)
-            _orig(path, local_path, mode=mode, sha256=sha256)
-            with lock:
-                spans[(_n, path)] = (t0, time.monotonic())
-        f.put_file = put_file
-
         def respond(text, _input, _n=name):
             if "start containerd" in text:
                 t0 = time.monotonic()
@@ -424,6 +422,7 @@ def _timed_up(dep, fakes, events):
     _, observed = run.gather(dep, fakes)
     p = plan(dep.desired, observed)
     run.apply(dep, fakes, p, events.append, steps=up_steps(dep, fakes))
+    spans.update({(h, path): (t0, t1) for h, path, t0, t1 in uploads})
     return spans, p
 
 
