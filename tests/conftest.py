@@ -20,6 +20,18 @@ def fake_artifact_set(d: Path, *, kube_bench: bool = True) -> Path:
     return d
 
 
+def path_without(tmp_path: Path, tool: str) -> str:
+    """A PATH of this machine's shell tools without `tool`: a host that lacks it."""
+    import shutil
+    d = tmp_path / f"path-without-{tool}"
+    d.mkdir()
+    for name in ("sh", "sed", "cut", "awk", "stat", "xargs", "mktemp", "cp", "sha256sum", "openssl",
+                 "gzip", "mkdir", "rm", "chown", "chmod", "sync", "mv", "install", "cat"):
+        if name != tool and shutil.which(name):
+            (d / name).symlink_to(shutil.which(name))
+    return str(d)
+
+
 @pytest.fixture
 def write_inv(tmp_path):
     """Write an inventory text to a tmp file and return its path."""

@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 from kdeploy.execute import journal
 from kdeploy.facts.parse import SHA_PRIME
 from kdeploy.plan.planner import BLOCK_BEGIN, BLOCK_END, Change, render_block
-from kdeploy.plan.resources import HostResources
+from kdeploy.plan.resources import ENABLE, HostResources
 
 RESTART_TIMEOUT = 180
 
@@ -129,7 +129,7 @@ def host_ops(res: HostResources, changes: Sequence[Change]) -> list[Op]:
         if c.kind == "run":
             out.append(Op("run", argv=_argv(c.target), key=key))
         elif c.kind == "unit-enable":
-            out.append(Op("run", argv=("systemctl", "enable", c.target), key=key))
+            out.append(Op("run", argv=(*ENABLE, c.target), key=key))
         elif c.kind == "unit-start":
             out.append(Op("run", argv=("systemctl", "start", c.target), timeout=RESTART_TIMEOUT, key=key))
         elif c.kind == "unit-restart":

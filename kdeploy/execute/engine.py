@@ -22,7 +22,7 @@ from kdeploy.execute import journal
 from kdeploy.facts.parse import SHA_PRIME
 from kdeploy.plan.planner import Change, Plan, apply_block
 from kdeploy.execute.steps import SERIAL, Gate, Lanes, Step, converge_steps  # noqa: F401 (Gate: re-export)
-from kdeploy.plan.resources import PHASES, Binary, Block, File, HostResources
+from kdeploy.plan.resources import ENABLE, INDEPENDENT_RUNS, PHASES, Binary, Block, File, HostResources
 from kdeploy.transport.base import Transport
 
 UPLOADS_PER_HOST = 4   # a host's files at once, when at most WIDE_HOSTS hosts upload in a phase
@@ -59,7 +59,7 @@ class RunResult:
 class Engine:
     def __init__(self, desired: Mapping[str, HostResources], transports: Mapping[str, Transport],
                  *, roles: Mapping[str, set[str]], gates: tuple[Gate, ...] = (),
-                 emit: EventSink = lambda e: None, parallel: int = 16,
+                 emit: EventSink = lambda e: None, parallel: int = 32,
                  api_runner: Callable | None = None, batch=None):
         self.desired = desired
         # kdeploy.execute.batch.BatchApplier: a whole batch of hosts per transport call
@@ -72,6 +72,9 @@ class Engine:
         self.roles = roles
         self.gates = gates
         self.emit = emit
+        # hosts acting at once in a step, as many as facts and connections (32): when a node joins
+        # 24 others, their /etc/hosts and route updates go in one wave, not two; uploads stay
+        # bounded by the transport (its streams)
         self.parallel = parallel
         self._stop = threading.Event()
         self._prefetch: dict[tuple[str, str], Future] = {}   # (host, path) -> its early upload
@@ -432,11 +435,15 @@ class Engine:
         if reload_needed:
             t.run(["systemctl", "daemon-reload"])
         done: set[str] = set()
+        runs = [c for c in changes if c.kind == "run"]
+        if phase in INDEPENDENT_RUNS and len(runs) > 1:
+            done |= self._runs_at_once(t, runs, pending)
+            changes = [c for c in changes if c.kind != "run"]
         for c in changes:
             if c.kind == "run":
                 t.run(c.target)
             elif c.kind == "unit-enable":
-                t.run(["systemctl", "enable", c.target])
+                t.run([*ENABLE, c.target])
             elif c.kind == "unit-start":
                 t.run(["systemctl", "start", c.target], timeout=180)
             elif c.kind == "unit-restart":
@@ -447,6 +454,16 @@ class Engine:
                 done.add(c.key())
         if pending:
             self._journal(t, host, remove=done)
+
+    def _runs_at_once(self, t: Transport, runs: list[Change], pending: set[str]) -> set[str]:
+        """A phase's independent commands side by side (INDEPENDENT_RUNS), their journaled keys;
+        every one ends before the first failure, in plan order, is raised (the journal keeps
+        them all then, as after a failed command in order)."""
+        with ThreadPoolExecutor(max_workers=min(UPLOADS_PER_HOST, len(runs))) as ex:
+            futures = [ex.submit(t.run, c.target) for c in runs]
+        for f in futures:
+            f.result()
+        return {c.key() for c in runs if c.key() in pending}
 
     def _upload(self, host: str, phase: str, uploads: list[Change]) -> None:
         """A phase's binaries for one host: UPLOADS_PER_HOST at a time when few hosts upload in

@@ -20,11 +20,12 @@ SUITE = "bookworm"
 VARIANT = "minbase"
 
 # Everything kubelet/containerd/kube-proxy and kdeploy's SSH transport need at runtime.
-# minbase already has mount, util-linux, tar, gzip, findutils, coreutils.
+# minbase already has mount, util-linux, tar, gzip, findutils, coreutils. zstd: a Debian 12 host
+# with a kernel has it (initramfs-tools recommends it); kdeploy's uploads use it where present.
 PACKAGES: tuple[str, ...] = (
     "systemd-sysv", "dbus", "openssh-server", "openssh-sftp-server", "python3",
     "iproute2", "iptables", "nftables", "conntrack", "socat", "ipset", "ethtool", "kmod",
-    "ca-certificates", "iputils-ping", "procps", "libseccomp2", "xz-utils",
+    "ca-certificates", "iputils-ping", "procps", "libseccomp2", "xz-utils", "zstd",
 )
 
 # nspawn mounts the cgroup v1 controllers and /proc/sys read-only; runc must mkdir cgroups and

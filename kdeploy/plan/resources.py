@@ -20,6 +20,13 @@ class Phase(StrEnum):
 
 
 PHASES: tuple[Phase, ...] = tuple(Phase)
+# phases whose commands on a host do not depend on each other (one `ctr images import` per
+# archive): the engine runs them side by side
+INDEPENDENT_RUNS = frozenset({Phase.images})
+# `systemctl enable` reloads systemd's whole configuration (its generators too) unless told not
+# to; a unit's file is loaded by then (the phase's daemon-reload), and the [Install] links
+# matter at the next boot
+ENABLE = ("systemctl", "--no-reload", "enable")
 
 
 @dataclass(frozen=True)

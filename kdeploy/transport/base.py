@@ -148,6 +148,20 @@ def check_abs(host: str, path: str) -> str:
     return posixpath.normpath(path)
 
 
+# `kd_sha256 FILE...`: sha256sum's output, from OpenSSL where the host has it: its SHA extensions
+# make it about 4x faster than coreutils' sha256sum (Debian 12: 0.09 s against 0.35 s per 92 MB),
+# and a new worker checks about 450 MB of uploads, a control-plane host 750 MB
+SHA256_FN = ('kd_sha256() { if command -v openssl >/dev/null 2>&1; then '
+             'openssl dgst -sha256 -r -- "$@" | sed "s/ \\*/  /"; else sha256sum -- "$@"; fi; }')
+
+
+def sha256_check(tmp: str, sha256: str) -> str:
+    """Shell lines (SHA256_FN defined) that delete `tmp` and exit 65 unless it hashes to sha256."""
+    q = shlex.quote
+    return (f"if [ \"$(kd_sha256 {q(tmp)} | cut -c1-64)\" != {q(sha256.lower())} ]; then "
+            f"rm -f {q(tmp)}; echo 'kdeploy: sha256 mismatch after upload' >&2; exit 65; fi")
+
+
 def install_script(src: str, path: str, *, mode: int, owner: str, group: str,
                    sha256: str | None = None, remove_src: bool = True) -> str:
     """Shell script (run as root) that places `src` at `path` atomically: parent dirs (0755),
@@ -162,19 +176,18 @@ def install_script(src: str, path: str, *, mode: int, owner: str, group: str,
         f"install -m {mode:04o} -o {q(owner)} -g {q(group)} {q(src)} {q(tmp)}",
     ]
     if sha256:
-        lines.append(
-            f"if ! printf '%s  %s\\n' {q(sha256)} {q(tmp)} | sha256sum -c --status; then "
-            f"rm -f {q(tmp)}; echo 'kdeploy: sha256 mismatch after upload' >&2; exit 65; fi")
+        lines += [SHA256_FN, sha256_check(tmp, sha256)]
     lines += [f"sync {q(tmp)} 2>/dev/null || sync", f"mv -f {q(tmp)} {q(path)}"]
     if remove_src:
         lines.append(f"rm -f {q(src)}")
     return "\n".join(lines)
 
 
-def unpack_script(path: str, *, mode: int, sha256: str) -> str:
-    """Shell script (run as root) that reads a gzip stream on stdin and places its output at
-    `path` atomically, root-owned with `mode`, once its sha256 is checked (exit 65 if not):
-    the compressed upload of kdeploy.transport.blobs."""
+def unpack_script(path: str, *, mode: int, sha256: str, decompress: str = "gzip -dc") -> str:
+    """Shell script (run as root) that reads a compressed stream on stdin, decompresses it
+    (`decompress`: stdin to stdout) and places the output at `path` atomically, root-owned with
+    `mode`, once its sha256 is checked (exit 65 if not): the compressed upload of
+    kdeploy.transport.blobs."""
     q = shlex.quote
     tmp = tmp_path_for(path)
     return "\n".join([
@@ -182,9 +195,9 @@ def unpack_script(path: str, *, mode: int, sha256: str) -> str:
         f"(umask 022; mkdir -p {q(posixpath.dirname(path))})",
         "umask 077",  # private until checked and given its mode
         f"rm -f {q(tmp)}",
-        f"gzip -dc > {q(tmp)}",
-        f"if ! printf '%s  %s\\n' {q(sha256)} {q(tmp)} | sha256sum -c --status; then "
-        f"rm -f {q(tmp)}; echo 'kdeploy: sha256 mismatch after upload' >&2; exit 65; fi",
+        f"{decompress} > {q(tmp)}",
+        SHA256_FN,
+        sha256_check(tmp, sha256),
         f"chown root:root {q(tmp)}",
         f"chmod {mode:04o} {q(tmp)}",
         f"sync {q(tmp)} 2>/dev/null || sync",

@@ -1,16 +1,19 @@
 """Compressed upload blobs: each file content compressed once per deployer, sent to every host.
 
-Binaries and image archives are most of what a deploy sends (about 300 MB per worker, 600 MB per
-control-plane host for Kubernetes 1.37); gzip takes Go binaries to about 28 %. A file with a
-known sha256 of at least MIN_SIZE bytes is compressed once into
+Binaries and image archives are most of what a deploy sends (about 450 MB per worker, 750 MB per
+control-plane host for Kubernetes 1.37). A file with a known sha256 of at least MIN_SIZE bytes
+is compressed once into
 
-    ${XDG_CACHE_HOME:-~/.cache}/kdeploy/blobs/gzip/<sha256>.gz
+    ${XDG_CACHE_HOME:-~/.cache}/kdeploy/blobs/<format>/<sha256>.<ext>
 
 (hashed while it is compressed: a source that does not match its sha256 is refused before any
 host sees it; flock'ed so concurrent kdeploy processes and hosts take turns), then streamed to
-each host, which decompresses with gzip (Debian essential, on every host) and checks the sha256
-of what it wrote before renaming it into place: the check stays end to end. A cached blob is
-trusted by name; one whose output does not verify on a host is deleted and rebuilt once
+each host, which decompresses it and checks the sha256 of what it wrote before renaming it into
+place: the check stays end to end. Two formats (FORMATS): zstd for hosts that have the `zstd`
+tool (Debian 12 and Ubuntu hosts with an initramfs have it), gzip (Debian essential) for the
+others. zstd -3 takes Go binaries to about 26 % (gzip -6: 28 %), compresses 8x faster and
+inflates 3x faster: on a new worker 0.7 s of CPU for its 450 MB instead of 2.4 s. A cached blob
+is trusted by name; one whose output does not verify on a host is deleted and rebuilt once
 (kdeploy.transport.ssh). Nothing here is secret: secrets are small files written by put().
 """
 from __future__ import annotations
@@ -20,21 +23,46 @@ import hashlib
 import os
 import threading
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from kdeploy.errors import TransportError
 
 MIN_SIZE = 1 << 20     # smaller files go as they are: compressing them saves nothing worth a round trip
 LEVEL = 6              # gzip -6: 28 % on kubelet, 3.5 s per 92 MB once; -1 is 32 % and slower to inflate
+ZSTD_LEVEL = 3         # zstd -3: 26 % on kubelet, 0.5 s per 92 MB once; -6 saves 2 % for 3.5x the time
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    ext: str
+    tool: str                 # the host's decompressor (a host without it gets another format)
+    decompress: str           # stdin -> stdout; it checks the stream's own checksum too
+
+
+FORMATS = {
+    "zstd": Format("zstd", "zst", "zstd", "zstd -dcq"),
+    "gzip": Format("gzip", "gz", "gzip", "gzip -dc"),
+}
+
+
+def preferred() -> tuple[str, ...]:
+    """The formats this deployer can write, best first (zstd needs the zstandard module)."""
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        return ("gzip",)
+    return ("zstd", "gzip")
 _CHUNK = 1 << 20
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
 
-def blob_dir() -> Path:
+def blob_dir(fmt: str = "gzip") -> Path:
     from kdeploy.artifacts.layout import cache_root
-    return cache_root() / "blobs" / "gzip"
+    return cache_root() / "blobs" / fmt
 
 
 def wanted(size: int, sha256: str | None) -> bool:
@@ -42,30 +70,34 @@ def wanted(size: int, sha256: str | None) -> bool:
     return bool(sha256) and size >= MIN_SIZE
 
 
-def gzip_blob(local_path: Path, sha256: str) -> Path:
-    """The cached gzip blob of local_path (whose content must hash to sha256), built if missing."""
+def _path(sha256: str, fmt: str) -> Path:
+    return blob_dir(fmt) / f"{sha256.lower()}.{FORMATS[fmt].ext}"
+
+
+def blob(local_path: Path, sha256: str, fmt: str = "gzip") -> Path:
+    """The cached blob of local_path (whose content must hash to sha256) in `fmt`, built if missing."""
     sha256 = sha256.lower()
-    d = blob_dir()
-    path = d / f"{sha256}.gz"
+    path = _path(sha256, fmt)
     if path.is_file():
         return path
-    with _lock_for(sha256):
+    with _lock_for(f"{fmt}/{sha256}"):
         if path.is_file():
             return path
-        d.mkdir(parents=True, exist_ok=True)
-        with open(d / f"{sha256}.lock", "w") as lk:  # another kdeploy compressing the same content
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / f"{sha256}.lock", "w") as lk:  # another kdeploy compressing the same content
             fcntl.flock(lk, fcntl.LOCK_EX)
             if not path.is_file():
-                _compress(Path(local_path), sha256, path)
+                _compress(Path(local_path), sha256, path, fmt)
     return path
 
 
-def prewarm(files: list[tuple[Path, str]], workers: int = 2) -> None:
+def prewarm(files: list[tuple[Path, str]], workers: int = 2, fmt: str | None = None) -> None:
     """Compress the blobs of files (local path, sha256) that will be uploaded, in the background
-    (zlib releases the GIL): a deploy's early phases overlap the first compression of a new
-    artifact set. Errors are left to the upload that needs the blob, which raises them."""
-    todo = {sha: p for p, sha in files
-            if wanted(_size(p), sha) and not (blob_dir() / f"{sha.lower()}.gz").is_file()}
+    (zlib and zstandard release the GIL), in `fmt` (default: the best this deployer writes): a
+    deploy's early phases overlap the first compression of a new artifact set. Errors are left
+    to the upload that needs the blob, which raises them."""
+    fmt = fmt or preferred()[0]
+    todo = {sha: p for p, sha in files if wanted(_size(p), sha) and not _path(sha, fmt).is_file()}
     if not todo:
         return
 
@@ -73,14 +105,14 @@ def prewarm(files: list[tuple[Path, str]], workers: int = 2) -> None:
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(max_workers=workers) as ex:
             for sha, p in todo.items():
-                ex.submit(_quiet, p, sha)
+                ex.submit(_quiet, p, sha, fmt)
 
     threading.Thread(target=work, name="kdeploy-blobs", daemon=True).start()
 
 
-def _quiet(path: Path, sha256: str) -> None:
+def _quiet(path: Path, sha256: str, fmt: str) -> None:
     try:
-        gzip_blob(path, sha256)
+        blob(path, sha256, fmt)
     except Exception:  # noqa: BLE001 - the upload that needs it raises the same error
         pass
 
@@ -92,16 +124,25 @@ def _size(p: Path) -> int:
         return 0
 
 
-def forget(sha256: str) -> None:
+def forget(sha256: str, fmt: str = "gzip") -> None:
     """Drop a cached blob (its output did not verify on a host)."""
-    (blob_dir() / f"{sha256.lower()}.gz").unlink(missing_ok=True)
+    _path(sha256, fmt).unlink(missing_ok=True)
 
 
-def _compress(src: Path, sha256: str, out: Path) -> None:
+def _compressor(fmt: str, size: int):
+    """An object with compress(bytes) -> bytes and flush() -> bytes, writing `fmt`."""
+    if fmt == "zstd":
+        import zstandard
+        # the frame carries the content size and a checksum that `zstd -d` verifies
+        return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compressobj(size=size)
+    # wbits 31: a gzip stream (header, deflate, crc32), what `gzip -dc` reads
+    return zlib.compressobj(LEVEL, zlib.DEFLATED, 31)
+
+
+def _compress(src: Path, sha256: str, out: Path, fmt: str = "gzip") -> None:
     h = hashlib.sha256()
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    # wbits 31: a gzip stream (header, deflate, crc32), what `gzip -dc` reads
-    z = zlib.compressobj(LEVEL, zlib.DEFLATED, 31)
+    z = _compressor(fmt, _size(src))
     try:
         with open(src, "rb") as f, open(tmp, "wb") as w:
             while chunk := f.read(_CHUNK):

@@ -133,11 +133,13 @@ class FakeTransport:
         text = cmd if isinstance(cmd, str) else shlex.join(str(a) for a in cmd)
         with self._lock:
             self.log.append(FakeCall("run", shown, input))
-            res = self._respond(text, input)
+        res = self._respond(text, input)
         res = CommandResult(shown, res.rc, res.stdout, res.stderr)
         return check_result(self.host, res, sudo=self.sudo) if check else res
 
     def _respond(self, text: str, input: bytes | None) -> CommandResult:
+        """A scripted response (outside the fake's lock: commands run side by side, as on a
+        host; a responder that keeps state locks it itself), else the built-ins (locked)."""
         if callable(self.responses):
             r = self.responses(text, input)
             if r is not None:
@@ -146,7 +148,8 @@ class FakeTransport:
             for pattern, r in self.responses.items():
                 if re.search(pattern, text):
                     return r(text, input) if callable(r) else r
-        return self._builtin(text, input)
+        with self._lock:
+            return self._builtin(text, input)
 
     def _builtin(self, text: str, input: bytes | None) -> CommandResult:
         from kdeploy.facts.parse import MARKER
@@ -191,6 +194,7 @@ class FakeTransport:
     def _systemctl(self, text: str, args: list[str]) -> CommandResult:
         if not self.system["systemd"]:
             return CommandResult(text, 1, b"", b"System has not been booted with systemd\n")
+        args = [a for a in args if a != "--no-reload"]  # systemctl --no-reload enable U
         if not args:
             return CommandResult(text, 0)
         verb, names = args[0], args[1:]

@@ -71,7 +71,7 @@ class _Transient(Exception):
 
 
 class SSHTransport:
-    compresses_uploads = True  # put_file sends big files as gzip blobs (kdeploy.transport.blobs)
+    compresses_uploads = True  # put_file sends big files as zstd or gzip blobs (kdeploy.transport.blobs)
 
     def __init__(self, host: str, address: str, *, user: str = "root", port: int = 22,
                  key_file: str | os.PathLike | None = None,
@@ -102,6 +102,7 @@ class SSHTransport:
         self._sessions = threading.BoundedSemaphore(SESSIONS_PER_CONNECTION)
         self._ids: dict[tuple[str, str], tuple[int, int]] = {("root", "root"): (0, 0)}
         self._dirs: set[str] = set()
+        self._fmt: str | None = None   # the blob format this host decompresses (_blob_format)
 
     @classmethod
     def from_cluster(cls, cluster, host, **kw) -> "SSHTransport":
@@ -440,14 +441,29 @@ class SSHTransport:
 
         self._put(path, write, mode, "root", "root", sha256)
 
+    def _blob_format(self) -> str:
+        """The best blob format (kdeploy.transport.blobs.FORMATS) both ends handle: asked of the
+        host once (`command -v TOOL`); gzip is on every host."""
+        if self._fmt is None:
+            fmt = "gzip"
+            for name in blobs.preferred():
+                tool = blobs.FORMATS[name].tool
+                if self._exec(f"command -v {shlex.quote(tool)}", f"command -v {tool}", None, 30).rc == 0:
+                    fmt = name
+                    break
+            self._fmt = fmt
+        return self._fmt
+
     def _put_blob(self, path: str, local_path: Path, mode: int, sha256: str) -> None:
-        """Stream the file's cached gzip blob into `gzip -dc` on the host (one command, no SFTP);
-        the host checks the sha256 of the output before it renames it into place. A blob whose
-        output does not verify is rebuilt from the source once."""
-        script = command_line(unpack_script(path, mode=mode, sha256=sha256), sudo=self.sudo)
-        shown = f"upload {path} (gzip)"
+        """Stream the file's cached blob (zstd or gzip) into its decompressor on the host (one
+        command, no SFTP); the host checks the sha256 of the output before it renames it into
+        place. A blob whose output does not verify is rebuilt from the source once."""
+        fmt = self._blob_format()
+        script = command_line(unpack_script(path, mode=mode, sha256=sha256,
+                                            decompress=blobs.FORMATS[fmt].decompress), sudo=self.sudo)
+        shown = f"upload {path} ({fmt})"
         for attempt in (1, 2):
-            blob = blobs.gzip_blob(local_path, sha256)
+            blob = blobs.blob(local_path, sha256, fmt)
             try:
                 with STREAMS:
                     res = self._exec(script, shown, blob, timeout=600)
@@ -457,7 +473,7 @@ class SSHTransport:
                 raise self._error(f"connection lost while writing {path}: {e or type(e).__name__}") from None
             if res.rc == 65 and attempt == 1:
                 log.warning("%s: %s did not verify after upload; rebuilding its blob", self.where, path)
-                blobs.forget(sha256)
+                blobs.forget(sha256, fmt)
                 continue
             if res.rc == 65:
                 raise self._error(f"sha256 mismatch for {path} after upload (expected {sha256})",

@@ -464,3 +464,62 @@ def test_a_joining_host_uploads_its_later_binaries_while_its_runtime_starts(tmp_
     assert ("node", "/usr/local/bin/kubelet") in shown and len(shown) == len(set(shown))
     assert [c.what for c in new.log if c.op == "put_file"].count("/usr/local/bin/kubelet") == 1
     assert not plan(dep.desired, run.gather(dep, fakes)[1]).changes
+
+
+def _images_engine(tmp_path, fail: str | None = None):
+    """One host whose images phase imports three archives (each import takes 0.2 s; `fail`'s
+    fails) and starts a unit; returns (engine, plan, fake, spans: {command: (start, end)})."""
+    import hashlib
+    import threading
+    import time
+
+    from kdeploy.execute.engine import Engine
+    from kdeploy.plan.planner import Observed
+    from kdeploy.plan.resources import Binary, HostResources, Unit
+    from kdeploy.transport.base import CommandResult
+    src = tmp_path / "img.tar"
+    src.write_bytes(b"archive")
+    sha = hashlib.sha256(b"archive").hexdigest()
+    bins = tuple(Binary(f"/var/lib/kdeploy/images/{n}.tar", str(src), sha, phase="images", mode=0o644,
+                        run_on_change=(("ctr", "images", "import", f"{n}.tar"),)) for n in ("a", "b", "c"))
+    desired = {"n1": HostResources("n1", binaries=bins, units=(Unit("svc", "images"),))}
+    spans, lock = {}, threading.Lock()
+
+    def respond(text, _input):
+        t0 = time.monotonic()
+        if "import" in text:
+            time.sleep(0.2)
+        with lock:
+            spans[text] = (t0, time.monotonic())
+        if fail and fail in text:
+            return CommandResult(text, 1, b"", b"ctr: failed to import\n")
+        return None
+    fake = FakeTransport("n1", responses=respond, units={"svc": {"active": "inactive", "enabled": "disabled"}})
+    eng = Engine(desired, {"n1": fake}, roles={"n1": {"node"}})
+    return eng, plan(desired, {"n1": Observed()}), fake, spans
+
+
+def test_image_archives_import_side_by_side_before_the_phase_starts_its_units(tmp_path):
+    """The images phase's imports do not depend on each other: they run at once, and the
+    phase's units start only after every import ended."""
+    from kdeploy.execute.steps import Step
+    eng, p, fake, spans = _images_engine(tmp_path)
+    eng.apply(p, (Step("images", ("images",)),))
+    imports = [v for k, v in spans.items() if "import" in k]
+    assert len(imports) == 3
+    assert max(sum(1 for u in imports if u[0] < x[1] and x[0] < u[1]) for x in imports) == 3
+    start = next(v for k, v in spans.items() if "start svc" in k)
+    assert start[0] >= max(u[1] for u in imports)
+    assert fake.units["svc"]["enabled"] == "enabled"
+
+
+def test_a_failed_import_fails_the_host_after_the_others_ended_and_stays_journaled(tmp_path):
+    from kdeploy.execute import journal
+    from kdeploy.execute.steps import Step
+    eng, p, fake, spans = _images_engine(tmp_path, fail="b.tar")
+    with pytest.raises(KdeployError, match="phase images failed on 1 host"):
+        eng.apply(p, (Step("images", ("images",)),))
+    assert sum(1 for k in spans if "import" in k) == 3
+    assert not any("start svc" in k for k in spans)
+    pending = set(journal.parse(fake.get(journal.PATH)))
+    assert {"run:ctr images import a.tar", "run:ctr images import b.tar"} <= pending

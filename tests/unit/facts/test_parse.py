@@ -1,6 +1,9 @@
 """Facts parsers on captured output (pure: no host)."""
+import pytest
+
 from kdeploy.facts import parse as P
 from kdeploy.facts.gather import parse_output
+from tests.conftest import path_without
 
 OS_RELEASE = '''PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"
 NAME="Debian GNU/Linux"
@@ -153,9 +156,11 @@ def test_script_carries_params_and_quotes_paths():
     assert "'/etc/a b'" in s and "'/etc/$x'" in s
 
 
-def test_sha_cache_reuses_hashes_until_the_file_changes(tmp_path):
+@pytest.mark.parametrize("hasher", ["openssl", "sha256sum"])
+def test_sha_cache_reuses_hashes_until_the_file_changes(tmp_path, hasher):
     """The facts script's hash cache: a cached hash is reused only while size, ctime and inode
-    are unchanged; an atomic replace (new inode) is hashed again."""
+    are unchanged; an atomic replace (new inode) is hashed again. The hashes are OpenSSL's or,
+    on a host without it, sha256sum's."""
     import hashlib
     import os
     import subprocess
@@ -168,8 +173,11 @@ def test_sha_cache_reuses_hashes_until_the_file_changes(tmp_path):
     script = (SHA_CACHED.replace(SHA_CACHE, str(cache)).replace("/var/lib/kdeploy", str(tmp_path))
               .replace("@PATHS@", str(f)))
 
+    env = {"PATH": path_without(tmp_path, "sha256sum" if hasher == "openssl" else "openssl")}
+
     def run():
-        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True,
+                              env=env).stdout
 
     assert run() == f"{hashlib.sha256(b'one').hexdigest()}  {f}\n"
     # poison the cache entry: a reused entry shows the poisoned hash

@@ -1,9 +1,17 @@
+import gzip
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
+
+from tests.conftest import path_without
 
 from kdeploy.errors import TransportError
 from kdeploy.transport.base import (
     SECRET_DISPLAY, CommandResult, check_result, command_line, display, install_script,
-    tmp_path_for,
+    tmp_path_for, unpack_script,
 )
 
 
@@ -64,4 +72,27 @@ def test_tmp_path_is_hidden_sibling():
 def test_install_script_sets_mode_owner_and_renames():
     s = install_script("/tmp/x/data", "/etc/a b/f", mode=0o600, owner="etcd", group="etcd", sha256="ab" * 32)
     assert "install -m 0600 -o etcd -g etcd /tmp/x/data '/etc/a b/.f.kdeploy-tmp'" in s
-    assert "sha256sum -c" in s and s.index("sha256sum") < s.index("mv -f")
+
+
+@pytest.mark.parametrize("hasher", ["openssl", "sha256sum"])
+def test_uploads_are_checked_with_either_hasher(tmp_path, hasher):
+    """The upload scripts place a file only when its sha256 matches, with OpenSSL's hasher or,
+    on a host without it, coreutils' sha256sum (either missing: the other is used)."""
+    data = os.urandom(3000)
+    good = hashlib.sha256(data).hexdigest()
+    env = {"PATH": path_without(tmp_path, "sha256sum" if hasher == "openssl" else "openssl")}
+    for sha, want in ((good, 0), ("0" * 64, 65)):
+        dest = tmp_path / f"out-{want}" / "f"
+        r = subprocess.run(["sh", "-c", unpack_script(str(dest), mode=0o640, sha256=sha)],
+                           input=gzip.compress(data), env=env, capture_output=True)
+        assert r.returncode == want, r.stderr
+        assert dest.exists() == (want == 0) and not Path(tmp_path_for(str(dest))).exists()
+        if want == 0:
+            assert dest.read_bytes() == data and dest.stat().st_mode & 0o777 == 0o640
+        src = tmp_path / "src"
+        src.write_bytes(data)
+        dest2 = tmp_path / f"inst-{want}" / "f"
+        r = subprocess.run(["sh", "-c", install_script(str(src), str(dest2), mode=0o600, owner="root",
+                                                       group="root", sha256=sha)],
+                           env=env, capture_output=True)
+        assert r.returncode == want and dest2.exists() == (want == 0), r.stderr

@@ -278,37 +278,57 @@ def blob_cache(tmp_path, monkeypatch):
     return blobs
 
 
-def test_big_file_is_sent_compressed_once_per_content(t, tmp_path, blob_cache, monkeypatch):
-    """A binary goes to every host as one cached gzip blob: compressed once, streamed to each
-    host, decompressed and sha-checked there; the bytes on the wire are the blob's."""
+def _host_decompresses(blobs, monkeypatch, fmt: str) -> None:
+    """This machine (the test's host) has zstd: "gzip" makes the transport look for a zstd
+    tool the host lacks, as on a host without zstd."""
+    import dataclasses
+    assert shutil.which("zstd"), "the unit tests' host needs zstd (apt-get install zstd)"
+    if fmt == "gzip":
+        monkeypatch.setitem(blobs.FORMATS, "zstd",
+                            dataclasses.replace(blobs.FORMATS["zstd"], tool="zstd-not-installed"))
+
+
+@pytest.mark.parametrize("fmt", ["zstd", "gzip"])
+def test_big_file_is_sent_compressed_once_per_content(t, tmp_path, blob_cache, monkeypatch, fmt):
+    """A binary goes to every host as one cached blob: compressed once, streamed to each host,
+    decompressed and sha-checked there; the bytes on the wire are the blob's. zstd where the
+    host has it, gzip where not."""
+    _host_decompresses(blob_cache, monkeypatch, fmt)
     src = tmp_path / "kube-proxy"
     src.write_bytes(b"".join(b"kube-proxy %08d\n" % i for i in range(300_000)))  # 5.7 MB
     sha = hashlib.sha256(src.read_bytes()).hexdigest()
     compressed = []
     real = blob_cache._compress
-    monkeypatch.setattr(blob_cache, "_compress", lambda *a: (compressed.append(a[0]), real(*a)))
+    monkeypatch.setattr(blob_cache, "_compress", lambda *a: (compressed.append((a[0], a[3])), real(*a)))
     sent0 = t._transport().packetizer._Packetizer__sent_bytes
     for host_path in ("a/kube-proxy", "b/kube-proxy"):
         t.put_file(str(tmp_path / host_path), src, mode=0o750, sha256=sha)
         assert (tmp_path / host_path).read_bytes() == src.read_bytes()
         assert stat.S_IMODE(os.stat(tmp_path / host_path).st_mode) == 0o750
     sent = t._transport().packetizer._Packetizer__sent_bytes - sent0
-    blob = blob_cache.blob_dir() / f"{sha}.gz"
-    assert compressed == [src] and blob.is_file()
+    blob = blob_cache._path(sha, fmt)
+    assert compressed == [(src, fmt)] and blob.is_file()
     assert sent < 2 * blob.stat().st_size + 200_000 < src.stat().st_size  # the blob, twice
     assert not [p for p in (tmp_path / "a").iterdir() if p.name != "kube-proxy"]  # no temp left
 
 
-def test_a_damaged_blob_is_rebuilt_and_the_host_gets_the_right_bytes(t, tmp_path, blob_cache):
+@pytest.mark.parametrize("fmt", ["zstd", "gzip"])
+def test_a_damaged_blob_is_rebuilt_and_the_host_gets_the_right_bytes(t, tmp_path, blob_cache,
+                                                                      monkeypatch, fmt):
     import gzip
+
+    import zstandard
+    _host_decompresses(blob_cache, monkeypatch, fmt)
     src = tmp_path / "etcd"
     src.write_bytes(os.urandom(1 << 20) * 2)
     sha = hashlib.sha256(src.read_bytes()).hexdigest()
-    blob_cache.blob_dir().mkdir(parents=True)
-    (blob_cache.blob_dir() / f"{sha}.gz").write_bytes(gzip.compress(b"not etcd"))
+    wrong = gzip.compress(b"not etcd") if fmt == "gzip" else zstandard.compress(b"not etcd")
+    blob_cache._path(sha, fmt).parent.mkdir(parents=True)
+    blob_cache._path(sha, fmt).write_bytes(wrong)
     t.put_file(str(tmp_path / "bin" / "etcd"), src, sha256=sha)
     assert (tmp_path / "bin" / "etcd").read_bytes() == src.read_bytes()
-    assert gzip.decompress((blob_cache.blob_dir() / f"{sha}.gz").read_bytes()) == src.read_bytes()
+    data = blob_cache._path(sha, fmt).read_bytes()
+    assert (gzip.decompress(data) if fmt == "gzip" else zstandard.decompress(data)) == src.read_bytes()
 
 
 def test_put_write_error_is_transport_error(t, tmp_path):
