@@ -7,7 +7,7 @@ from kdeploy.plan.resources import Phase
 from kdeploy.render.context import CNI_CONFLIST, CRICTL_CONF, unit_path
 
 ANSWERS = Gate("runtime", "node", f"{defaults.BIN_DIR}/ctr --address {defaults.CONTAINERD_SOCKET} version",
-               60, "containerd answers")
+               60, "containerd answers", per_host=True)
 
 COMPONENT = Component(
     "containerd", Phase.runtime,

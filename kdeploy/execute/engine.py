@@ -350,7 +350,8 @@ class Engine:
                 if changes:  # a hooks-only step's host (etcd-join) has nothing to apply
                     work[h] = host_work(h, self.desired[h], changes, phase=step.name)
             for g in gates:
-                targets = [h for h in (ready if rolling else self.desired) if g.role in self.roles[h]]
+                targets = [h for h in (ready if rolling else self.desired)
+                           if g.role in self.roles[h] and (rolling or h in hosts or not g.per_host)]
                 if not rolling and not any(h in hosts for h in targets):
                     continue
                 for h in targets:
@@ -511,10 +512,11 @@ class Engine:
 
     def _gates(self, step: Step, hosts: list[str], pr: PhaseResult) -> None:
         for g in self._gates_of(step):
-            targets = [h for h in self.desired if g.role in self.roles[h]]
+            targets = [h for h in self.desired if g.role in self.roles[h] and (h in hosts or not g.per_host)]
             if not any(h in hosts for h in targets):
                 continue
-            # a gate runs where the role lives, after every changed host of this step
+            # a gate runs where the role lives (a per-host one on the changed hosts), after every
+            # changed host of this step
             with ThreadPoolExecutor(max_workers=max(1, len(targets))) as ex:
                 futs = {h: ex.submit(self._wait, h, g) for h in targets}
                 for h, f in futs.items():

@@ -56,6 +56,11 @@ class Gate:
     cmd: str
     timeout: float = 120.0
     what: str = ""
+    # a check of the host itself (its containerd answers): after a parallel step it runs on the
+    # hosts the step changed, not on every host of the role (a worker joining 24 others does not
+    # ask the 24 unchanged ones); False: a check of a cluster-wide service (etcd, the apiservers)
+    # runs on every host of the role once any changed
+    per_host: bool = False
 
 
 PARALLEL = Policy()

@@ -66,6 +66,7 @@ class Verifier:
         self.timeout = timeout
         self.cp = transports[cluster.control_plane[0].name]
         self.etcd_host = transports[cluster.etcd[0].name]
+        self._applied: str | None = None   # the workload manifest, once applied
 
     # -- helpers -------------------------------------------------------------------------------
     def kubectl(self, *args: str, check: bool = True, input: bytes | None = None,
@@ -196,20 +197,28 @@ class Verifier:
         scope = changed + rest[:max(1, 2 - len(changed))]
         return tuple(scope) if len(scope) < len(workers) else None
 
-    def workload(self) -> tuple[bool, str]:
+    def _apply_workload(self) -> str:
+        """Apply the test workload's manifest (after deleting earlier verifies' namespaces); the
+        manifest."""
         from kdeploy.render.env import render
-        if not self.c.workers:  # control-plane hosts carry the NoSchedule taint: nowhere to run
-            return True, ("not applicable: no host has the worker role (control-plane hosts are "
-                          "tainted NoSchedule); add workers or give a host the worker role")
         scope = self.workload_nodes()
         n_nodes = len(scope) if scope else len(self.c.workers)
         manifest = render("verify/workload.yaml.j2", {"namespace": self.ns, "label": LABEL,
                                                       "image": self.image,
                                                       "replicas": max(2, n_nodes),
                                                       "nodes": list(scope or ())})
-        want = min(2, n_nodes)  # nodes the Service must answer from
         self._remove_leftovers()
         self.kubectl("apply", "-f", "-", input=manifest.encode())
+        self._applied = manifest
+        return manifest
+
+    def workload(self) -> tuple[bool, str]:
+        if not self.c.workers:  # control-plane hosts carry the NoSchedule taint: nowhere to run
+            return True, ("not applicable: no host has the worker role (control-plane hosts are "
+                          "tainted NoSchedule); add workers or give a host the worker role")
+        scope = self.workload_nodes()
+        want = min(2, len(scope) if scope else len(self.c.workers))  # nodes the Service must answer from
+        manifest = self._applied or self._apply_workload()
         ok, detail = self._until(lambda: self._rollout())
         if not ok:
             return ok, detail
@@ -357,6 +366,11 @@ class Verifier:
     )
 
     def run(self, on_result: Callable[[CheckResult], None] = lambda r: None) -> list[CheckResult]:
+        if self.c.workers and any(m == "workload" for _, m in self.CHECKS):
+            try:   # its pods start while the checks before it run
+                self._apply_workload()
+            except KdeployError:
+                pass  # the workload check applies it again and reports what fails
         out = []
         for name, meth in self.CHECKS:
             t0 = time.monotonic()

@@ -523,3 +523,27 @@ def test_a_failed_import_fails_the_host_after_the_others_ended_and_stays_journal
     assert not any("start svc" in k for k in spans)
     pending = set(journal.parse(fake.get(journal.PATH)))
     assert {"run:ctr images import a.tar", "run:ctr images import b.tar"} <= pending
+
+
+@pytest.mark.parametrize("per_host", [True, False])
+def test_a_per_host_gate_asks_only_the_hosts_the_step_changed(tmp_path, per_host):
+    """containerd answering is a check of the host itself: a worker joining others is asked,
+    the unchanged ones are not; a cluster-wide gate (etcd, the apiservers) asks every host of
+    its role once any changed."""
+    from kdeploy.execute.steps import Gate, Step
+    hosts = {"old1": 0, "old2": 0, "new": 1}
+    eng, _, fakes, events, uploads = _bins_engine(tmp_path, hosts)
+    from kdeploy.plan.planner import Observed
+    # old1 and old2 converged (their file in place), new bare
+    p = plan(eng.desired, {h: Observed() if h == "new" else _observed(eng.desired[h]) for h in hosts})
+    assert {c.host for c in p.changes} == {"new"}
+    gate = Gate("node", "node", "true", 5, "answers", per_host=per_host)
+    eng.apply(p, (Step("node", ("node",), gates=(gate,)),))
+    asked = sorted(e["host"] for e in events if e["event"] == "gate")
+    assert asked == (["new"] if per_host else ["new", "old1", "old2"])
+
+
+def _observed(res):
+    """What the planner sees on a host that has every file of res."""
+    from kdeploy.plan.planner import FileState, Observed
+    return Observed(files={f.path: FileState(f.sha256, f.mode, f.owner, f.group) for f in res.files})

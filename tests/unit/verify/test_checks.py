@@ -241,3 +241,51 @@ def test_the_anonymous_kubelet_probe_asks_every_kubelet_in_one_call(tmp_path, mo
             s.shutdown()
     assert len(calls) == 1 and not ok
     assert "cp1" not in detail and "worker1: HTTP 200" in detail and "worker2: " in detail
+
+
+def test_the_workload_is_applied_before_the_other_checks_and_only_once(tmp_path, monkeypatch):
+    """Its pods start while the cluster-wide checks run: the apply is the first thing verify
+    asks of the API, and the workload check does not apply it again."""
+    cp = Cp()
+    v = verifier(tmp_path, cp)
+    monkeypatch.setattr(checks.Verifier, "CHECKS", (("readyz", "apiserver_ready"), ("workload", "workload")))
+    _spread_over_two_nodes(v, monkeypatch)
+    assert v.run()[-1].ok
+    api = [c for c in cp.calls if "/readyz" in c or "apply" in c]
+    assert ["apply" in c for c in api] == [True, False]
+
+
+def test_a_failed_early_apply_is_retried_by_the_workload_check(tmp_path, monkeypatch):
+    class Refusing(Cp):
+        applies = 0
+
+        def run(self, argv, check=True, input=None, timeout=None, secret=False):
+            if "apply" in list(argv):
+                self.applies += 1
+                if self.applies == 1:   # the API not answering yet
+                    from kdeploy.errors import TransportError
+                    raise TransportError("connection refused")
+            return super().run(argv, check=check, input=input, timeout=timeout, secret=secret)
+    cp = Refusing()
+    v = verifier(tmp_path, cp)
+    monkeypatch.setattr(checks.Verifier, "CHECKS", (("workload", "workload"),))
+    _spread_over_two_nodes(v, monkeypatch)
+    [r] = v.run()
+    assert r.ok and cp.applies == 2 and list(cp.ns) == [v.ns]
+
+
+def _spread_over_two_nodes(v, monkeypatch):
+    """The workload's pods rolled out on two nodes (no recreate), both answering the dial."""
+    import json
+    nodes = ("worker1", "worker2")
+    monkeypatch.setattr(v, "_rollout", lambda: (True, "ok"))
+    monkeypatch.setattr(v, "_web_pods", lambda: [{"metadata": {"name": f"web-{n}"}, "spec": {"nodeName": n}}
+                                                  for n in nodes])
+    kubectl = v.kubectl
+
+    def answering(*args, **kw):
+        if "dial?" in " ".join(args):
+            return json.dumps({"responses": [f"web-{n}" for n in nodes]})
+        return kubectl(*args, **kw)
+    monkeypatch.setattr(v, "kubectl", answering)
+    monkeypatch.setattr(checks.time, "sleep", lambda s: None)
