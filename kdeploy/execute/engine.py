@@ -22,8 +22,8 @@ from kdeploy.execute import journal
 from kdeploy.facts.parse import SHA_PRIME
 from kdeploy.plan.planner import Change, Plan, apply_block
 from kdeploy.execute.steps import SERIAL, Gate, Lanes, Step, converge_steps  # noqa: F401 (Gate: re-export)
-from kdeploy.plan.resources import ENABLE, INDEPENDENT_RUNS, PHASES, Binary, Block, File, HostResources
-from kdeploy.transport.base import Transport
+from kdeploy.plan.resources import ENABLE, INDEPENDENT_RUNS, PHASES, Binary, Block, HostResources
+from kdeploy.transport.base import Put, Transport, put_many
 
 UPLOADS_PER_HOST = 4   # a host's files at once, when at most WIDE_HOSTS hosts upload in a phase
 WIDE_HOSTS = 2         # more hosts: one file at a time each (they share the deployer's streams,
@@ -403,6 +403,7 @@ class Engine:
         pending = {c.key() for c in changes if c.kind in ("unit-restart", "run")}  # journaled in apply()
         reload_needed = False
         uploads = [c for c in changes if c.kind == "binary"]
+        writes = [c for c in changes if c.kind == "file"]
         for c in changes:
             if self._stop.is_set():
                 raise ApplyError("interrupted", "run `kdeploy up` again")
@@ -410,14 +411,18 @@ class Engine:
                 if c is uploads[0]:
                     self._upload(host, phase, uploads)
                 continue
+            if c.kind == "file":
+                if c is writes[0]:   # the phase's files together: one round trip (ssh)
+                    for w in writes:
+                        self.emit({"event": "change", "host": host, "phase": phase, "kind": w.kind,
+                                   "target": w.target, "action": w.action})
+                    put_many(t, [Put(f.path, f.content, f.mode, f.owner, f.group)
+                                 for f in (files[w.target] for w in writes)])
+                    reload_needed = any("/systemd/system/" in w.target for w in writes)
+                continue
             self.emit({"event": "change", "host": host, "phase": phase, "kind": c.kind,
                        "target": c.target, "action": c.action})
-            if c.kind == "file":
-                f: File = files[c.target]
-                t.put(f.path, f.content, mode=f.mode, owner=f.owner, group=f.group)
-                if "/systemd/system/" in f.path:
-                    reload_needed = True
-            elif c.kind == "mode":
+            if c.kind == "mode":
                 r = files.get(c.target) or bins[c.target]
                 owner = getattr(r, "owner", "root")
                 group = getattr(r, "group", "root")

@@ -14,6 +14,7 @@ Command semantics (all transports):
 """
 from __future__ import annotations
 
+import base64
 import logging
 import posixpath
 import shlex
@@ -203,6 +204,50 @@ def unpack_script(path: str, *, mode: int, sha256: str, decompress: str = "gzip 
         f"sync {q(tmp)} 2>/dev/null || sync",
         f"mv -f {q(tmp)} {q(path)}",
     ])
+
+
+@dataclass(frozen=True)
+class Put:
+    """One small file of a put_many: what put() takes."""
+    path: str
+    data: bytes
+    mode: int = 0o644
+    owner: str = "root"
+    group: str = "root"
+
+
+def put_many(t, files: Sequence[Put]) -> None:
+    """Write small files on one host: in one round trip where the transport can (ssh: one
+    script, every file written beside its target and renamed into place at the end), else one
+    put() after the other."""
+    if len(files) > 1 and hasattr(t, "put_many"):
+        t.put_many(files)
+        return
+    for f in files:
+        t.put(f.path, f.data, mode=f.mode, owner=f.owner, group=f.group)
+
+
+def write_many_script(files: Sequence[Put]) -> bytes:
+    """Shell script (run as root, read by `sh -s` from stdin: file contents never appear in a
+    command line) that writes each file into its hidden temp file beside the target (private,
+    then owner and mode), fsyncs them, then renames them all into place: a failure before the
+    renames changes no file, and removes the temp files."""
+    q = shlex.quote
+    tmps = [tmp_path_for(f.path) for f in files]
+    dirs = sorted({posixpath.dirname(f.path) for f in files})
+    out = ["set -e", "umask 022", "mkdir -p " + " ".join(q(d) for d in dirs), "umask 077",
+           "kd_clean() { rm -f " + " ".join(q(t) for t in tmps) + "; }", "trap kd_clean EXIT"]
+    for f, tmp in zip(files, tmps):
+        out += [f"rm -f {q(tmp)}",
+                f"base64 -d > {q(tmp)} <<'KDEPLOY_EOF'",
+                base64.encodebytes(f.data).decode().rstrip("\n"),
+                "KDEPLOY_EOF",
+                f"chown {q(f.owner)}:{q(f.group)} {q(tmp)}",
+                f"chmod {f.mode & 0o7777:04o} {q(tmp)}"]
+    out.append("sync " + " ".join(q(t) for t in tmps) + " 2>/dev/null || sync")
+    out += [f"mv -f {q(tmp)} {q(f.path)}" for f, tmp in zip(files, tmps)]
+    out.append("trap - EXIT")
+    return ("\n".join(out) + "\n").encode()
 
 
 def get_script(path: str) -> str:

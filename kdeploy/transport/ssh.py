@@ -44,7 +44,7 @@ from kdeploy.transport.base import (
     unpack_script, upload_source, write_private, RC_MISSING,
     ssh_kwargs, sudo_get,
     CommandResult, check_abs, check_result, command_line, display,
-    install_script, tmp_path_for,
+    install_script, tmp_path_for, Put, write_many_script,
 )
 
 log = logging.getLogger("kdeploy.transport.ssh")
@@ -63,6 +63,7 @@ STREAMS = threading.BoundedSemaphore(_streams())
 # (10 by default) per connection, the SFTP session holds one, and a closed session frees its
 # slot only once sshd has processed the close (later on a busy host)
 SESSIONS_PER_CONNECTION = 6
+MANY_BYTES = 1 << 20     # put_many: file contents per command (base64 in a script on stdin)
 SESSION_RETRY_S = 20.0   # a refused session is retried this long (hardened hosts: MaxSessions 2-4)
 
 
@@ -416,6 +417,25 @@ class SSHTransport:
             f.write(data)
 
         self._put(path, write, mode, owner, group, None)
+
+    def put_many(self, files: Sequence[Put]) -> None:
+        """Small files in one command per MANY_BYTES (kdeploy.transport.base.write_many_script):
+        one round trip instead of about six SFTP requests per file."""
+        batches: list[list[Put]] = [[]]
+        for f in files:
+            if batches[-1] and sum(len(b.data) for b in batches[-1]) + len(f.data) > MANY_BYTES:
+                batches.append([])
+            batches[-1].append(Put(check_abs(self.host, f.path), f.data, f.mode, f.owner, f.group))
+        for batch in filter(None, batches):
+            names = ", ".join(posixpath.basename(b.path) for b in batch)
+            shown = f"write {len(batch)} files ({names})"
+            log.debug("%s: %s", self.where, shown)
+            try:
+                res = self._exec(command_line(["sh", "-s"], sudo=self.sudo), shown,
+                                 write_many_script(batch), 120)
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                raise self._error(f"connection lost while writing {names}: {e or type(e).__name__}") from None
+            check_result(self.host, res, sudo=self.sudo)
 
     def put_file(self, path: str, local_path: Path, *, mode: int = 0o755,
                  sha256: str | None = None) -> None:

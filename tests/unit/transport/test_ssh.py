@@ -212,6 +212,57 @@ def test_put_get_mode_owner(t, tmp_path):
     assert os.listdir(p.parent) == ["admin.conf"]  # no temp file left
 
 
+def test_put_many_writes_every_file_in_one_command(t, tmp_path, monkeypatch):
+    """A phase's small files in one round trip: contents byte for byte (binary, empty, no
+    trailing newline), owner and mode, parent dirs created, an existing file replaced (new
+    inode), no temp file left; secrets never world-readable on the way."""
+    import grp
+    import pwd
+
+    from kdeploy.transport.base import Put
+    old = tmp_path / "etc" / "old.conf"
+    old.parent.mkdir()
+    old.write_bytes(b"old")
+    ino = os.stat(old).st_ino
+    files = [Put(str(old), b"new"), Put(str(tmp_path / "pki" / "ca.key"), os.urandom(3000), 0o600),
+             Put(str(tmp_path / "etc" / "empty"), b"", 0o640, "nobody", "nogroup"),
+             Put(str(tmp_path / "a b" / "c'd"), b"line\nno newline")]
+    calls = []
+    real = t._exec
+    monkeypatch.setattr(t, "_exec", lambda *a: (calls.append(a[1]), real(*a))[1])
+    t.put_many(files)
+    assert calls == ["write 4 files (old.conf, ca.key, empty, c'd)"]
+    for f in files:
+        p = Path(f.path)
+        st = os.stat(p)
+        assert p.read_bytes() == f.data and stat.S_IMODE(st.st_mode) == f.mode
+        assert (pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name) == (f.owner, f.group)
+        assert sorted(os.listdir(p.parent)) == sorted(Path(g.path).name for g in files
+                                                      if Path(g.path).parent == p.parent)
+    assert os.stat(old).st_ino != ino and stat.S_IMODE(os.stat(tmp_path / "pki").st_mode) == 0o755
+
+
+def test_put_many_that_fails_changes_no_file(t, tmp_path):
+    from kdeploy.transport.base import Put
+    a = tmp_path / "a"
+    a.write_bytes(b"old")
+    with pytest.raises(TransportError, match="write 2 files"):
+        t.put_many([Put(str(a), b"new"), Put(str(tmp_path / "b"), b"x", owner="no-such-user-kd")])
+    assert a.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["a"]
+
+
+def test_put_many_splits_what_exceeds_one_command(t, tmp_path, monkeypatch):
+    from kdeploy.transport import ssh
+    from kdeploy.transport.base import Put
+    monkeypatch.setattr(ssh, "MANY_BYTES", 2500)
+    calls = []
+    real = t._exec
+    monkeypatch.setattr(t, "_exec", lambda *a: (calls.append(a[1]), real(*a))[1])
+    files = [Put(str(tmp_path / f"f{i}"), bytes([i]) * 1000) for i in range(5)]
+    t.put_many(files)
+    assert len(calls) == 3 and all(Path(f.path).read_bytes() == f.data for f in files)
+
+
 def test_get_file_streams_a_large_file_to_a_private_local_copy(t, tmp_path):
     src = tmp_path / "remote" / "etcd.db"
     src.parent.mkdir()
