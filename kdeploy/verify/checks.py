@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -203,9 +204,10 @@ class Verifier:
         from kdeploy.render.env import render
         scope = self.workload_nodes()
         n_nodes = len(scope) if scope else len(self.c.workers)
+        # no worker: no pod (nowhere to run), the namespace, ServiceAccount and Secret all the same
         manifest = render("verify/workload.yaml.j2", {"namespace": self.ns, "label": LABEL,
                                                       "image": self.image,
-                                                      "replicas": max(2, n_nodes),
+                                                      "replicas": max(2, n_nodes) if self.c.workers else 0,
                                                       "nodes": list(scope or ())})
         self._remove_leftovers()
         self.kubectl("apply", "-f", "-", input=manifest.encode())
@@ -365,24 +367,35 @@ class Verifier:
         ("Secrets encrypted at rest in etcd", "secrets_encrypted"),
     )
 
+    # checks that read what the workload's manifest creates (its namespace, ServiceAccount, Secret)
+    AFTER_APPLY = frozenset({"serviceaccount_forbidden", "secrets_encrypted"})
+
+    def _check(self, name: str, meth: str) -> CheckResult:
+        t0 = time.monotonic()
+        try:
+            ok, detail = getattr(self, meth)()
+        except KdeployError as e:
+            ok, detail = False, e.message
+        except (ValueError, KeyError, IndexError, TypeError) as e:  # unexpected API output
+            ok, detail = False, f"unexpected answer: {type(e).__name__}: {e}"
+        return CheckResult(name, ok, detail, round(time.monotonic() - t0, 2))
+
     def run(self, on_result: Callable[[CheckResult], None] = lambda r: None) -> list[CheckResult]:
-        if self.c.workers and any(m == "workload" for _, m in self.CHECKS):
-            try:   # its pods start while the checks before it run
-                self._apply_workload()
-            except KdeployError:
-                pass  # the workload check applies it again and reports what fails
+        """Every check at once (each is a few API or host commands, mostly waiting), reported in
+        CHECKS order. The workload is applied first: its pods start while the other checks run;
+        the checks that read its objects wait for the workload check when that first apply failed."""
+        try:
+            self._apply_workload()
+        except KdeployError:
+            pass  # the workload check applies it again and reports what fails
         out = []
-        for name, meth in self.CHECKS:
-            t0 = time.monotonic()
-            try:
-                ok, detail = getattr(self, meth)()
-            except KdeployError as e:
-                ok, detail = False, e.message
-            except (ValueError, KeyError, IndexError, TypeError) as e:  # unexpected API output
-                ok, detail = False, f"unexpected answer: {type(e).__name__}: {e}"
-            r = CheckResult(name, ok, detail, round(time.monotonic() - t0, 2))
-            on_result(r)
-            out.append(r)
+        with ThreadPoolExecutor(max_workers=len(self.CHECKS)) as ex:
+            futs = {meth: ex.submit(self._check, name, meth) for name, meth in self.CHECKS
+                    if self._applied or meth not in self.AFTER_APPLY}
+            for name, meth in self.CHECKS:   # the workload check has ended when one is missing
+                r = (futs.get(meth) or ex.submit(self._check, name, meth)).result()
+                on_result(r)
+                out.append(r)
         if not self.keep_workload:  # no test workload stays behind (kdeploy verify --keep-workload)
             try:
                 self.remove_workload()

@@ -119,14 +119,19 @@ def test_workload_manifest_names_the_given_image(tmp_path, monkeypatch):
 
 def test_a_cluster_without_workers_passes_the_workload_check_as_not_applicable(tmp_path, monkeypatch):
     """Control-plane-only hosts are tainted NoSchedule: the workload would wait for minutes and
-    fail; verify says why it does not apply and deploys nothing."""
-    cp = Cp()
+    fail; verify says why it does not apply and runs no pod. Its namespace, ServiceAccount and
+    Secret are created all the same: the ServiceAccount and encryption checks read them."""
+    import yaml
+    cp = SeeingCp()
     v = verifier(tmp_path, cp)
     monkeypatch.setattr(v, "c", v.c.model_copy(update={"hosts": [h for h in v.c.hosts if not h.has("worker")]}))
     only_workload(v, monkeypatch)
     [r] = v.run()
     assert r.ok and "no host has the worker role" in r.detail
-    assert not any("apply" in c for c in cp.calls)
+    [manifest] = cp.seen
+    kinds = {d["kind"]: d for d in yaml.safe_load_all(manifest)}
+    assert kinds["Deployment"]["spec"]["replicas"] == 0
+    assert {"Namespace", "ServiceAccount", "Secret"} <= set(kinds)
 
 
 def _with_workers(v, n: int):
@@ -289,3 +294,29 @@ def _spread_over_two_nodes(v, monkeypatch):
         return kubectl(*args, **kw)
     monkeypatch.setattr(v, "kubectl", answering)
     monkeypatch.setattr(checks.time, "sleep", lambda s: None)
+
+
+def test_checks_run_side_by_side_and_report_in_order(tmp_path, monkeypatch):
+    """Each check mostly waits on the API or a host: they run at once (a slow one does not hold
+    back the others) and are reported in their fixed order."""
+    import threading
+    cp = Cp()
+    v = verifier(tmp_path, cp)
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def slow(label, seconds):
+        def check():
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            __import__("time").sleep(seconds)
+            with lock:
+                running[0] -= 1
+            return True, label
+        return check
+    monkeypatch.setattr(checks.Verifier, "CHECKS", (("a", "ca"), ("b", "cb"), ("c", "cc")), raising=False)
+    for name, secs in (("ca", 0.3), ("cb", 0.1), ("cc", 0.2)):
+        setattr(v, name, slow(name, secs))
+    seen = []
+    res = v.run(seen.append)
+    assert [r.name for r in res] == [r.name for r in seen] == ["a", "b", "c"] and peak[0] == 3
