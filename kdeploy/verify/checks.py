@@ -117,8 +117,13 @@ class Verifier:
                 *args]
 
     def apiserver_ready(self) -> tuple[bool, str]:
-        out = self.kubectl("get", "--raw", "/readyz", check=False)
-        return out.strip() == "ok", out.strip()[-200:]
+        def probe():
+            out = self.kubectl("get", "--raw", "/readyz", check=False).strip()
+            failing = [ln.strip() for ln in out.splitlines() if ln.strip().startswith("[-]")]
+            return out == "ok", out if out == "ok" else ("; ".join(failing) or out)[-300:]
+        # a check failing for a moment (etcd slow to answer while a big cluster starts its pods)
+        # is not a verdict: a minute, as for the units
+        return self._until(probe, 60)
 
     def nodes_ready(self) -> tuple[bool, str]:
         want = {h.name for h in self.c.hosts}

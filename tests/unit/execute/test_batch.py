@@ -197,3 +197,20 @@ def test_rolling_step_with_hooks_runs_them_around_each_batch_and_gates_each_host
     for _, w in batch.calls[1:]:
         (hw,) = w.values()
         assert {g.phase for g in hw.gates} <= {"runtime", "images", "node"} and hw.gates
+
+
+def test_a_joining_worker_alone_is_asked_whether_its_containerd_answers(inv):
+    """A per-host gate (containerd answering) of a parallel step: the batch asks it of the
+    hosts the step changed only, as the per-host path does; etcd's gate stays cluster-wide."""
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = fakes_for(cluster, dep)
+    _converge(dep, fakes, FakeBatch(fakes))
+    inv.write_text(inv.read_text() + "  - name: worker3\n    address: 192.0.2.23\n    roles: [worker]\n")
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = {**fakes, "worker3": fakes_for(cluster, dep)["worker3"]}
+    batch = FakeBatch(fakes)
+    _converge(dep, fakes, batch)
+    runtime = dict(batch.calls)["runtime"]
+    assert {h for h, w in runtime.items() if w.gates} == {"worker3"}

@@ -15,9 +15,10 @@ class Cp:
     """Answers kubectl like an API: namespaces (name -> phase) created by apply, listed by the
     verify label, deleted: a deleted one stays Terminating (its pods take a while)."""
 
-    def __init__(self):
+    def __init__(self, readyz_failures: int = 0):
         self.calls: list[list[str]] = []
         self.ns: dict[str, str] = {}
+        self.readyz, self.readyz_failures = 0, readyz_failures
 
     def run(self, argv, check=True, input=None, timeout=None, secret=False):
         import yaml
@@ -31,6 +32,9 @@ class Cp:
                         return CommandResult(" ".join(argv), 1, b"", b"namespace is being terminated")
                     assert checks.LABEL in d["metadata"]["labels"]
                     self.ns[d["metadata"]["name"]] = "Active"
+        elif argv[-2:] == ["--raw", "/readyz"]:
+            self.readyz += 1
+            out = "ok" if self.readyz > self.readyz_failures else "[+]ping ok\n[-]etcd failed: reason withheld\nreadyz check failed"
         elif argv[-6:-3] == ["get", "namespace", "-l"]:
             out = " ".join(f"namespace/{n}" for n in self.ns)
         elif "delete" in argv and ("namespace" in argv or any(a.startswith("namespace/") for a in argv)):
@@ -320,3 +324,16 @@ def test_checks_run_side_by_side_and_report_in_order(tmp_path, monkeypatch):
     seen = []
     res = v.run(seen.append)
     assert [r.name for r in res] == [r.name for r in seen] == ["a", "b", "c"] and peak[0] == 3
+
+
+def test_apiserver_readyz_failing_for_a_moment_passes_and_a_lasting_failure_names_the_check(tmp_path, monkeypatch):
+    """A /readyz sub-check failing for a moment (etcd slow while a big cluster starts) is
+    retried; one that keeps failing is reported by name."""
+    monkeypatch.setattr(checks.time, "sleep", lambda s: None)
+    ok, detail = verifier(tmp_path, Cp(readyz_failures=2)).apiserver_ready()
+    assert ok and detail == "ok"
+    v = verifier(tmp_path, Cp(readyz_failures=10**9))
+    clock = iter(range(0, 10**6, 10))
+    monkeypatch.setattr(checks.time, "monotonic", lambda: next(clock))
+    ok, detail = v.apiserver_ready()
+    assert not ok and detail == "[-]etcd failed: reason withheld"
