@@ -3,7 +3,10 @@ control-plane, the rest workers; fewer than 3 machines: 1 control-plane), `up` f
 machines to verify green, then the no-op re-run: once right after (the cluster still busy
 starting its pods), then, once fewer than 0.6 cores are busy, three times (the median is the
 figure). At the largest N the lab has one machine more,
-and `up` with it added to the inventory is the add-one-worker figure, with the hosts it changed.
+and `up` with it added to the inventory is the add-one-worker figure, with the hosts it changed:
+measured twice, each once the cluster has settled (fewer than 0.6 cores busy in three 5 s
+samples in a row), the second after `up` without it (the node removed) and `kdeploy reset` of
+its machine.
 
     python bench/scale.py [--sizes 3,6,12,24] [--artifacts DIR] [--bastion] [--keep DIR]
 
@@ -65,14 +68,16 @@ def cpu_busy(seconds: float = 5.0) -> float:
     return (b1 - b0) / (t1 - t0) * (os.cpu_count() or 1)
 
 
-def settle(limit: float = 0.6, timeout: float = 180.0) -> tuple[float, float]:
+def settle(limit: float = 0.6, timeout: float = 180.0, hold: int = 1) -> tuple[float, float]:
     """Wait until the cluster a first deploy left behind has settled (its pods started, the
-    verify workload gone): fewer than `limit` cores busy over 5 s, at most `timeout` s.
+    verify workload gone): fewer than `limit` cores busy over 5 s, `hold` times in a row (a
+    lull between two bursts is not a settled cluster), at most `timeout` s.
     (seconds waited, cores busy at the end)."""
-    t = time.monotonic()
+    t, quiet = time.monotonic(), 0
     while True:
         busy = cpu_busy()
-        if busy < limit or time.monotonic() - t > timeout:
+        quiet = quiet + 1 if busy < limit else 0
+        if quiet >= hold or time.monotonic() - t > timeout:
             return time.monotonic() - t, busy
 
 
@@ -161,12 +166,26 @@ def main() -> None:
                       f"settled in {waited:.0f} s ({busy:.2f} cores busy): no-op "
                       + " / ".join(f"{x:.1f}" for x in noop["all"]) + " s", flush=True)
                 if largest:
+                    # a worker added to a running cluster (settled: 3 quiet samples in a row),
+                    # then again once removed (`up` without it) and reset: two measurements
+                    small = Path(d) / "small.yaml"
+                    small.write_text(inv.read_text())
                     inv = subset(full, inv, names, names[0] if a.bastion else None)
-                    b0 = tx_bytes(netns)
-                    add = kdeploy_up(inv, a.artifacts)
-                    add["sent"] = tx_bytes(netns) - b0
-                    add["new"] = names[-1]
-                    add["noop"] = kdeploy_up(inv, a.artifacts)
+                    add = {"new": names[-1], "runs": []}
+                    for attempt in (1, 2):
+                        if attempt == 2:
+                            kdeploy_up(small, a.artifacts)
+                            subprocess.run([sys.executable, "-m", "kdeploy", "reset", "-i", str(inv),
+                                            "--host", names[-1], "-y"], capture_output=True, check=True)
+                        add_settle = settle(hold=3)
+                        b0 = tx_bytes(netns)
+                        run = kdeploy_up(inv, a.artifacts)
+                        run["sent"] = tx_bytes(netns) - b0
+                        run["settle"] = add_settle
+                        run["noop"] = kdeploy_up(inv, a.artifacts)
+                        add["runs"].append(run)
+                        print(f"add {names[-1]} ({attempt}/2): {run['seconds']:.1f} s after settling "
+                              f"{add_settle[0]:.0f} s ({add_settle[1]:.2f} cores busy)", flush=True)
             finally:
                 if a.keep:
                     import shutil
@@ -196,13 +215,14 @@ def main() -> None:
         print("phases at N=%d: %s" % (n, ", ".join(f"{k} {v:.1f}" for k, v in first["timings"].items())))
         print("no-op at N=%d: %s" % (n, ", ".join(f"{k} {v:.2f}" for k, v in noop["timings"].items())))
         print(f"ratios at N={n}: first/240 s = {first['seconds'] / 240:.2f}, no-op/5 s = {noop['seconds'] / 5:.2f}")
-    if add:
-        others = {h: k for h, k in add["changed"].items() if h != add["new"]}
-        print(f"\nadd one worker ({add['new']}) at N={rows[-1][0]}: {add['seconds']:.1f} s "
-              f"(ratio to 20 s: {add['seconds'] / 20:.2f}), deployer CPU {add['cpu']:.1f} s, "
-              f"sent {add['sent'] / 1e6:.0f} MB; then no-op {add['noop']['seconds']:.1f} s")
-        print("  phases: " + ", ".join(f"{k} {v:.1f}" for k, v in add["timings"].items()))
-        print(f"  changes on the new worker: {add['changed'].get(add['new'], {})}")
+    for i, run in enumerate(add["runs"] if add else (), 1):
+        others = {h: k for h, k in run["changed"].items() if h != add["new"]}
+        print(f"\nadd one worker ({add['new']}) at N={rows[-1][0]}, {'first' if i == 1 else 'again (removed, reset)'}: "
+              f"{run['seconds']:.1f} s (ratio to 20 s: {run['seconds'] / 20:.2f}), deployer CPU {run['cpu']:.1f} s, "
+              f"sent {run['sent'] / 1e6:.0f} MB; settled {run['settle'][0]:.0f} s before "
+              f"({run['settle'][1]:.2f} cores busy); then no-op {run['noop']['seconds']:.1f} s")
+        print("  phases: " + ", ".join(f"{k} {v:.1f}" for k, v in run["timings"].items()))
+        print(f"  changes on the new worker: {run['changed'].get(add['new'], {})}")
         kinds: dict[str, int] = {}
         for k in others.values():
             for kind, c in k.items():

@@ -465,7 +465,7 @@ class Engine:
         """A phase's independent commands side by side (INDEPENDENT_RUNS), their journaled keys;
         every one ends before the first failure, in plan order, is raised (the journal keeps
         them all then, as after a failed command in order)."""
-        with ThreadPoolExecutor(max_workers=min(UPLOADS_PER_HOST, len(runs))) as ex:
+        with ThreadPoolExecutor(max_workers=len(runs)) as ex:   # a few: one per image archive
             futures = [ex.submit(t.run, c.target) for c in runs]
         for f in futures:
             f.result()

@@ -218,9 +218,9 @@ class Put:
 
 def put_many(t, files: Sequence[Put]) -> None:
     """Write small files on one host: in one round trip where the transport can (ssh: one
-    script, every file written beside its target and renamed into place at the end), else one
-    put() after the other."""
-    if len(files) > 1 and hasattr(t, "put_many"):
+    script, every file written beside its target and renamed into place at the end; one file
+    too: one command instead of about six SFTP requests), else one put() after the other."""
+    if files and hasattr(t, "put_many"):
         t.put_many(files)
         return
     for f in files:
