@@ -350,8 +350,7 @@ class Engine:
                 if changes:  # a hooks-only step's host (etcd-join) has nothing to apply
                     work[h] = host_work(h, self.desired[h], changes, phase=step.name)
             for g in gates:
-                targets = [h for h in (ready if rolling else self.desired)
-                           if g.role in self.roles[h] and (rolling or h in hosts or not g.per_host)]
+                targets = self._gate_hosts(g, ready if rolling else self.desired, hosts)
                 if not rolling and not any(h in hosts for h in targets):
                     continue
                 for h in targets:
@@ -517,7 +516,7 @@ class Engine:
 
     def _gates(self, step: Step, hosts: list[str], pr: PhaseResult) -> None:
         for g in self._gates_of(step):
-            targets = [h for h in self.desired if g.role in self.roles[h] and (h in hosts or not g.per_host)]
+            targets = self._gate_hosts(g, self.desired, hosts)
             if not any(h in hosts for h in targets):
                 continue
             # a gate runs where the role lives (a per-host one on the changed hosts), after every
@@ -529,6 +528,11 @@ class Engine:
                         f.result()
                     except KdeployError as e:
                         pr.failed[h] = e.message
+
+    def _gate_hosts(self, g: Gate, pool, changed) -> list[str]:
+        """The hosts of `pool` a gate runs on: those of its role; a per-host gate (a check of the
+        host itself) only on the `changed` ones."""
+        return [h for h in pool if g.role in self.roles[h] and (h in changed or not g.per_host)]
 
     def _wait(self, host: str, g: Gate) -> None:
         t = self.t[host]

@@ -9,6 +9,8 @@ import json
 import shlex
 from typing import Sequence
 
+from kdeploy.transport.base import SHA256_TOOL
+
 MARKER = "kdeploy-facts-v1"
 SECTION = "@@kdeploy:"
 ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
@@ -28,9 +30,8 @@ stat -L -c '%%f %%s %%Z %%i %%n' -- @PATHS@ 2>/dev/null \
 awk -v T="$T" 'FILENAME == ARGV[1] {c[$5] = $1; k[$5] = $2 " " $3 " " $4; next}
   ($4 in c) && k[$4] == $1 " " $2 " " $3 {print c[$4], $1, $2, $3, $4 > (T "/hit"); next}
   {print > (T "/miss")}' "$C" "$T/s"
-# OpenSSL where the host has it (SHA extensions: ~4x sha256sum; kdeploy.transport.base.SHA256_FN)
-if command -v openssl >/dev/null 2>&1; then H="openssl dgst -sha256 -r --"; else H="sha256sum --"; fi
-[ -s "$T/miss" ] && awk '{print $4}' "$T/miss" | xargs -d '\n' $H 2>/dev/null | sed 's/ \*/  /' > "$T/h"
+%s
+[ -s "$T/miss" ] && awk '{print $4}' "$T/miss" | xargs -d '\n' $KD_SHA 2>/dev/null | sed 's/ \*/  /' > "$T/h"
 awk 'FILENAME == ARGV[1] {k[$4] = $1 " " $2 " " $3; next} ($2 in k) {print $1, k[$2], $2}' \
   "$T/miss" "$T/h" >> "$T/hit"
 awk '{print $1 "  " $5}' "$T/hit"
@@ -39,7 +40,7 @@ if [ "$N" != /dev/null ]; then  # keep the entries of paths not looked at this t
   mv -f "$N" "%s"
 fi
 rm -rf "$T"
-""" % (SHA_CACHE, SHA_CACHE, SHA_CACHE)
+""" % (SHA_CACHE, SHA_CACHE, SHA256_TOOL, SHA_CACHE)
 
 # record the hashes of files kdeploy just wrote and checked (upload verified their sha256), so
 # neither this run nor the next hashes them again; same cache format as SHA_CACHED; @PAIRS@ are

@@ -31,19 +31,19 @@ from kdeploy.errors import TransportError
 MIN_SIZE = 1 << 20     # smaller files go as they are: compressing them saves nothing worth a round trip
 LEVEL = 6              # gzip -6: 28 % on kubelet, 3.5 s per 92 MB once; -1 is 32 % and slower to inflate
 ZSTD_LEVEL = 3         # zstd -3: 26 % on kubelet, 0.5 s per 92 MB once; -6 saves 2 % for 3.5x the time
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class Format:
-    name: str
     ext: str
     tool: str                 # the host's decompressor (a host without it gets another format)
     decompress: str           # stdin -> stdout; it checks the stream's own checksum too
 
 
 FORMATS = {
-    "zstd": Format("zstd", "zst", "zstd", "zstd -dcq"),
-    "gzip": Format("gzip", "gz", "gzip", "gzip -dc"),
+    "zstd": Format("zst", "zstd", "zstd -dcq"),
+    "gzip": Format("gz", "gzip", "gzip -dc"),
 }
 
 
@@ -54,7 +54,7 @@ def preferred() -> tuple[str, ...]:
     except ImportError:
         return ("gzip",)
     return ("zstd", "gzip")
-_CHUNK = 1 << 20
+
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()

@@ -422,10 +422,13 @@ class SSHTransport:
         """Small files in one command per MANY_BYTES (kdeploy.transport.base.write_many_script):
         one round trip instead of about six SFTP requests per file."""
         batches: list[list[Put]] = [[]]
+        size = 0
         for f in files:
-            if batches[-1] and sum(len(b.data) for b in batches[-1]) + len(f.data) > MANY_BYTES:
+            if batches[-1] and size + len(f.data) > MANY_BYTES:
                 batches.append([])
+                size = 0
             batches[-1].append(Put(check_abs(self.host, f.path), f.data, f.mode, f.owner, f.group))
+            size += len(f.data)
         for batch in filter(None, batches):
             names = ", ".join(posixpath.basename(b.path) for b in batch)
             shown = f"write {len(batch)} files ({names})"

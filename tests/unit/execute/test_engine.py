@@ -533,17 +533,11 @@ def test_a_per_host_gate_asks_only_the_hosts_the_step_changed(tmp_path, per_host
     from kdeploy.execute.steps import Gate, Step
     hosts = {"old1": 0, "old2": 0, "new": 1}
     eng, _, fakes, events, uploads = _bins_engine(tmp_path, hosts)
-    from kdeploy.plan.planner import Observed
+    from kdeploy.plan.planner import Observed, outcome
     # old1 and old2 converged (their file in place), new bare
-    p = plan(eng.desired, {h: Observed() if h == "new" else _observed(eng.desired[h]) for h in hosts})
+    p = plan(eng.desired, {**outcome(eng.desired), "new": Observed()})
     assert {c.host for c in p.changes} == {"new"}
     gate = Gate("node", "node", "true", 5, "answers", per_host=per_host)
     eng.apply(p, (Step("node", ("node",), gates=(gate,)),))
     asked = sorted(e["host"] for e in events if e["event"] == "gate")
     assert asked == (["new"] if per_host else ["new", "old1", "old2"])
-
-
-def _observed(res):
-    """What the planner sees on a host that has every file of res."""
-    from kdeploy.plan.planner import FileState, Observed
-    return Observed(files={f.path: FileState(f.sha256, f.mode, f.owner, f.group) for f in res.files})
