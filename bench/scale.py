@@ -52,8 +52,9 @@ def kdeploy_up(inv: Path, artifacts: str) -> dict:
             kinds = changed.setdefault(e["host"], {})
             kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
     done = next((e for e in events if e.get("event") == "done"), {})
+    checks = {e["name"]: e["seconds"] for e in events if e.get("event") == "check"}
     return {"seconds": secs, "cpu": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
-            "timings": done.get("timings", {}), "changed": changed}
+            "timings": done.get("timings", {}), "changed": changed, "checks": checks}
 
 
 def cpu_busy(seconds: float = 5.0) -> float:
@@ -222,6 +223,8 @@ def main() -> None:
               f"sent {run['sent'] / 1e6:.0f} MB; settled {run['settle'][0]:.0f} s before "
               f"({run['settle'][1]:.2f} cores busy); then no-op {run['noop']['seconds']:.1f} s")
         print("  phases: " + ", ".join(f"{k} {v:.1f}" for k, v in run["timings"].items()))
+        slow = sorted(run["checks"].items(), key=lambda kv: -kv[1])[:3]
+        print("  verify's slowest checks (side by side): " + ", ".join(f"{k} {v:.1f}" for k, v in slow))
         print(f"  changes on the new worker: {run['changed'].get(add['new'], {})}")
         kinds: dict[str, int] = {}
         for k in others.values():

@@ -402,7 +402,7 @@ class Engine:
         pending = {c.key() for c in changes if c.kind in ("unit-restart", "run")}  # journaled in apply()
         reload_needed = False
         uploads = [c for c in changes if c.kind == "binary"]
-        writes = [c for c in changes if c.kind == "file"]
+        writes = [c for c in changes if c.kind in ("file", "block")]
         for c in changes:
             if self._stop.is_set():
                 raise ApplyError("interrupted", "run `kdeploy up` again")
@@ -410,13 +410,12 @@ class Engine:
                 if c is uploads[0]:
                     self._upload(host, phase, uploads)
                 continue
-            if c.kind == "file":
-                if c is writes[0]:   # the phase's files together: one round trip (ssh)
+            if c.kind in ("file", "block"):
+                if c is writes[0]:   # the phase's files and blocks together: one write (ssh)
                     for w in writes:
                         self.emit({"event": "change", "host": host, "phase": phase, "kind": w.kind,
                                    "target": w.target, "action": w.action})
-                    put_many(t, [Put(f.path, f.content, f.mode, f.owner, f.group)
-                                 for f in (files[w.target] for w in writes)])
+                    put_many(t, [self._put_of(t, w, files, blocks) for w in writes])
                     reload_needed = any("/systemd/system/" in w.target for w in writes)
                 continue
             self.emit({"event": "change", "host": host, "phase": phase, "kind": c.kind,
@@ -427,10 +426,6 @@ class Engine:
                 group = getattr(r, "group", "root")
                 t.run(["chown", f"{owner}:{group}", r.path])
                 t.run(["chmod", format(r.mode, "o"), r.path])
-            elif c.kind == "block":
-                bl: Block = blocks[c.target]
-                old = (t.get(bl.path) or b"").decode(errors="replace")
-                t.put(bl.path, apply_block(old, bl).encode(), mode=0o644)
         pushed = [bins[c.target] for c in changes if c.kind == "binary"]
         if pushed:  # prime the facts' hash cache with the sums the upload checked on the host:
             # neither this run's gate nor the next run hashes them again
@@ -459,6 +454,16 @@ class Engine:
                 done.add(c.key())
         if pending:
             self._journal(t, host, remove=done)
+
+    @staticmethod
+    def _put_of(t: Transport, c: Change, files: dict, blocks: dict) -> Put:
+        """A file change's write; a block's: the file as it is now with the block in place."""
+        if c.kind == "file":
+            f = files[c.target]
+            return Put(f.path, f.content, f.mode, f.owner, f.group)
+        bl: Block = blocks[c.target]
+        old = (t.get(bl.path) or b"").decode(errors="replace")
+        return Put(bl.path, apply_block(old, bl).encode(), 0o644)
 
     def _runs_at_once(self, t: Transport, runs: list[Change], pending: set[str]) -> set[str]:
         """A phase's independent commands side by side (INDEPENDENT_RUNS), their journaled keys;

@@ -45,7 +45,7 @@ class FakeFile(NamedTuple):
 
 
 class FakeCall(NamedTuple):
-    op: str                 # run | put | put_file | get
+    op: str                 # run | put | put_many | put_file | get
     what: str               # command display or path
     input: bytes | None = None
 
@@ -230,6 +230,19 @@ class FakeTransport:
         with self._lock:
             self.log.append(FakeCall("put", path))
             self._write(path, bytes(data), mode, owner, group)
+
+    def put_many(self, files) -> None:
+        """One call, as ssh writes them (one script): every file or, when one cannot be
+        written (fail_paths), none."""
+        self._reachable()
+        paths = [check_abs(self.host, f.path) for f in files]
+        with self._lock:
+            self.log.append(FakeCall("put_many", " ".join(paths)))
+            for p in paths:
+                if p in self.fail_paths:
+                    raise TransportError(f"host {self.host}: cannot write {p}: Permission denied")
+            for p, f in zip(paths, files):
+                self._write(p, bytes(f.data), f.mode, f.owner, f.group)
 
     def put_file(self, path: str, local_path: Path, *, mode: int = 0o755,
                  sha256: str | None = None) -> None:

@@ -21,7 +21,7 @@ from typing import Sequence
 from kdeploy.errors import TransportError
 from kdeploy.transport.base import (
     upload_source, get_file_whole, write_private,
-    sudo_get,
+    cat_get,
     CommandResult, check_abs, check_result, display, install_script,
     tmp_path_for,
 )
@@ -160,7 +160,7 @@ class LocalTransport:
     def get(self, path: str) -> bytes | None:
         path = check_abs(self.host, path)
         if self.sudo:
-            return sudo_get(self, path)
+            return cat_get(self, path, sudo=True)
         try:
             with open(path, "rb") as f:
                 return f.read()

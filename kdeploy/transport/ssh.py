@@ -42,9 +42,9 @@ from kdeploy.netns import connect_in_netns
 from kdeploy.transport import blobs
 from kdeploy.transport.base import (
     unpack_script, upload_source, write_private, RC_MISSING,
-    ssh_kwargs, sudo_get,
+    ssh_kwargs, cat_get,
     CommandResult, check_abs, check_result, command_line, display,
-    install_script, tmp_path_for, Put, write_many_script,
+    install_script, tmp_path_for, Put, write_many_script, stderr_tail, sudo_needs_password,
 )
 
 log = logging.getLogger("kdeploy.transport.ssh")
@@ -411,6 +411,9 @@ class SSHTransport:
     def put(self, path: str, data: bytes, *, mode: int = 0o644, owner: str = "root",
             group: str = "root") -> None:
         path = check_abs(self.host, path)
+        if len(data) <= MANY_BYTES:   # one command, not about eight SFTP requests
+            self.put_many([Put(path, data, mode, owner, group)])
+            return
         log.debug("%s: put %s (%d bytes, mode %04o)", self.where, path, len(data), mode)
 
         def write(f) -> None:
@@ -438,6 +441,10 @@ class SSHTransport:
                                  write_many_script(batch), 120)
             except (paramiko.SSHException, OSError, EOFError) as e:
                 raise self._error(f"connection lost while writing {names}: {e or type(e).__name__}") from None
+            if res.rc != 0 and not (self.sudo and sudo_needs_password(res.stderr)):
+                paths = ", ".join(b.path for b in batch)
+                raise self._error(f"cannot write {paths} (exit code {res.rc})"
+                                  + ("\n" + stderr_tail(res.stderr) if res.stderr.strip() else ""))
             check_result(self.host, res, sudo=self.sudo)
 
     def put_file(self, path: str, local_path: Path, *, mode: int = 0o755,
@@ -615,10 +622,7 @@ class SSHTransport:
                 self.run(f"rm -rf -- {shlex.quote(tdir)}", check=False)
 
     def get(self, path: str) -> bytes | None:
-        path = check_abs(self.host, path)
-        if self.sudo:
-            return sudo_get(self, path)
-        return self._read(path, path, lambda f: f.read())
+        return cat_get(self, check_abs(self.host, path), sudo=self.sudo)
 
     def _read(self, src: str, path: str, consume):
         """consume(an open SFTP file of src); None when it does not exist; errors name path."""

@@ -49,13 +49,14 @@ def finish_interrupted_cordons(dep, transports: Mapping, emit: Callable) -> None
 
 
 def verify(dep, transports: Mapping, *, keep_workload: bool = False,
-           focus: tuple[str, ...] | None = None) -> list:
+           focus: tuple[str, ...] | None = None, on_result=lambda r: None) -> list:
     """The checks of kdeploy.verify; the test workload runs the agnhost image of the artifact
     set in use (dep.images) and is removed afterwards unless keep_workload; with a focus, on
-    the nodes a run changed and one it did not (Verifier.workload_nodes)."""
+    the nodes a run changed and one it did not (Verifier.workload_nodes). on_result(each
+    CheckResult), in order."""
     from kdeploy.verify.checks import Verifier
     return Verifier(dep.cluster, transports, dep.desired, workload_image=dep.images.agnhost,
-                    keep_workload=keep_workload, focus=focus).run()
+                    keep_workload=keep_workload, focus=focus).run(on_result)
 
 
 def up_steps(dep, transports: Mapping) -> tuple:
@@ -133,7 +134,11 @@ def run_up(cluster: Cluster, transports: Mapping, *, inventory, artifacts_dir: P
                 t = time.monotonic()
                 from kdeploy.verify.checks import node_stack_changed
                 # every cluster-wide check, and the workload on the nodes this run changed
-                out.checks = verify(dep, transports, focus=node_stack_changed(p))
+                # each check's verdict and seconds in the run's record (events.jsonl)
+                out.checks = verify(dep, transports, focus=node_stack_changed(p),
+                                    on_result=lambda r: record.event({
+                                        "event": "check", "name": r.name, "ok": r.ok,
+                                        "seconds": r.seconds, "detail": r.detail}))
                 tm["verify"] = time.monotonic() - t
             return out
         finally:

@@ -541,3 +541,23 @@ def test_a_per_host_gate_asks_only_the_hosts_the_step_changed(tmp_path, per_host
     eng.apply(p, (Step("node", ("node",), gates=(gate,)),))
     asked = sorted(e["host"] for e in events if e["event"] == "gate")
     assert asked == (["new"] if per_host else ["new", "old1", "old2"])
+
+
+def test_a_phases_files_and_blocks_are_one_write_keeping_the_hosts_own_lines():
+    """A block (kdeploy's part of /etc/hosts) goes with the phase's files in one write (one
+    command over ssh); the lines the host had around it stay."""
+    from kdeploy.execute.engine import Engine
+    from kdeploy.execute.steps import Step
+    from kdeploy.plan.planner import Observed
+    from kdeploy.plan.resources import Block, File, HostResources
+    desired = {"n1": HostResources("n1", files=(File("/etc/modules-load.d/k8s.conf", b"overlay\n", "os"),),
+                                   blocks=(Block("/etc/hosts", "192.0.2.10 cp1\n", "os"),))}
+    own = b"127.0.0.1 localhost\n::1 localhost\n"
+    fake = FakeTransport("n1", files={"/etc/hosts": own})
+    p = plan(desired, {"n1": Observed(contents={"/etc/hosts": own})})
+    Engine(desired, {"n1": fake}, roles={"n1": {"node"}}).apply(p, (Step("os", ("os",)),))
+    writes = [c for c in fake.log if c.op.startswith("put")]
+    assert writes == [("put_many", "/etc/modules-load.d/k8s.conf /etc/hosts", None)]
+    hosts = fake.fs["/etc/hosts"].data.decode()
+    assert hosts.startswith(own.decode()) and "192.0.2.10 cp1\n" in hosts
+    assert fake.fs["/etc/hosts"].mode == 0o644

@@ -212,6 +212,26 @@ def test_put_get_mode_owner(t, tmp_path):
     assert os.listdir(p.parent) == ["admin.conf"]  # no temp file left
 
 
+def test_small_put_and_get_are_one_command_each(t, tmp_path, monkeypatch):
+    """A small file (a journal, /etc/hosts) is written and read with one command each, not
+    about eight and five SFTP requests; a large one still goes through SFTP; a file that cannot
+    be read is an error naming it."""
+    from kdeploy.transport import ssh
+    calls = []
+    real = t._exec
+    monkeypatch.setattr(t, "_exec", lambda *a: (calls.append(a[1]), real(*a))[1])
+    p = tmp_path / "journal"
+    t.put(str(p), b"unit-restart:kubelet.service\n", mode=0o600)
+    assert t.get(str(p)) == b"unit-restart:kubelet.service\n"
+    assert len(calls) == 2 and calls[0] == "write 1 files (journal)" and "cat" in calls[1]
+    assert t._sftp is None and stat.S_IMODE(os.stat(p).st_mode) == 0o600
+    monkeypatch.setattr(ssh, "MANY_BYTES", 10)
+    t.put(str(p), b"y" * 100)
+    assert len(calls) == 2 and t._sftp is not None and p.read_bytes() == b"y" * 100
+    with pytest.raises(TransportError, match=r"node1 \(127.0.0.1:\d+\): cannot read \S+ \(exit code 1\)\n.*directory"):
+        t.get(str(tmp_path))
+
+
 def test_put_many_writes_every_file_in_one_command(t, tmp_path, monkeypatch):
     """A phase's small files in one round trip: contents byte for byte (binary, empty, no
     trailing newline), owner and mode, parent dirs created, an existing file replaced (new
@@ -246,7 +266,7 @@ def test_put_many_that_fails_changes_no_file(t, tmp_path):
     from kdeploy.transport.base import Put
     a = tmp_path / "a"
     a.write_bytes(b"old")
-    with pytest.raises(TransportError, match="write 2 files"):
+    with pytest.raises(TransportError, match=r"cannot write \S+/a, \S+/b \(exit code 1\)\n.*invalid user"):
         t.put_many([Put(str(a), b"new"), Put(str(tmp_path / "b"), b"x", owner="no-such-user-kd")])
     assert a.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["a"]
 
@@ -278,7 +298,10 @@ def test_get_file_streams_a_large_file_to_a_private_local_copy(t, tmp_path):
 
 
 def test_put_secret_never_readable_by_others_during_upload(t, tmp_path, monkeypatch):
-    """The sshd is local: stat the hidden temp file while the upload writes into it."""
+    """The sshd is local: stat the hidden temp file while the upload writes into it (SFTP: a
+    file past MANY_BYTES; the one-command path writes under umask 077)."""
+    from kdeploy.transport import ssh
+    monkeypatch.setattr(ssh, "MANY_BYTES", 0)
     p = tmp_path / "pki" / "ca.key"
     tmp = p.parent / ".ca.key.kdeploy-tmp"
     seen = []
@@ -304,9 +327,14 @@ def test_put_replaces_atomically_and_ignores_stale_temp(t, tmp_path):
     assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
 
 
-def test_put_unknown_owner(t, tmp_path):
+def test_put_unknown_owner(t, tmp_path, monkeypatch):
+    from kdeploy.transport import ssh
+    with pytest.raises(TransportError, match=r"cannot write \S+/f .*\n.*invalid user: 'no-such-user-kd"):
+        t.put(str(tmp_path / "f"), b"x", owner="no-such-user-kd")
+    monkeypatch.setattr(ssh, "MANY_BYTES", 0)   # through SFTP
     with pytest.raises(TransportError, match="unknown owner or group"):
         t.put(str(tmp_path / "f"), b"x", owner="no-such-user-kd")
+    assert os.listdir(tmp_path) == []
 
 
 def test_put_file_verifies_sha(t, tmp_path, blob_cache):
