@@ -561,3 +561,43 @@ def test_a_phases_files_and_blocks_are_one_write_keeping_the_hosts_own_lines():
     hosts = fake.fs["/etc/hosts"].data.decode()
     assert hosts.startswith(own.decode()) and "192.0.2.10 cp1\n" in hosts
     assert fake.fs["/etc/hosts"].mode == 0o644
+
+
+def test_kubelets_start_once_the_runtime_runs_while_images_still_import():
+    """up's lanes: the node step waits for the control plane (its lane) and for the runtime
+    step (the other lane), not for the images; the addons wait for everything."""
+    import threading
+    import time
+
+    from kdeploy.execute.engine import Engine
+    from kdeploy.execute.steps import converge_steps, with_lanes
+    from kdeploy.plan.planner import Observed
+    from kdeploy.plan.resources import PHASES, HostResources, Unit
+    units = {"apiserver": "control-plane", "containerd": "runtime", "imports": "images",
+             "kubelet": "node", "coredns": "addons"}
+    desired = {"n1": HostResources("n1", units=tuple(Unit(u, ph) for u, ph in units.items()))}
+    spans, lock = {}, threading.Lock()
+
+    def respond(text, _input):
+        t0 = time.monotonic()
+        if "start imports" in text or "start apiserver" in text:
+            time.sleep(0.4)
+        with lock:
+            spans[text.split()[-1]] = (t0, time.monotonic())
+        return None
+    fake = FakeTransport("n1", responses=respond,
+                         units={u: {"active": "inactive", "enabled": "disabled"} for u in units})
+    Engine(desired, {"n1": fake}, roles={"n1": {"node"}}).apply(
+        plan(desired, {"n1": Observed()}), with_lanes(converge_steps(PHASES)))
+    s = {u: spans[u] for u in units}
+    assert s["kubelet"][0] >= max(s["apiserver"][1], s["containerd"][1])
+    assert s["kubelet"][0] < s["imports"][1]          # while the images import
+    assert s["coredns"][0] >= max(s["imports"][1], s["kubelet"][1])
+
+
+def test_a_rolling_change_runs_the_lanes_steps_in_phase_order():
+    from kdeploy.execute.steps import converge_steps, with_lanes
+    from kdeploy.plan.resources import PHASES
+    lanes = with_lanes(converge_steps(PHASES))[1]
+    assert [s.name for s in lanes.steps] == ["etcd", "api-lb", "control-plane", "runtime", "images", "node"]
+    assert lanes.after("node") == ("runtime",) and lanes.after("images") == ()
