@@ -195,28 +195,20 @@ class Engine:
 
     # -- steps -------------------------------------------------------------------------------
     def _lanes(self, plan: Plan, lanes: Lanes, result: RunResult) -> None:
-        """Each lane's steps in order, the lanes side by side, a step that waits for steps of
-        another lane (lanes.after) once they are done; the first failure stops the other lanes
-        at their next command (or wait) and is the one raised."""
-        rolling = lanes.rolling or lanes.phases
-        if any(c.kind == "unit-restart" and c.phase in rolling for c in plan.changes):
-            for step in lanes.steps:  # a running cluster changes: one step after the other
+        """Each lane's steps in order, the lanes side by side; the first failure stops the other
+        lanes at their next command and is the one raised."""
+        if any(c.kind == "unit-restart" and c.phase in lanes.phases for c in plan.changes):
+            for step in lanes.steps:  # a running cluster changes: one lane after the other
                 self._step(plan, step, result)
             return
         errors: list[BaseException] = []
-        done = {s.name: threading.Event() for s in lanes.steps}
 
         def lane(steps: tuple[Step, ...]) -> None:
             try:
                 for step in steps:
-                    for other in lanes.after(step.name):
-                        while not done[other].wait(0.1):
-                            if self._stop.is_set():
-                                return
                     if self._stop.is_set():
                         return
                     self._step(plan, step, result)
-                    done[step.name].set()
             except BaseException as e:  # noqa: BLE001 - handed to the caller below
                 with self._lock:
                     errors.append(e)

@@ -117,16 +117,12 @@ def converge_steps(phases: tuple[str, ...]) -> tuple[Step, ...]:
 @dataclass(frozen=True)
 class Lanes:
     """Sequences of steps run side by side, each lane in its own order: `up` brings the control
-    plane up (etcd, api-lb, control-plane, then the nodes' kubelets) while every node installs
-    its runtime and imports its images, which need nothing from the control plane. A step may
-    also wait for steps of another lane (`waits`: the kubelets start once the runtime runs, not
-    once the images are in). The next step after the Lanes starts when every lane is done. A
-    plan that restarts a running unit in the `rolling` phases runs the steps one after the other
-    in phase order (a rolling change keeps that order)."""
+    plane up (etcd, api-lb, control-plane) while every node installs its runtime and images,
+    which need nothing from the control plane. The next step starts when every lane is done.
+    A plan that restarts a running unit in these phases runs the lanes one after the other (a
+    rolling change keeps today's order)."""
     name: str
     lanes: tuple[tuple[Step, ...], ...]
-    waits: tuple[tuple[str, tuple[str, ...]], ...] = ()   # (a step's name, the steps it waits for)
-    rolling: tuple[str, ...] = ()                           # () : every phase of the lanes
 
     @property
     def phases(self) -> tuple[str, ...]:
@@ -134,40 +130,25 @@ class Lanes:
 
     @property
     def steps(self) -> tuple[Step, ...]:
-        """Every step, in phase order: how they run one after the other."""
-        from kdeploy.plan.resources import PHASES
-        order = {p: i for i, p in enumerate(PHASES)}
-        return tuple(sorted((s for lane in self.lanes for s in lane),
-                            key=lambda s: order.get(s.phases[0], len(order)) if s.phases else len(order)))
-
-    def after(self, step: str) -> tuple[str, ...]:
-        """The steps of other lanes that `step` starts after."""
-        return dict(self.waits).get(step, ())
+        return tuple(s for lane in self.lanes for s in lane)
 
 
 CONTROL_LANE = ("etcd", "api-lb", "control-plane")
 NODE_LANE = ("runtime", "images")
-KUBELET = ("node",)   # after the control plane in its lane, and after the nodes' runtime
 
 
 def with_lanes(steps: tuple[Step, ...]) -> tuple:
-    """`up`'s steps with the control-plane steps followed by the node step in one lane and the
-    nodes' runtime/images steps in the other (one Lanes, placed where the first of them was):
-    the node step waits for the runtime step, not for the images (nothing runs a pod before
-    the addons, which come after the Lanes); every other step keeps its place."""
+    """`up`'s steps with the control-plane steps and the nodes' runtime/images steps in one Lanes
+    (placed where the first of them was); every other step keeps its place."""
     a = tuple(s for s in steps if set(s.phases) <= set(CONTROL_LANE))
     b = tuple(s for s in steps if set(s.phases) <= set(NODE_LANE))
-    n = tuple(s for s in steps if s.phases and set(s.phases) <= set(KUBELET))
     if not a or not b:
         return steps
-    runtime = tuple(s.name for s in b if "runtime" in s.phases)
     out: list = []
     for s in steps:
-        if s in a or s in b or s in n:
+        if s in a or s in b:
             if not any(isinstance(x, Lanes) for x in out):
-                out.append(Lanes("control-plane, node | runtime, images", (a + n, b),
-                                 waits=tuple((x.name, runtime) for x in n),
-                                 rolling=CONTROL_LANE + NODE_LANE))
+                out.append(Lanes("control-plane | runtime, images", (a, b)))
             continue
         out.append(s)
     return tuple(out)
