@@ -14,7 +14,9 @@ tool (Debian 12 and Ubuntu hosts with an initramfs have it), gzip (Debian essent
 others. zstd -3 takes Go binaries to about 26 % (gzip -6: 28 %), compresses 8x faster and
 inflates 3x faster: on a new worker 0.7 s of CPU for its 450 MB instead of 2.4 s. A cached blob
 is trusted by name; one whose output does not verify on a host is deleted and rebuilt once
-(kdeploy.transport.ssh). Nothing here is secret: secrets are small files written by put().
+(kdeploy.transport.ssh). A blob is touched each time it is used; those unused for KEEP_DAYS are
+deleted when a deploy starts compressing (prewarm): the cache holds the artifact sets in use, not
+every set ever deployed. Nothing here is secret: secrets are small files written by put().
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ MIN_SIZE = 1 << 20     # smaller files go as they are: compressing them saves no
 LEVEL = 6              # gzip -6: 28 % on kubelet, 3.5 s per 92 MB once; -1 is 32 % and slower to inflate
 ZSTD_LEVEL = 3         # zstd -3: 26 % on kubelet, 0.5 s per 92 MB once; -6 saves 2 % for 3.5x the time
 _CHUNK = 1 << 20
+KEEP_DAYS = 30         # a blob unused this long is deleted (prune)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ def blob(local_path: Path, sha256: str, fmt: str = "gzip") -> Path:
     sha256 = sha256.lower()
     path = _path(sha256, fmt)
     if path.is_file():
+        _touch(path)
         return path
     with _lock_for(f"{fmt}/{sha256}"):
         if path.is_file():
@@ -98,6 +102,10 @@ def prewarm(files: list[tuple[Path, str]], workers: int = 2, fmt: str | None = N
     to the upload that needs the blob, which raises them."""
     fmt = fmt or preferred()[0]
     todo = {sha: p for p, sha in files if wanted(_size(p), sha) and not _path(sha, fmt).is_file()}
+    for p, sha in files:   # in use: kept by prune
+        if sha and sha not in todo and _path(sha, fmt).is_file():
+            _touch(_path(sha, fmt))
+    threading.Thread(target=prune, name="kdeploy-blobs-prune", daemon=True).start()
     if not todo:
         return
 
@@ -124,6 +132,31 @@ def _size(p: Path) -> int:
         return 0
 
 
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def prune(keep_days: float = KEEP_DAYS) -> list[Path]:
+    """Delete the blobs (every format) unused for keep_days; the paths deleted."""
+    import time
+    cutoff = time.time() - keep_days * 86400
+    gone = []
+    for fmt in FORMATS:
+        d = blob_dir(fmt)
+        for p in d.glob(f"*.{FORMATS[fmt].ext}") if d.is_dir() else ():
+            try:
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+                    (d / f"{p.name.split('.')[0]}.lock").unlink(missing_ok=True)
+                    gone.append(p)
+            except OSError:
+                pass   # another kdeploy deleted or replaced it
+    return gone
+
+
 def forget(sha256: str, fmt: str = "gzip") -> None:
     """Drop a cached blob (its output did not verify on a host)."""
     _path(sha256, fmt).unlink(missing_ok=True)
@@ -139,16 +172,28 @@ def _compressor(fmt: str, size: int):
     return zlib.compressobj(LEVEL, zlib.DEFLATED, 31)
 
 
+def _errors(fmt: str) -> tuple[type[BaseException], ...]:
+    if fmt == "zstd":
+        import zstandard
+        return (zstandard.ZstdError, zlib.error)
+    return (zlib.error,)
+
+
 def _compress(src: Path, sha256: str, out: Path, fmt: str = "gzip") -> None:
     h = hashlib.sha256()
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     z = _compressor(fmt, _size(src))
     try:
         with open(src, "rb") as f, open(tmp, "wb") as w:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-                w.write(z.compress(chunk))
-            w.write(z.flush())
+            try:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+                    w.write(z.compress(chunk))
+                w.write(z.flush())
+            except _errors(fmt) as e:   # zstd: more or fewer bytes than the size it was given
+                raise TransportError(f"cannot compress {src}: {e}",
+                                     "the file changed while kdeploy read it (a build still "
+                                     "writing it?): run again once it is complete") from None
         if h.hexdigest() != sha256:
             raise TransportError(f"local file {src} does not match its sha256: expected {sha256}, "
                                  f"got {h.hexdigest()}",

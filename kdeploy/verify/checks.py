@@ -75,13 +75,14 @@ class Verifier:
         r = self.cp.run(list(KUBECTL_ADMIN) + list(args), check=check, input=input, timeout=timeout)
         return r.out if r.ok else (r.err or r.out)
 
-    def _until(self, fn: Callable[[], tuple[bool, str]], timeout: float | None = None) -> tuple[bool, str]:
+    def _until(self, fn: Callable[[], tuple[bool, str]], timeout: float | None = None,
+               pause: float = 2) -> tuple[bool, str]:
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             ok, detail = fn()
             if ok or time.monotonic() > deadline:
                 return ok, detail
-            time.sleep(2)
+            time.sleep(pause)
 
     # -- checks --------------------------------------------------------------------------------
     def units_active(self) -> tuple[bool, str]:
@@ -106,10 +107,17 @@ class Verifier:
 
     def etcd_healthy(self) -> tuple[bool, str]:
         eps = ",".join(f"https://{h.address}:{defaults.ETCD_CLIENT_PORT}" for h in self.c.etcd)
-        r = self.etcd_host.run(self._etcdctl(f"--endpoints={eps}", "endpoint", "health"), check=False)
-        healthy = r.out.count("is healthy")
-        return (r.ok and healthy == len(self.c.etcd),
-                f"{healthy}/{len(self.c.etcd)} members healthy over TLS" if r.ok else (r.err or r.out)[-300:])
+
+        def probe():
+            r = self.etcd_host.run(self._etcdctl(f"--endpoints={eps}", "endpoint", "health"), check=False)
+            healthy = r.out.count("is healthy")
+            bad = [ln.strip() for ln in (r.out + "\n" + r.err).splitlines() if "is unhealthy" in ln]
+            return (r.ok and healthy == len(self.c.etcd),
+                    f"{healthy}/{len(self.c.etcd)} members healthy over TLS" if r.ok
+                    else ("; ".join(bad) or (r.err or r.out))[-300:])
+        # a member slow to commit for a moment (its disk busy while a big cluster starts: the
+        # health check's proposal times out) is no verdict: a minute, as for /readyz
+        return self._until(probe, 60)
 
     def _etcdctl(self, *args: str) -> list[str]:
         return [f"{defaults.BIN_DIR}/etcdctl", f"--cacert={paths.ETCD_CA_CRT}",
@@ -226,7 +234,7 @@ class Verifier:
         scope = self.workload_nodes()
         want = min(2, len(scope) if scope else len(self.c.workers))  # nodes the Service must answer from
         manifest = self._applied or self._apply_workload()
-        ok, detail = self._until(lambda: self._rollout())
+        ok, detail = self._until(self._rollout, pause=0.5)
         if not ok:
             return ok, detail
         pods = self._web_pods()
@@ -235,7 +243,7 @@ class Verifier:
             # sees the nodes there are now (a rolling restart counts the old pods and stacks)
             self.kubectl("delete", "deployment", "web", "-n", self.ns, "--wait=true", timeout=120)
             self.kubectl("apply", "-f", "-", input=manifest.encode())
-            ok, detail = self._until(lambda: self._rollout())
+            ok, detail = self._until(self._rollout, pause=0.5)
             if not ok:
                 return ok, detail
             pods = self._web_pods()
@@ -263,7 +271,7 @@ class Verifier:
             answered = {node_of.get(p) for p in seen}
             return (len(answered) >= want,
                     f"answers from {len(seen)} pods on nodes {sorted(n for n in answered if n)}")
-        ok, detail = self._until(dial, 90)
+        ok, detail = self._until(dial, 90, pause=1)
         where = ""
         if scope:
             changed = [n for n in scope if n in self.focus]
@@ -279,8 +287,10 @@ class Verifier:
                 and not p["metadata"].get("deletionTimestamp")]
 
     def _rollout(self) -> tuple[bool, str]:
-        out = self.kubectl("rollout", "status", "-n", self.ns, "deployment/web", "--timeout=5s",
-                           check=False)
+        # kubectl watches the rollout and returns the moment it is through: no pause between
+        # tries beyond the half second for an answer that came at once (no Deployment yet)
+        out = self.kubectl("rollout", "status", "-n", self.ns, "deployment/web", "--timeout=30s",
+                           check=False, timeout=60)
         return "successfully rolled out" in out, out[-200:]
 
     def kubelet_anonymous_refused(self) -> tuple[bool, str]:

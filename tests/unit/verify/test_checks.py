@@ -337,3 +337,34 @@ def test_apiserver_readyz_failing_for_a_moment_passes_and_a_lasting_failure_name
     monkeypatch.setattr(checks.time, "monotonic", lambda: next(clock))
     ok, detail = v.apiserver_ready()
     assert not ok and detail == "[-]etcd failed: reason withheld"
+
+
+def test_etcd_slow_for_a_moment_passes_and_a_lasting_failure_names_the_member(tmp_path, monkeypatch):
+    """etcd's health check times out while a member's disk is busy (a big cluster starting):
+    retried for a minute; an unhealthy member that stays so is named."""
+    monkeypatch.setattr(checks.time, "sleep", lambda s: None)
+    unhealthy = ("https://192.0.2.10:2379 is unhealthy: failed to commit proposal: context "
+                 "deadline exceeded\nError: unhealthy cluster\n")
+
+    class Etcd(Cp):
+        def __init__(self, failures):
+            super().__init__()
+            self.failures, self.n = failures, 0
+
+        def run(self, argv, check=True, input=None, timeout=None, secret=False):
+            if "endpoint" in argv and "health" in argv:
+                self.n += 1
+                if self.n <= self.failures:
+                    return CommandResult(" ".join(argv), 1, b"", unhealthy.encode())
+                return CommandResult(" ".join(argv), 0, b"https://192.0.2.10:2379 is healthy: "
+                                     b"successfully committed proposal: took = 2ms\n", b"")
+            return super().run(argv, check=check, input=input, timeout=timeout, secret=secret)
+    v = verifier(tmp_path, Etcd(2))
+    assert len(v.c.etcd) == 1
+    ok, detail = v.etcd_healthy()
+    assert ok and detail == "1/1 members healthy over TLS" and v.etcd_host.n == 3
+    v = verifier(tmp_path, Etcd(10**9))
+    clock = iter(range(0, 10**6, 10))
+    monkeypatch.setattr(checks.time, "monotonic", lambda: next(clock))
+    ok, detail = v.etcd_healthy()
+    assert not ok and detail.startswith("https://192.0.2.10:2379 is unhealthy: failed to commit proposal")
