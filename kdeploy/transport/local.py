@@ -8,7 +8,6 @@ mode (O_EXCL, so never with wider permissions), chown, fsync, rename, fsync of t
 from __future__ import annotations
 
 import grp
-import hashlib
 import logging
 import os
 import pwd
@@ -18,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from kdeploy.artifacts.layout import sha256_file
 from kdeploy.errors import TransportError
 from kdeploy.transport.base import (
     upload_source, get_file_whole, write_private,
@@ -110,7 +110,7 @@ class LocalTransport:
             finally:
                 os.close(fd)
             if sha256:
-                actual = _sha256_file(tmp)
+                actual = sha256_file(tmp)
                 if actual != sha256.lower():
                     os.unlink(tmp)
                     raise TransportError(
@@ -189,14 +189,6 @@ def _ids(owner: str, group: str) -> tuple[int, int]:
     except KeyError:
         raise OSError(0, f"no such group: {group}") from None
     return uid, gid
-
-
-def _sha256_file(p: str) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _unlink_quiet(p: str) -> None:

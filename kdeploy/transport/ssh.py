@@ -38,6 +38,7 @@ from typing import Sequence
 
 import paramiko
 
+from kdeploy.artifacts.layout import sha256_file
 from kdeploy.errors import KdeployError, TransportError
 from kdeploy.netns import connect_in_netns
 from kdeploy.transport import blobs
@@ -445,9 +446,9 @@ class SSHTransport:
         local_path = upload_source(self.where, local_path)
         log.debug("%s: put_file %s -> %s", self.where, local_path, path)
         given = sha256.lower() if sha256 else None
-        sha = given or _sha256_of(local_path)
+        sha = given or sha256_file(local_path)
         compressed = blobs.wanted(local_path.stat().st_size, sha)
-        if given and not compressed and _sha256_of(local_path) != given:   # (a blob checks its own)
+        if given and not compressed and sha256_file(local_path) != given:   # (a blob checks its own)
             raise TransportError(f"local file {local_path} does not match its sha256: expected {given}",
                                  "the artifact cache is corrupt: delete the file and fetch it again")
         self._put_blob(path, local_path, mode, sha, compressed=compressed)
@@ -535,14 +536,6 @@ class SSHTransport:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 class _JumpPool:
     """One connection per bastion (same address, port, user, key, netns, host-key policy) shared

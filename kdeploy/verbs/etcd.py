@@ -18,7 +18,6 @@ restore with the same token.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import time
@@ -28,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping
 
+from kdeploy.artifacts.layout import sha256_file
 from kdeploy.components.etcd import ETCDCTL
 from kdeploy.errors import ApplyError, KdeployError, PreflightError
 from kdeploy.model import Cluster, defaults
@@ -39,14 +39,6 @@ ETCD_OWNER = f"{defaults.ETCD_USER}:{defaults.ETCD_USER}"
 CONTROL_PLANE_UNITS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 BUMP_REVISION = 1_000_000_000     # well past any revision a watcher has seen (etcd's docs' value)
 KEEP = 10
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _last(r) -> str:

@@ -370,7 +370,7 @@ def test_a_small_file_is_streamed_as_it_is_and_checked_on_the_host(t, tmp_path, 
     assert stat.S_IMODE(os.stat(tmp_path / "img" / "pause.tar").st_mode) == 0o644
     assert t._sftp is None and not list(blob_cache.blob_dir("zstd").parent.glob("*/*"))
     # the host's check: what arrives is not what was announced
-    monkeypatch.setattr(ssh, "_sha256_of", lambda p: "0" * 64)
+    monkeypatch.setattr(ssh, "sha256_file", lambda p: "0" * 64)
     with pytest.raises(TransportError, match="sha256 mismatch for .*/img/bad after upload"):
         t.put_file(str(tmp_path / "img" / "bad"), src)
     assert sorted(os.listdir(tmp_path / "img")) == ["copy", "pause.tar"]
