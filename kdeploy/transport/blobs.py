@@ -16,7 +16,8 @@ inflates 3x faster: on a new worker 0.7 s of CPU for its 450 MB instead of 2.4 s
 is trusted by name; one whose output does not verify on a host is deleted and rebuilt once
 (kdeploy.transport.ssh). A blob is touched each time it is used; those unused for KEEP_DAYS are
 deleted when a deploy starts compressing (prewarm): the cache holds the artifact sets in use, not
-every set ever deployed. Nothing here is secret: secrets are small files written by put().
+every set ever deployed. Blobs and their directories are private to the deployer's user (0600,
+0700): `etcd restore` sends its snapshot through here.
 """
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ def blob(local_path: Path, sha256: str, fmt: str = "gzip") -> Path:
     with _lock_for(f"{fmt}/{sha256}"):
         if path.is_file():
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path.parent, 0o700)   # the deployer's own: an etcd snapshot's blob is private
         with open(path.parent / f"{sha256}.lock", "w") as lk:  # another kdeploy compressing the same content
             fcntl.flock(lk, fcntl.LOCK_EX)
             if not path.is_file():
@@ -184,7 +186,7 @@ def _compress(src: Path, sha256: str, out: Path, fmt: str = "gzip") -> None:
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     z = _compressor(fmt, _size(src))
     try:
-        with open(src, "rb") as f, open(tmp, "wb") as w:
+        with open(src, "rb") as f, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as w:
             try:
                 while chunk := f.read(_CHUNK):
                     h.update(chunk)

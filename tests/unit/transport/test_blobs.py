@@ -55,3 +55,11 @@ def test_a_file_that_grows_while_compressed_is_a_clear_error(blobs, tmp_path, mo
         blobs.blob(p, sha, "zstd")
     assert "changed while kdeploy read it" in e.value.hint
     assert not list(blobs.blob_dir("zstd").glob("*.zst"))
+
+
+def test_blobs_are_private(blobs, tmp_path):
+    """An etcd snapshot goes through the cache on its way to the members (etcd restore)."""
+    import stat
+    p, sha = _file(tmp_path, "snapshot.db")
+    b = blobs.blob(p, sha, "zstd")
+    assert stat.S_IMODE(b.stat().st_mode) == 0o600 and stat.S_IMODE(b.parent.stat().st_mode) == 0o700
