@@ -13,12 +13,8 @@
   direct-tcpip channel through it is the socket of the real connection.
 - Retries: connection refused / timeouts / no banner (a machine still booting) are retried with
   backoff (3 tries over ~5 s by default); auth and host-key failures are not.
-- Files: every write is one command reading its data on stdin (never on a command line):
-  small files through a script that writes them beside their targets and renames them into
-  place (put, put_many); binaries streamed (a compressed blob from 1 MiB) into a command that
-  checks their sha256 before the rename (put_file). Reads: `cat` (get); SFTP only streams a
-  file down to the deployer (get_file: etcd snapshots).
-- sudo: commands run as `sudo -n -- ...`, the writes too (the script runs as root).
+- sudo: commands run as `sudo -n -- ...`; files are uploaded to a private temp dir of the ssh
+  user, then placed with `sudo install -m MODE -o OWNER -g GROUP` + `mv`.
 - Every paramiko/socket exception is translated here into
   TransportError("host <name> (<address>:<port>): <what happened>", hint).
 """
@@ -34,11 +30,13 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import paramiko
+from paramiko.sftp import CMD_HANDLE, CMD_OPEN, SFTP_FLAG_CREATE, SFTP_FLAG_EXCL, SFTP_FLAG_WRITE
+from paramiko.sftp_attr import SFTPAttributes
+from paramiko.sftp_file import SFTPFile
 
-from kdeploy.artifacts.layout import sha256_file
 from kdeploy.errors import KdeployError, TransportError
 from kdeploy.netns import connect_in_netns
 from kdeploy.transport import blobs
@@ -46,13 +44,13 @@ from kdeploy.transport.base import (
     unpack_script, upload_source, write_private, RC_MISSING,
     ssh_kwargs, cat_get,
     CommandResult, check_abs, check_result, command_line, display,
-    Put, write_many_script, stderr_tail, sudo_needs_password,
+    install_script, tmp_path_for, Put, write_many_script, stderr_tail, sudo_needs_password,
 )
 
 log = logging.getLogger("kdeploy.transport.ssh")
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
-_CHUNK = 1 << 18  # 256 KiB reads of a local file (hashing it, streaming it into a command)
+_CHUNK = 1 << 18  # 256 KiB SFTP writes (paramiko splits into 32 KiB packets, pipelined)
 # compressed uploads streaming at once from this process: each costs deployer CPU (encryption
 # in paramiko); more would not send faster and would starve the live display and the gates
 def _streams() -> int:
@@ -103,6 +101,8 @@ class SSHTransport:
         self._lock = threading.Lock()
         self._sftp_lock = threading.RLock()  # SFTPClient is not meant for concurrent use
         self._sessions = threading.BoundedSemaphore(SESSIONS_PER_CONNECTION)
+        self._ids: dict[tuple[str, str], tuple[int, int]] = {("root", "root"): (0, 0)}
+        self._dirs: set[str] = set()
         self._fmt: str | None = None   # the blob format this host decompresses (_blob_format)
 
     @classmethod
@@ -304,6 +304,7 @@ class SSHTransport:
         if self._jump is not None:
             _JUMPS.release(self._jump)
         self._sftp = self._client = self._jump = None
+        self._dirs.clear()
 
     def __enter__(self):
         return self.connect()
@@ -409,8 +410,16 @@ class SSHTransport:
 
     def put(self, path: str, data: bytes, *, mode: int = 0o644, owner: str = "root",
             group: str = "root") -> None:
-        """One command (the put_many script), not about eight SFTP requests."""
-        self.put_many([Put(check_abs(self.host, path), data, mode, owner, group)])
+        path = check_abs(self.host, path)
+        if len(data) <= MANY_BYTES:   # one command, not about eight SFTP requests
+            self.put_many([Put(path, data, mode, owner, group)])
+            return
+        log.debug("%s: put %s (%d bytes, mode %04o)", self.where, path, len(data), mode)
+
+        def write(f) -> None:
+            f.write(data)
+
+        self._put(path, write, mode, owner, group, None)
 
     def put_many(self, files: Sequence[Put]) -> None:
         """Small files in one command per MANY_BYTES (kdeploy.transport.base.write_many_script):
@@ -440,18 +449,27 @@ class SSHTransport:
 
     def put_file(self, path: str, local_path: Path, *, mode: int = 0o755,
                  sha256: str | None = None) -> None:
-        """One command streaming the file (its cached zstd/gzip blob from 1 MiB on) into the
-        host, which checks the sha256 (given, else read here) before the rename."""
         path = check_abs(self.host, path)
         local_path = upload_source(self.where, local_path)
         log.debug("%s: put_file %s -> %s", self.where, local_path, path)
-        given = sha256.lower() if sha256 else None
-        sha = given or sha256_file(local_path)
-        compressed = blobs.wanted(local_path.stat().st_size, sha)
-        if given and not compressed and sha256_file(local_path) != given:   # (a blob checks its own)
-            raise TransportError(f"local file {local_path} does not match its sha256: expected {given}",
-                                 "the artifact cache is corrupt: delete the file and fetch it again")
-        self._put_blob(path, local_path, mode, sha, compressed=compressed)
+        if sha256:
+            sha256 = sha256.lower()
+        if blobs.wanted(local_path.stat().st_size, sha256):
+            self._put_blob(path, local_path, mode, sha256)
+            return
+
+        def write(f) -> None:
+            h = hashlib.sha256()
+            with open(local_path, "rb") as src:
+                for chunk in iter(lambda: src.read(_CHUNK), b""):
+                    h.update(chunk)
+                    f.write(chunk)
+            if sha256 and h.hexdigest() != sha256:
+                raise TransportError(f"local file {local_path} does not match its sha256: "
+                                     f"expected {sha256}, got {h.hexdigest()}",
+                                     "the artifact cache is corrupt: delete the file and fetch it again")
+
+        self._put(path, write, mode, "root", "root", sha256)
 
     def _blob_format(self) -> str:
         """The best blob format (kdeploy.transport.blobs.FORMATS) both ends handle: asked of the
@@ -466,19 +484,16 @@ class SSHTransport:
             self._fmt = fmt
         return self._fmt
 
-    def _put_blob(self, path: str, local_path: Path, mode: int, sha256: str, *,
-                  compressed: bool = True) -> None:
-        """Stream the file's cached blob (zstd or gzip; a small file as it is) into its
-        decompressor (`cat`) on the host: one command, no SFTP; the host checks the sha256 of
-        the output before it renames it into place. A blob whose output does not verify is
-        rebuilt from the source once."""
-        fmt = self._blob_format() if compressed else None
+    def _put_blob(self, path: str, local_path: Path, mode: int, sha256: str) -> None:
+        """Stream the file's cached blob (zstd or gzip) into its decompressor on the host (one
+        command, no SFTP); the host checks the sha256 of the output before it renames it into
+        place. A blob whose output does not verify is rebuilt from the source once."""
+        fmt = self._blob_format()
         script = command_line(unpack_script(path, mode=mode, sha256=sha256,
-                                            decompress=blobs.FORMATS[fmt].decompress if fmt else "cat"),
-                              sudo=self.sudo)
-        shown = f"upload {path} ({fmt or 'as it is'})"
-        for attempt in (1, 2) if fmt else (2,):
-            blob = blobs.blob(local_path, sha256, fmt) if fmt else local_path
+                                            decompress=blobs.FORMATS[fmt].decompress), sudo=self.sudo)
+        shown = f"upload {path} ({fmt})"
+        for attempt in (1, 2):
+            blob = blobs.blob(local_path, sha256, fmt)
             try:
                 with STREAMS:
                     res = self._exec(script, shown, blob, timeout=600)
@@ -495,6 +510,97 @@ class SSHTransport:
                                   "the upload was corrupted in transit; retry")
             check_result(self.host, res, sudo=self.sudo)
             return
+
+    def _put(self, path: str, write: Callable, mode: int, owner: str, group: str,
+             verify_sha: str | None) -> None:
+        try:
+            with self._sftp_lock:
+                if self.sudo:
+                    self._put_sudo(path, write, mode, owner, group, verify_sha)
+                else:
+                    self._put_root(path, write, mode, owner, group, verify_sha)
+        except TransportError:
+            raise
+        except (IOError, OSError, paramiko.SSHException, EOFError) as e:
+            reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+            raise self._error(f"cannot write {path}: {reason}") from None
+
+    def _put_root(self, path, write, mode, owner, group, verify_sha) -> None:
+        sftp = self._sftp_client()
+        d = posixpath.dirname(path)
+        tmp = tmp_path_for(path)
+        uid, gid = self._resolve_ids(owner, group)
+        if d not in self._dirs:
+            _sftp_makedirs(sftp, d)
+            self._dirs.add(d)
+        try:
+            sftp.remove(tmp)  # a leftover could carry wider permissions: never reuse it
+        except FileNotFoundError:
+            pass
+        f = _open_exclusive(sftp, tmp, mode & 0o7777)
+        try:
+            with f:
+                f.set_pipelined(True)
+                write(f)
+                f.chmod(mode & 0o7777)   # fsetstat: the server's umask may have dropped bits
+                if (uid, gid) != (0, 0) or self.user != "root":
+                    f.chown(uid, gid)
+                    f.chmod(mode & 0o7777)  # chown clears setuid/setgid
+                _fsync(f)
+            if verify_sha:
+                self._verify_remote(tmp, path, verify_sha)
+            sftp.posix_rename(tmp, path)
+        except BaseException:
+            try:
+                sftp.remove(tmp)
+            except Exception:
+                pass
+            raise
+
+    def _put_sudo(self, path, write, mode, owner, group, verify_sha) -> None:
+        sftp = self._sftp_client()
+        # a private (0700) temp dir owned by the ssh user; the file inside inherits that privacy
+        tdir = self._exec("mktemp -d /tmp/kdeploy.XXXXXXXX", "mktemp -d", None, 30)
+        if tdir.rc != 0:
+            raise self._error(f"cannot create a temp dir: {tdir.err}")
+        tdir = tdir.out.strip()
+        src = posixpath.join(tdir, "data")
+        try:
+            f = _open_exclusive(sftp, src, 0o600)
+            with f:
+                f.set_pipelined(True)
+                write(f)
+            res = self.run(install_script(src, path, mode=mode, owner=owner, group=group,
+                                          sha256=verify_sha, remove_src=True), check=False)
+            if res.rc == 65:
+                raise self._error(f"sha256 mismatch for {path} after upload (expected {verify_sha})",
+                                  "the upload was corrupted in transit; retry")
+            check_result(self.host, res, sudo=True)
+        finally:
+            try:
+                self._exec(f"rm -rf {shlex.quote(tdir)}", "rm -rf TMPDIR", None, 30)
+            except Exception:
+                pass
+
+    def _verify_remote(self, tmp: str, path: str, sha: str) -> None:
+        res = self.run(["sha256sum", "--", tmp], check=True)
+        actual = res.out.split(" ", 1)[0]
+        if actual != sha:
+            raise self._error(f"sha256 mismatch for {path} after upload: expected {sha}, got {actual}",
+                              "the upload was corrupted in transit; retry")
+
+    def _resolve_ids(self, owner: str, group: str) -> tuple[int, int]:
+        key = (owner, group)
+        if key not in self._ids:
+            res = self._exec(
+                f"id -u {shlex.quote(owner)} && getent group {shlex.quote(group)} | cut -d: -f3",
+                "id -u OWNER; getent group GROUP", None, 30)
+            parts = res.out.split()
+            if res.rc != 0 or len(parts) != 2 or not all(p.isdigit() for p in parts):
+                raise self._error(f"unknown owner or group {owner}:{group}",
+                                  "create the user/group first (an earlier phase should)")
+            self._ids[key] = (int(parts[0]), int(parts[1]))
+        return self._ids[key]
 
     def get_file(self, path: str, local_path: Path) -> int | None:
         path = check_abs(self.host, path)
@@ -603,6 +709,44 @@ class _WarnAutoAdd(paramiko.MissingHostKeyPolicy):
         log.warning("%s: accepting unknown host key %s SHA256:%s without checking "
                     "(strictHostKeyChecking: false)", self.where, key.get_name(), _fp(key))
         client.get_host_keys().add(hostname, key.get_name(), key)  # memory only: never saved
+
+
+def _open_exclusive(sftp: paramiko.SFTPClient, path: str, mode: int) -> SFTPFile:
+    """SFTP open(O_WRONLY|O_CREAT|O_EXCL) with the permissions given at creation, so the file
+    never exists with wider permissions (paramiko's open() sends no attributes)."""
+    attrs = SFTPAttributes()
+    attrs.st_mode = mode
+    t, msg = sftp._request(CMD_OPEN, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, attrs)
+    if t != CMD_HANDLE:
+        raise paramiko.SFTPError("Expected handle")
+    return SFTPFile(sftp, msg.get_binary(), "wb", -1)
+
+
+def _sftp_makedirs(sftp: paramiko.SFTPClient, d: str) -> None:
+    """mkdir -p over SFTP (no shell): missing directories are created 0755."""
+    missing = []
+    while d not in ("", "/"):
+        try:
+            sftp.stat(d)
+            break
+        except FileNotFoundError:
+            missing.append(d)
+            d = posixpath.dirname(d)
+    for m in reversed(missing):
+        try:
+            sftp.mkdir(m, 0o755)
+        except IOError:
+            sftp.stat(m)  # raced with another writer: fine if it exists now
+        sftp.chmod(m, 0o755)  # mkdir's mode is subject to the server's umask
+
+
+def _fsync(f: SFTPFile) -> None:
+    f.flush()
+    try:
+        from paramiko.sftp import CMD_EXTENDED
+        f.sftp._request(CMD_EXTENDED, "fsync@openssh.com", f.handle)
+    except (IOError, paramiko.SFTPError):
+        pass  # server without the extension: rename is still atomic, durability best effort
 
 
 def _feed(chan: paramiko.Channel, data: bytes | Path) -> None:
