@@ -112,6 +112,13 @@ def stderr_tail(stderr: bytes, lines: int = STDERR_TAIL_LINES) -> str:
     return "\n".join("  " + ln for ln in tail)
 
 
+def file_error(where: str, what: str, result: CommandResult) -> TransportError:
+    """`<where>: cannot read|write <paths> (exit code N)` and the command's stderr tail: a file
+    operation that failed as a command (cat, the write script)."""
+    tail = stderr_tail(result.stderr)
+    return TransportError(f"{where}: {what} (exit code {result.rc})" + (f"\n{tail}" if tail else ""))
+
+
 def sudo_needs_password(stderr: bytes) -> bool:
     s = stderr.decode("utf-8", "replace").lower()
     return "sudo" in s and any(m in s for m in SUDO_PASSWORD_MARKERS)
@@ -291,9 +298,7 @@ def cat_get(t, path: str, *, sudo: bool = False) -> bytes | None:
     if res.rc == RC_MISSING:
         return None
     if res.rc != 0 and not (sudo and sudo_needs_password(res.stderr)):
-        raise TransportError(f"{getattr(t, 'where', f'host {t.host}')}: cannot read {path} "
-                             f"(exit code {res.rc})"
-                             + ("\n" + stderr_tail(res.stderr) if res.stderr.strip() else ""))
+        raise file_error(getattr(t, "where", f"host {t.host}"), f"cannot read {path}", res)
     return check_result(t.host, res, sudo=sudo).stdout
 
 

@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import os
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,7 +144,6 @@ def _touch(path: Path) -> None:
 
 def prune(keep_days: float = KEEP_DAYS) -> list[Path]:
     """Delete the blobs (every format) unused for keep_days; the paths deleted."""
-    import time
     cutoff = time.time() - keep_days * 86400
     gone = []
     for fmt in FORMATS:

@@ -44,7 +44,7 @@ from kdeploy.transport.base import (
     unpack_script, upload_source, write_private, RC_MISSING,
     ssh_kwargs, cat_get,
     CommandResult, check_abs, check_result, command_line, display,
-    install_script, tmp_path_for, Put, write_many_script, stderr_tail, sudo_needs_password,
+    install_script, tmp_path_for, Put, write_many_script, file_error, sudo_needs_password,
 )
 
 log = logging.getLogger("kdeploy.transport.ssh")
@@ -442,9 +442,7 @@ class SSHTransport:
             except (paramiko.SSHException, OSError, EOFError) as e:
                 raise self._error(f"connection lost while writing {names}: {e or type(e).__name__}") from None
             if res.rc != 0 and not (self.sudo and sudo_needs_password(res.stderr)):
-                paths = ", ".join(b.path for b in batch)
-                raise self._error(f"cannot write {paths} (exit code {res.rc})"
-                                  + ("\n" + stderr_tail(res.stderr) if res.stderr.strip() else ""))
+                raise file_error(self.where, "cannot write " + ", ".join(b.path for b in batch), res)
             check_result(self.host, res, sudo=self.sudo)
 
     def put_file(self, path: str, local_path: Path, *, mode: int = 0o755,
