@@ -76,15 +76,17 @@ def _print_checks(results, as_json: bool) -> None:
     from kdeploy.cli.output import checks_table, console
     if as_json:
         import json
+        from kdeploy.verbs.up import check_event
         for r in results:
-            print(json.dumps({"event": "check", **r.__dict__}), flush=True)
+            print(json.dumps(check_event(r)), flush=True)
     else:
         console.print(checks_table(results))
 
 
 def _verify(dep, transports, as_json, *, keep_workload: bool = False):
-    from kdeploy.verbs.up import verify
-    results = verify(dep, transports, keep_workload=keep_workload)
+    """verify (each check recorded in the state dir's runs/<stamp>-verify), then the table."""
+    from kdeploy.verbs.up import verify_recorded
+    results = verify_recorded(dep, transports, keep_workload=keep_workload)
     _print_checks(results, as_json)
     return results
 

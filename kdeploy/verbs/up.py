@@ -59,6 +59,24 @@ def verify(dep, transports: Mapping, *, keep_workload: bool = False,
                     keep_workload=keep_workload, focus=focus).run(on_result)
 
 
+def check_event(r) -> dict:
+    """A check's verdict as the run record (events.jsonl) and `--json` carry it."""
+    return {"event": "check", "name": r.name, "ok": r.ok, "seconds": r.seconds, "detail": r.detail}
+
+
+def verify_recorded(dep, transports: Mapping, **kw) -> list:
+    """verify() with each check in a run record of its own (runs/<stamp>-verify/events.jsonl)
+    when the cluster has a state dir; without one (a cluster kdeploy has not deployed from
+    here), nothing is written."""
+    if not dep.state_dir.is_dir():
+        return verify(dep, transports, **kw)
+    record = run.RunRecord(dep.state_dir, "verify")
+    try:
+        return verify(dep, transports, on_result=lambda r: record.event(check_event(r)), **kw)
+    finally:
+        record.close()
+
+
 def up_steps(dep, transports: Mapping) -> tuple:
     """One step per phase; etcd hosts joining a running cluster get their own step after the
     members': one at a time, each added as a learner first and promoted once caught up. The
@@ -136,9 +154,7 @@ def run_up(cluster: Cluster, transports: Mapping, *, inventory, artifacts_dir: P
                 # every cluster-wide check, and the workload on the nodes this run changed
                 # each check's verdict and seconds in the run's record (events.jsonl)
                 out.checks = verify(dep, transports, focus=node_stack_changed(p),
-                                    on_result=lambda r: record.event({
-                                        "event": "check", "name": r.name, "ok": r.ok,
-                                        "seconds": r.seconds, "detail": r.detail}))
+                                    on_result=lambda r: record.event(check_event(r)))
                 tm["verify"] = time.monotonic() - t
             return out
         finally:

@@ -368,3 +368,30 @@ def test_etcd_slow_for_a_moment_passes_and_a_lasting_failure_names_the_member(tm
     monkeypatch.setattr(checks.time, "monotonic", lambda: next(clock))
     ok, detail = v.etcd_healthy()
     assert not ok and detail.startswith("https://192.0.2.10:2379 is unhealthy: failed to commit proposal")
+
+
+def test_verify_records_each_check_in_a_run_of_its_own_when_the_cluster_has_a_state_dir(tmp_path, monkeypatch):
+    """`kdeploy verify` leaves its verdicts in runs/<stamp>-verify/events.jsonl as `up` does;
+    beside an inventory kdeploy never deployed from, it writes nothing."""
+    import json
+    from kdeploy.verbs import up
+    inv = tmp_path / "cluster.yaml"
+    shutil.copy(SAMPLES / "cluster.yaml", inv)
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, need_artifacts=False, write_state=False)
+    results = [checks.CheckResult("etcd healthy", True, "3 members", 0.5),
+               checks.CheckResult("workload", False, "no pod ready", 9.0)]
+
+    def fake_verify(dep, transports, on_result=lambda r: None, **kw):
+        for r in results:
+            on_result(r)
+        return results
+    monkeypatch.setattr(up, "verify", fake_verify)
+    assert up.verify_recorded(dep, {}) == results
+    assert not dep.state_dir.exists()
+    dep.state_dir.mkdir(parents=True)
+    up.verify_recorded(dep, {})
+    [events] = list(dep.state_dir.glob("runs/*-verify/events.jsonl"))
+    got = [json.loads(x) for x in events.read_text().splitlines()]
+    assert [(e["event"], e["name"], e["ok"], e["seconds"], e["detail"]) for e in got] == [
+        ("check", "etcd healthy", True, 0.5, "3 members"), ("check", "workload", False, 9.0, "no pod ready")]
