@@ -337,13 +337,11 @@ class SSHTransport:
                       timeout: float | None) -> CommandResult:
         chan = self._open_session(shown, reconnect=True)
         with chan:
-            chan.exec_command(line)
+            chan.exec_command(stdin_safe(line, bool(input)))
             writer = None
             if input:  # bytes, or a local file streamed in chunks
                 writer = threading.Thread(target=_feed, args=(chan, input), daemon=True)
                 writer.start()
-            else:
-                chan.shutdown_write()
             out, err = [], []
             deadline = None if timeout is None else time.monotonic() + timeout
             exited_at = None
@@ -745,6 +743,20 @@ def _fsync(f: SFTPFile) -> None:
         f.sftp._request(CMD_EXTENDED, "fsync@openssh.com", f.handle)
     except (IOError, paramiko.SFTPError):
         pass  # server without the extension: rename is still atomic, durability best effort
+
+
+def stdin_safe(line: str, input: bool) -> str:
+    """The command line as sent, such that this side never sends on a channel the host has
+    closed: sshd drops the whole connection (every command on it) at an EOF or data packet for
+    a channel it has freed ("ieof packet referred to nonexistent channel"), and paramiko may
+    put our EOF on the wire after the CLOSE it sends back for a command that exited at once
+    (it builds the EOF under the channel's lock and sends it after). A command without input
+    reads /dev/null on the host and is sent no EOF at all; one with input reads it to the end
+    even when it exits early, so the host closes only after our EOF. `line` is one simple
+    command (command_line's, or a raw one that reads no stdin)."""
+    if not input:
+        return f"{line} </dev/null"
+    return f"{line}; kd_rc=$?; cat >/dev/null; exit $kd_rc"
 
 
 def _feed(chan: paramiko.Channel, data: bytes | Path) -> None:
