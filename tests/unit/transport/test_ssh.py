@@ -246,12 +246,13 @@ def test_put_many_writes_every_file_in_one_command(t, tmp_path, monkeypatch):
     ino = os.stat(old).st_ino
     files = [Put(str(old), b"new"), Put(str(tmp_path / "pki" / "ca.key"), os.urandom(3000), 0o600),
              Put(str(tmp_path / "etc" / "empty"), b"", 0o640, "nobody", "nogroup"),
-             Put(str(tmp_path / "a b" / "c'd"), b"line\nno newline")]
+             Put(str(tmp_path / "a b" / "c'd"), b"line\nno newline"),
+             Put(str(tmp_path / "etc" / "hook.sh"), b"#!/bin/sh\n", 0o755)]
     calls = []
     real = t._exec
     monkeypatch.setattr(t, "_exec", lambda *a: (calls.append(a[1]), real(*a))[1])
     t.put_many(files)
-    assert calls == ["write 4 files (old.conf, ca.key, empty, c'd)"]
+    assert calls == ["write 5 files (old.conf, ca.key, empty, c'd, hook.sh)"]
     for f in files:
         p = Path(f.path)
         st = os.stat(p)
@@ -589,3 +590,33 @@ def test_many_commands_and_uploads_at_once_stay_within_sshds_session_limit(tmp_p
         tr.close()
     finally:
         s.stop()
+
+
+def test_commands_that_exit_at_once_never_lose_the_connection(t, monkeypatch):
+    """sshd drops the whole connection (every command on it: "ieof packet referred to
+    nonexistent channel") when an EOF or data packet arrives for a channel it has closed.
+    paramiko builds our EOF under the channel's lock but sends it after, so a thread switch
+    there put it behind the CLOSE it sends back for a command that had already exited (seen
+    on the 24-node lab: the other commands on that host's connection failed). Here every EOF
+    leaves late, as after such a switch: a command running beside quick ones, without input
+    or exiting without reading its input, keeps its connection and gets its answer."""
+    import threading
+    from paramiko.common import cMSG_CHANNEL_EOF
+    tr = t._transport()
+    real = tr._send_user_message
+
+    def late_eof(m):
+        if m.asbytes()[:1] == cMSG_CHANNEL_EOF:
+            time.sleep(0.3)   # the host's CLOSE of a command that exits at once is in by now
+        return real(m)
+    monkeypatch.setattr(tr, "_send_user_message", late_eof)
+    beside = []
+    long = threading.Thread(target=lambda: beside.append(t.run("sleep 2; echo alive", check=False)))
+    long.start()
+    time.sleep(0.2)
+    assert t.run(["true"]).rc == 0
+    assert t.run("exit 3", input=b"x" * 100_000, check=False).rc == 3
+    assert t.run(["cat"], input=b"all of it").out == "all of it"
+    long.join()
+    assert beside[0].rc == 0 and beside[0].out == "alive", beside
+    assert t._transport() is tr   # the same connection throughout
