@@ -239,6 +239,37 @@ def put_many(t, files: Sequence[Put]) -> None:
 
 def write_many_script(files: Sequence[Put]) -> bytes:
     """Shell script (run as root, read by `sh -s` from stdin: file contents never appear in a
+    command line) that writes each file into its hidden temp file beside the target, with its
+    owner and mode, fsyncs them, then renames them all into place: a failure before the renames
+    changes no file, and removes the temp files. One process per file where it can: a file
+    without execute or special bits is created with its mode (the umask, a shell builtin; a
+    private file never exists with more), and root's files need no chown (the script runs as
+    root); on a busy host each process costs milliseconds (a node's 13 files: ~66 before)."""
+    q = shlex.quote
+    tmps = [tmp_path_for(f.path) for f in files]
+    dirs = sorted({posixpath.dirname(f.path) for f in files})
+    out = ["set -e", "umask 022", "mkdir -p " + " ".join(q(d) for d in dirs),
+           "kd_clean() { rm -f " + " ".join(q(t) for t in tmps) + "; }", "trap kd_clean EXIT",
+           "kd_clean"]   # no temp file left from an interrupted run is written through
+    for f, tmp in zip(files, tmps):
+        mode = f.mode & 0o7777
+        plain = not mode & ~0o666       # created with exactly this mode by 0666 & ~umask
+        out += [f"umask {(0o777 & ~mode) if plain else 0o077:03o}",
+                f"base64 -d > {q(tmp)} <<'KDEPLOY_EOF'",
+                base64.encodebytes(f.data).decode().rstrip("\n"),
+                "KDEPLOY_EOF"]
+        if (f.owner, f.group) != ("root", "root"):
+            out.append(f"chown {q(f.owner)}:{q(f.group)} {q(tmp)}")
+        if not plain:
+            out.append(f"chmod {mode:04o} {q(tmp)}")
+    out.append("sync " + " ".join(q(t) for t in tmps) + " 2>/dev/null || sync")
+    out += [f"mv -f {q(tmp)} {q(f.path)}" for f, tmp in zip(files, tmps)]
+    out.append("trap - EXIT")
+    return ("\n".join(out) + "\n").encode()
+
+
+def write_many_script_v1(files: Sequence[Put]) -> bytes:
+    """Shell script (run as root, read by `sh -s` from stdin: file contents never appear in a
     command line) that writes each file into its hidden temp file beside the target (private,
     then owner and mode), fsyncs them, then renames them all into place: a failure before the
     renames changes no file, and removes the temp files."""
