@@ -82,6 +82,7 @@ class Engine:
         # one host may be acted on by two lanes at once: its journal and hash cache are
         # read-modify-write files
         self._host_locks = {h: threading.Lock() for h in transports}
+        self._journals: dict[str, set[str]] = {}   # host -> its journal as last read or written
 
     # -- public ----------------------------------------------------------------------------
     def apply(self, plan: Plan, steps: tuple[Step, ...] | None = None) -> RunResult:
@@ -93,6 +94,7 @@ class Engine:
         self._cleanups: list[tuple[str, str, Callable[[], None]]] = []
         self._prewarm(plan)
         self._prefetch = {}
+        self._journals = {}   # read again by each apply: a run may apply more than once
         self._uploaders = {}   # phase -> hosts uploading in it
         for c in plan.changes:
             if c.kind == "binary":
@@ -512,12 +514,17 @@ class Engine:
             self._journal_locked(t, host, add, remove)
 
     def _journal_locked(self, t: Transport, host: str, add: set[str], remove: set[str]):
+        """Read once per run, then kept here: this run holds the host's lock, nothing else
+        writes the journal meanwhile (a read per update was a round trip on every host's path)."""
         from kdeploy.execute.batch import journal_known
-        cur = set(journal.parse(t.get(journal.PATH)))
+        cur = self._journals.get(host)
+        if cur is None:
+            cur = self._journals[host] = set(journal.parse(t.get(journal.PATH)))
         known = journal_known(self.desired[host])
         new = {k for k in (cur | set(add)) - set(remove) if k in known}  # stale entries dropped
         if new != cur:
             t.put(journal.PATH, journal.dump(new), mode=0o600)
+            self._journals[host] = new
 
     def _gates(self, step: Step, hosts: list[str], pr: PhaseResult) -> None:
         for g in self._gates_of(step):

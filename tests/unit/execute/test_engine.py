@@ -102,6 +102,32 @@ def test_interrupted_restart_is_finished_by_the_next_run(inv):
     assert plan(dep2.desired, observed).empty
 
 
+def test_the_journal_is_read_once_per_host_and_run_then_kept_in_step(inv):
+    """Every host's pending restarts and commands are journaled before anything changes and
+    dropped as each phase runs them: one read of the journal per host and run (the run holds
+    the host's lock, nothing else writes it), yet every write holds what is still pending."""
+    cluster, _ = load_inventory(inv)
+    dep = run.prepare(cluster, need_artifacts=False)
+    fakes = fakes_for(cluster, dep)
+    written = {h: [] for h in fakes}
+    for h, f in fakes.items():
+        real = f.put
+
+        def put(path, data, _f=real, _h=h, **kw):
+            if path == journal.PATH:
+                written[_h].append(journal.parse(data))
+            return _f(path, data, **kw)
+        f.put = put
+    converge(dep, fakes)
+    for h, f in fakes.items():
+        reads = [c for c in f.log if c.op == "get" and c.what == journal.PATH]
+        assert len(reads) == 1, (h, reads)
+        assert len(written[h]) >= 2 and written[h][-1] == frozenset()   # added, then dropped
+        assert journal.parse(f.get(journal.PATH)) == frozenset()
+        # each write drops what a phase ran and keeps the rest, never adds back a done one
+        assert all(b <= a for a, b in zip(written[h], written[h][1:])), written[h]
+
+
 def test_unreachable_host_is_named_and_nothing_is_written(inv):
     cluster, _ = load_inventory(inv)
     dep = run.prepare(cluster, need_artifacts=False)
