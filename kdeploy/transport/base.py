@@ -268,29 +268,6 @@ def write_many_script(files: Sequence[Put]) -> bytes:
     return ("\n".join(out) + "\n").encode()
 
 
-def write_many_script_v1(files: Sequence[Put]) -> bytes:
-    """Shell script (run as root, read by `sh -s` from stdin: file contents never appear in a
-    command line) that writes each file into its hidden temp file beside the target (private,
-    then owner and mode), fsyncs them, then renames them all into place: a failure before the
-    renames changes no file, and removes the temp files."""
-    q = shlex.quote
-    tmps = [tmp_path_for(f.path) for f in files]
-    dirs = sorted({posixpath.dirname(f.path) for f in files})
-    out = ["set -e", "umask 022", "mkdir -p " + " ".join(q(d) for d in dirs), "umask 077",
-           "kd_clean() { rm -f " + " ".join(q(t) for t in tmps) + "; }", "trap kd_clean EXIT"]
-    for f, tmp in zip(files, tmps):
-        out += [f"rm -f {q(tmp)}",
-                f"base64 -d > {q(tmp)} <<'KDEPLOY_EOF'",
-                base64.encodebytes(f.data).decode().rstrip("\n"),
-                "KDEPLOY_EOF",
-                f"chown {q(f.owner)}:{q(f.group)} {q(tmp)}",
-                f"chmod {f.mode & 0o7777:04o} {q(tmp)}"]
-    out.append("sync " + " ".join(q(t) for t in tmps) + " 2>/dev/null || sync")
-    out += [f"mv -f {q(tmp)} {q(f.path)}" for f, tmp in zip(files, tmps)]
-    out.append("trap - EXIT")
-    return ("\n".join(out) + "\n").encode()
-
-
 def get_script(path: str) -> str:
     q = shlex.quote(path)
     return f"[ -e {q} ] || exit {RC_MISSING}; exec cat -- {q}"
