@@ -45,6 +45,7 @@ from kdeploy.transport.base import (
     ssh_kwargs, cat_get,
     CommandResult, check_abs, check_result, command_line, display,
     install_script, tmp_path_for, Put, write_many_script, file_error, sudo_needs_password,
+    sha256_check,
 )
 
 log = logging.getLogger("kdeploy.transport.ssh")
@@ -501,10 +502,7 @@ class SSHTransport:
                 log.warning("%s: %s did not verify after upload; rebuilding its blob", self.where, path)
                 blobs.forget(sha256, fmt)
                 continue
-            if res.rc == 65:
-                raise self._error(f"sha256 mismatch for {path} after upload (expected {sha256})",
-                                  "the upload was corrupted in transit; retry")
-            check_result(self.host, res, sudo=self.sudo)
+            self._checked(res, path, sha256)
             return
 
     def _put(self, path: str, write: Callable, mode: int, owner: str, group: str,
@@ -568,10 +566,7 @@ class SSHTransport:
                 write(f)
             res = self.run(install_script(src, path, mode=mode, owner=owner, group=group,
                                           sha256=verify_sha, remove_src=True), check=False)
-            if res.rc == 65:
-                raise self._error(f"sha256 mismatch for {path} after upload (expected {verify_sha})",
-                                  "the upload was corrupted in transit; retry")
-            check_result(self.host, res, sudo=True)
+            self._checked(res, path, verify_sha)
         finally:
             try:
                 self._exec(f"rm -rf {shlex.quote(tdir)}", "rm -rf TMPDIR", None, 30)
@@ -579,11 +574,17 @@ class SSHTransport:
                 pass
 
     def _verify_remote(self, tmp: str, path: str, sha: str) -> None:
-        res = self.run(["sha256sum", "--", tmp], check=True)
-        actual = res.out.split(" ", 1)[0]
-        if actual != sha:
-            raise self._error(f"sha256 mismatch for {path} after upload: expected {sha}, got {actual}",
+        """The host hashes the uploaded temp file (openssl where it has it) and deletes it if
+        it does not match."""
+        self._checked(self.run(sha256_check(tmp, sha), check=False), path, sha)
+
+    def _checked(self, res: CommandResult, path: str, sha: str | None) -> None:
+        """The result of a command that placed or checked `path`: exit 65 is sha256_check's
+        mismatch, anything else failing is the command's error."""
+        if res.rc == 65:
+            raise self._error(f"sha256 mismatch for {path} after upload (expected {sha})",
                               "the upload was corrupted in transit; retry")
+        check_result(self.host, res, sudo=self.sudo)
 
     def _resolve_ids(self, owner: str, group: str) -> tuple[int, int]:
         key = (owner, group)

@@ -351,6 +351,26 @@ def test_put_file_verifies_sha(t, tmp_path, blob_cache):
     assert sorted(os.listdir(dst.parent)) == ["kubelet"]
 
 
+def test_a_small_binary_changed_in_transit_is_refused_before_it_lands(t, tmp_path, monkeypatch):
+    """Under 1 MiB a binary goes over SFTP; the host hashes the temp file before the rename.
+    Bytes changed on the way (here: after the local check) never reach the target."""
+    src = tmp_path / "loopback.src"
+    src.write_bytes(os.urandom(300_000))
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    real = SSHTransport._put_root
+
+    def corrupting(self, path, write, *a):
+        def bad(f):
+            write(f)
+            f.write(b"!")   # one byte more than the deployer sent and checked
+        return real(self, path, bad, *a)
+    monkeypatch.setattr(SSHTransport, "_put_root", corrupting)
+    dst = tmp_path / "cni" / "loopback"
+    with pytest.raises(TransportError, match="sha256 mismatch for .*loopback after upload"):
+        t.put_file(str(dst), src, sha256=sha)
+    assert os.listdir(dst.parent) == []
+
+
 @pytest.fixture
 def blob_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
