@@ -106,6 +106,11 @@ def test_up_verify_then_add_a_worker_then_noop_and_clean_plan(three):
     # a second verify (up's was the first) works, and neither leaves its test workload behind
     v = kdeploy("verify", "-i", str(lab.inventory), "--json")
     assert_ok(v)
+    # its verdicts are in the cluster's run record, as up's are
+    shown = [json.loads(x) for x in v.stdout.splitlines() if x.startswith('{"event": "check"')]
+    [record] = sorted(Path(lab.inventory).parent.glob(".kdeploy/*/runs/*-verify/events.jsonl"))[-1:]
+    kept = [json.loads(x) for x in record.read_text().splitlines()]
+    assert len(shown) == 9 and [(e["name"], e["ok"]) for e in kept] == [(e["name"], e["ok"]) for e in shown], kept
     # its deletion is started, not waited for: gone within seconds
     rc, out, err = lab.run("m1", f"{KUBECTL} wait --for=delete namespace -l kdeploy.io/verify --timeout=60s "
                                  f">/dev/null 2>&1; {KUBECTL} get namespace -l kdeploy.io/verify -o name")
