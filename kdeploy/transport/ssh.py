@@ -769,7 +769,7 @@ def _feed(chan: paramiko.Channel, data: bytes | Path) -> None:
         else:
             chan.sendall(data)
         chan.shutdown_write()
-    except Exception:  # the command exited without reading its input
+    except Exception:  # the connection or the channel went away: the reader reports it
         pass
 
 
