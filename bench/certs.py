@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kdeploy.render.images import images_of_dir  # noqa: E402
 from tests.lab.conftest import LabCluster  # noqa: E402
 from tests.lab.test_up import events  # noqa: E402
-from tests.lab.test_upgrade import KUBECTL, WORKLOAD, start_probe, stop_probe  # noqa: E402
+from tests.lab.test_upgrade import KUBECTL, WORKLOAD, describe_probe, start_probe, stop_probe  # noqa: E402
 
 
 def kdeploy(*args: str, ok=(0,)) -> tuple[float, list[dict]]:
@@ -70,9 +70,7 @@ def main() -> None:
                 if e.get("event") == "renewed":
                     print(f"    certificates reissued: {len(e['certificates'])}; timings {e['timings']}")
             print(f"kdeploy certs renew again (nothing expiring): {noop_s:.1f} s")
-            for k, v in probe.items():
-                print(f"probe {k:<8} requests {v['requests']}, failed {v['failed']} ({v['failed_pct']} %), "
-                      f"longest gap {v['longest_gap_s']} s  {v['errors'][:2]}")
+            print(f"probes: {describe_probe(probe)}")
         finally:
             api.down(name=a.name, log=lambda s: None)
 

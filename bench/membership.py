@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from labbench import kdeploy as run, lab as bench_lab  # noqa: E402
 from tests.lab.test_membership import write_inventory  # noqa: E402
-from tests.lab.test_upgrade import deploy_workload, start_probe, stop_probe  # noqa: E402
+from tests.lab.test_upgrade import deploy_workload, describe_probe, start_probe, stop_probe  # noqa: E402
 
 
 def kdeploy(*args: str) -> float:
@@ -59,9 +59,7 @@ def main() -> None:
     for k, v in fig.items():
         print(f"{k:<42} {v:>7.1f} s")
     for k, p in probes.items():
-        print(f"probe during {k}: " + ", ".join(
-            f"{n}: {r['failed']}/{r['requests']} failed, longest gap {r['longest_gap_s']} s"
-            for n, r in p.items()))
+        print(f"probe during {k}: {describe_probe(p)}")
     print(json.dumps({"seconds": fig, "probes": probes}))
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.lab.conftest import LabCluster  # noqa: E402
-from tests.lab.test_upgrade import deploy_workload, start_probe, stop_probe  # noqa: E402
+from tests.lab.test_upgrade import deploy_workload, describe_probe, start_probe, stop_probe  # noqa: E402
 
 LAB = "rot"
 
@@ -73,9 +73,7 @@ def main() -> None:
         print(f"rotate-ca (3 CAs, {masters}+{len(lab.machines) - masters} lab, with verify): {secs:.1f} s")
         for s in done["stages"]:
             print(f"  stage {s['stage']:<8} {s['seconds']:>6} s  ({s['changes']} changes)")
-        for name, r in probes.items():
-            print(f"  probe {name:<8} on {probe}: {r['failed']} of {r['requests']} failed, longest gap "
-                  f"{r['longest_gap_s']} s {r['errors'] if r['failed'] else ''}")
+        print(f"  probes on {probe}: {describe_probe(probes)}")
     finally:
         if started and not a.keep:
             lab.down()

@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.lab.conftest import LabCluster  # noqa: E402
 from tests.lab.test_up import events  # noqa: E402
-from tests.lab.test_upgrade import (NEW, OLD, deploy_workload, set_version, start_probe,  # noqa: E402
-                                    stop_probe)
+from tests.lab.test_upgrade import (NEW, OLD, deploy_workload, describe_probe,  # noqa: E402
+                                    set_version, start_probe, stop_probe)
 
 
 def kdeploy(*args: str) -> tuple[float, list[dict]]:
@@ -63,9 +63,7 @@ def main() -> None:
             for e in evs:
                 if e.get("event") == "phase-done":
                     print(f"    {e['phase']:<22} {e['seconds']:7.1f} s")
-            for k, v in probe.items():
-                print(f"probe {k:<8} requests {v['requests']}, failed {v['failed']} ({v['failed_pct']} %), "
-                      f"longest gap {v['longest_gap_s']} s  {v['errors'][:2]}")
+            print(f"probes: {describe_probe(probe)}")
             print(f"ratios: api failed/1 % target = {probe['api']['failed_pct'] / 1.0:.2f}, "
                   f"longest api gap/2 s target = {probe['api']['longest_gap_s'] / 2.0:.2f}")
         finally:

@@ -7,8 +7,12 @@ Every 100 ms, on fresh connections: GET this node's Node object from the API thr
 node's load balancer (https://127.0.0.1:7443, as the kubelet: the client certificate of
 kubelet.conf; the Node authorizer allows exactly that read), and GET
 /hostname from the Service at SERVICE_IP:80. Each result is a line in OUTDIR/api.log and
-OUTDIR/service.log: "<epoch seconds> <1|0> <detail>". Stops when OUTDIR/stop exists or after
-MAX_SECONDS (default 1800): its loops are bounded.
+OUTDIR/service.log: "<epoch seconds at start> <1|0> <seconds taken> <detail>". A third thread
+measures the probe itself: it sleeps 50 ms at a time and logs every wake-up later than 0.2 s to
+OUTDIR/stall.log ("<epoch seconds> <seconds late>"), so that a gap the probe's own process
+caused (not scheduled, blocked) is told apart from one the cluster caused. OUTDIR belongs on a
+tmpfs (/run): a log write that waits for a busy disk's journal would itself be a gap. Stops when
+OUTDIR/stop exists or after MAX_SECONDS (default 1800): its loops are bounded.
 """
 import base64
 import http.client
@@ -61,7 +65,7 @@ stop = os.path.join(out, "stop")
 def loop(name, make, path):
     with open(os.path.join(out, f"{name}.log"), "a", buffering=1) as log:
         while time.time() < deadline and not os.path.exists(stop):
-            t = time.time()
+            t, t0 = time.time(), time.monotonic()
             try:
                 c = make()
                 c.request("GET", path)
@@ -72,11 +76,22 @@ def loop(name, make, path):
                 detail = f"{r.status} {body}"
             except Exception as e:  # noqa: BLE001 - every failure is a data point
                 ok, detail = False, f"{type(e).__name__}: {e}"
-            log.write(f"{t:.3f} {int(ok)} {detail}\n")
+            log.write(f"{t:.3f} {int(ok)} {time.monotonic() - t0:.3f} {detail}\n")
             time.sleep(max(0.0, 0.1 - (time.time() - t)))
 
 
+def watchdog():
+    with open(os.path.join(out, "stall.log"), "a", buffering=1) as log:
+        while time.time() < deadline and not os.path.exists(stop):
+            t0 = time.monotonic()
+            time.sleep(0.05)
+            late = time.monotonic() - t0 - 0.05
+            if late > 0.2:
+                log.write(f"{time.time():.3f} {late:.3f}\n")
+
+
 threads = [
+    threading.Thread(target=watchdog),
     threading.Thread(target=loop, args=("api", api_conn, f"/api/v1/nodes/{node}")),
     threading.Thread(target=loop, args=("service", lambda: http.client.HTTPConnection(
         svc, 80, timeout=2), "/hostname")),

@@ -21,7 +21,8 @@ import pytest
 from kdeploy.render.images import images_of_dir
 from tests.lab.conftest import LabCluster, lab_skip_reason
 from tests.lab.test_up import artifacts_dir, assert_ok, events, kdeploy
-from tests.lab.test_upgrade import GAP_LIMIT, KUBECTL, WORKLOAD, start_probe, stop_probe
+from tests.lab.test_upgrade import (GAP_LIMIT, KUBECTL, WORKLOAD, describe_probe, gap_report,
+                                    start_probe, stop_probe)
 
 pytestmark = pytest.mark.lab
 NAME = "crt"
@@ -149,7 +150,7 @@ def test_renew_all_under_load(crt):
     evs = events(p.stdout)
     steps = {e["phase"]: e["seconds"] for e in evs if e.get("event") == "phase-done"}
     print(f"\ncerts renew --all (HA 3+1, verify included): {secs:.1f} s; steps {steps}; "
-          f"probes: {json.dumps(probe)}; Ready polls {watch.polls} (API errors {watch.errors}), "
+          f"probes: {describe_probe(probe)}; Ready polls {watch.polls} (API errors {watch.errors}), "
           f"NotReady seen: {watch.seen}")
     # etcd members, then apiservers, one host at a time, in that order; kubelets one by one
     restarts = [(e["phase"], e["host"], e["target"]) for e in evs if e.get("event") == "change"
@@ -167,7 +168,7 @@ def test_renew_all_under_load(crt):
     # 5. availability: the API through the worker's LB and the Service kept answering
     assert watch.seen == [], watch.seen
     assert not_ready(lab) == []
-    assert probe["api"]["failed_pct"] < 1.0 and probe["api"]["longest_gap_s"] < GAP_LIMIT, probe
+    assert probe["api"]["failed_pct"] < 1.0 and probe["api"]["longest_gap_s"] < GAP_LIMIT, gap_report(inv, probe)
     assert probe["service"]["failed"] == 0, probe
 
     # 6. on the hosts: every leaf reissued (new notAfter, new fingerprint), the CAs untouched;
