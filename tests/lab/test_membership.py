@@ -15,7 +15,7 @@ import yaml
 
 from kdeploy.components.etcd import ETCDCTL
 from tests.lab.test_up import artifacts_dir, assert_ok, events, kdeploy
-from tests.lab.test_upgrade import KUBECTL, deploy_workload, start_probe, stop_probe
+from tests.lab.test_upgrade import KUBECTL, deploy_workload, describe_probe, start_probe, stop_probe
 
 pytestmark = pytest.mark.lab
 FIGURES: dict[str, float] = {}
@@ -90,7 +90,7 @@ def grown(lab_cluster, tmp_path_factory):
     p = run_timed("add 2 control-plane hosts", "up", "-i", str(inv), "--artifacts", str(art), "--json")
     probe = stop_probe(lab, "m4")
     print(f"\n1 -> 3 control-plane hosts: {FIGURES['add 2 control-plane hosts']} s; probes: "
-          f"{json.dumps(probe)}")
+          f"{describe_probe(probe)}")
     assert_ok(p)
     evs = events(p.stdout)
     assert all(c["ok"] for c in evs if c.get("event") == "check"), evs[-20:]
@@ -143,7 +143,7 @@ def test_remove_a_control_plane_host(grown):
     start_probe(lab, "m4", svc)
     p = run_timed("remove control-plane host", "node", "remove", "-i", str(inv), "m3", "--yes", "--json")
     probe = stop_probe(lab, "m4")
-    print(f"\nremove m3 (control plane): {FIGURES['remove control-plane host']} s; probes: {json.dumps(probe)}")
+    print(f"\nremove m3 (control plane): {FIGURES['remove control-plane host']} s; probes: {describe_probe(probe)}")
     assert_ok(p)
     assert sorted(m["name"] for m in members(lab, "m1")) == ["m1", "m2"]
     assert len(cluster_health(lab, "m1")) == 2
@@ -176,7 +176,7 @@ def test_remove_a_worker_drains_it(grown):
     start_probe(lab, "m4", svc)
     p = run_timed("remove worker", "node", "remove", "-i", str(inv), "m5", "--yes", "--json")
     probe = stop_probe(lab, "m4")
-    print(f"\nremove m5 (worker, drained): {FIGURES['remove worker']} s; probes: {json.dumps(probe)}")
+    print(f"\nremove m5 (worker, drained): {FIGURES['remove worker']} s; probes: {describe_probe(probe)}")
     assert_ok(p)
     assert [e["hook"] for e in events(p.stdout) if e.get("event") == "hook" and e["host"] == "m5"][0] == "drain"
     assert probe["service"]["failed"] == 0, probe

@@ -16,7 +16,7 @@ import yaml
 
 from tests.lab.conftest import module_lab
 from tests.lab.test_up import assert_ok, kdeploy, up_json
-from tests.lab.test_upgrade import deploy_workload, start_probe, stop_probe
+from tests.lab.test_upgrade import deploy_workload, describe_probe, start_probe, stop_probe
 
 pytestmark = pytest.mark.lab
 
@@ -73,7 +73,7 @@ def test_add_one_worker_changes_only_what_the_plan_says(seven):
     start_probe(lab, "m4", svc)
     p, evs, add_s = up_json(full, art)
     probe = stop_probe(lab, "m4")
-    print(f"probes while the worker was added: {json.dumps(probe)}")
+    print(f"probes while the worker was added: {describe_probe(probe)}")
     assert_ok(p)
     assert probe["api"]["failed"] == 0 and probe["service"]["failed"] == 0, probe
     checks = [e for e in evs if e.get("event") == "check"]

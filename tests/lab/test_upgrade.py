@@ -229,7 +229,7 @@ def test_rolling_upgrade_under_load(ha):
     probe = stop_probe(lab, "m4")
     assert_ok(p)
     evs = events(p.stdout)
-    print(f"\nupgrade {OLD} -> {NEW} (3+2, batch 1): {secs:.1f} s; probes: {json.dumps(probe)}")
+    print(f"\nupgrade {OLD} -> {NEW} (3+2, batch 1): {secs:.1f} s; probes: {describe_probe(probe)}")
     # etcd, then the control plane, one host at a time; nodes drained before their turn
     restarts = [(e["phase"], e["host"]) for e in evs if e.get("event") == "change"
                 and e.get("kind") == "unit-restart" and e["target"] in ("etcd", "kube-apiserver")]
@@ -277,7 +277,7 @@ def test_api_survives_a_stopped_apiserver(ha):
     try:
         time.sleep(120)
         probe = stop_probe(lab, "m5")
-        print(f"\nm1's apiserver stopped for 120 s: {json.dumps(probe)}")
+        print(f"\nm1's apiserver stopped for 120 s: {describe_probe(probe)}")
         rc, out, err = lab.run("m2", f"{KUBECTL.replace('admin.conf', 'admin.conf --server=https://127.0.0.1:6443')} "
                                      "get nodes -o json")
         assert rc == 0, err
