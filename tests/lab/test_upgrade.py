@@ -153,7 +153,7 @@ def describe_probe(probe: dict[str, dict]) -> str:
     st = probe["probe"]
     return "; ".join(parts + [f"the probe itself stalled {st['stalls']} times, at most "
                               f"{st['longest_stall_s']} s at {clock(st['stall_at'])} UTC"
-                              if st["stalls"] else "the probe itself never stalled (0.2 s)"])
+                              if st["stalls"] else "the probe itself never stalled over 0.2 s"])
 
 
 def gap_report(inv: Path, probe: dict[str, dict]) -> str:
