@@ -25,6 +25,7 @@ pytestmark = pytest.mark.lab
 OLD, NEW = "1.36.3", "1.37.2"
 PROBE_DIR = "/run/kdeploy-probe"   # tmpfs: the probe's own log writes never wait for the disk
 KUBECTL = "/usr/local/bin/kubectl --kubeconfig=/etc/kubernetes/admin.conf"
+PROBES = ("api", "service")   # stop_probe's request probes; its "probe" entry is the probe's own stalls
 GAP_LIMIT = 3.0     # seconds without a successful answer (target 2 s; see the probe asserts)
 
 
@@ -126,7 +127,7 @@ def stop_probe(lab, node: str) -> dict[str, dict]:
     lab.run(node, f"touch {PROBE_DIR}/stop")
     time.sleep(3)
     out = {}
-    for name in ("api", "service"):
+    for name in PROBES:
         rc, text, _ = lab.run(node, f"cat {PROBE_DIR}/{name}.log")
         rows = [ln.split(" ", 3) for ln in text.splitlines() if ln.strip()]
         ts = [(float(r[0]), r[1] == "1", float(r[2]), r[3] if len(r) > 3 else "") for r in rows]
@@ -146,14 +147,19 @@ def stop_probe(lab, node: str) -> dict[str, dict]:
 
 def describe_probe(probe: dict[str, dict]) -> str:
     """stop_probe's figures on one line, for the benches and the lab tests' output."""
-    clock = lambda t: time.strftime("%H:%M:%S", time.gmtime(t)) + f".{int(t * 10) % 10}"   # noqa: E731
-    parts = [f"{n}: {r['failed']} of {r['requests']} failed, longest gap {r['longest_gap_s']} s at "
-             f"{clock(r['gap_at'])} UTC (slowest request {r['slowest_s']} s)"
-             + (f" {r['errors'][:2]}" if r["failed"] else "") for n, r in probe.items() if n != "probe"]
+    def clock(t: float) -> str:
+        return time.strftime("%H:%M:%S", time.gmtime(t)) + f".{int(t * 10) % 10} UTC"
+
+    parts = []
+    for n in PROBES:
+        r = probe[n]
+        parts.append(f"{n}: {r['failed']} of {r['requests']} failed, longest gap {r['longest_gap_s']} s at "
+                     f"{clock(r['gap_at'])} (slowest request {r['slowest_s']} s)"
+                     + (f" {r['errors'][:2]}" if r["failed"] else ""))
     st = probe["probe"]
-    return "; ".join(parts + [f"the probe itself stalled {st['stalls']} times, at most "
-                              f"{st['longest_stall_s']} s at {clock(st['stall_at'])} UTC"
-                              if st["stalls"] else "the probe itself never stalled over 0.2 s"])
+    parts.append(f"the probe itself stalled {st['stalls']} times, at most {st['longest_stall_s']} s at "
+                 f"{clock(st['stall_at'])}" if st["stalls"] else "the probe itself never stalled over 0.2 s")
+    return "; ".join(parts)
 
 
 def gap_report(inv: Path, probe: dict[str, dict]) -> str:
@@ -163,7 +169,7 @@ def gap_report(inv: Path, probe: dict[str, dict]) -> str:
     evs = []
     for rec in Path(inv).parent.glob(".kdeploy/*/runs/*/events.jsonl"):
         evs += [json.loads(ln) for ln in rec.read_text().splitlines() if ln.strip()]
-    for name in ("api", "service"):
+    for name in PROBES:
         at, gap = probe[name]["gap_at"], probe[name]["longest_gap_s"]
         lines.append(f"kdeploy's events during the {name} probe's gap of {gap} s:")
         lines += [f"  +{e['t'] - at:5.2f} s " + " ".join(str(e.get(k, "")) for k in ("host", "phase", "event", "kind",
